@@ -1,0 +1,172 @@
+"""What a roster grants: JupyterHub groups, roles and the admin flag.
+
+Pure functions over a :class:`~classroomhub.roster.Roster`, shared by the
+login path, the live roster sync and ``classroomhub roster check``, so the
+three can never disagree.
+
+Naming (stable, documented in docs/reference/access.md):
+
+* ``tier-<tier>`` — one group per tier;
+* ``course-<id>-instructors`` / ``-tas`` / ``-students`` — one group per
+  course role;
+* ``classroom-<tier>`` — the role carrying a tier's extra scopes;
+* ``course-<id>-instructor`` / ``-ta`` — the role carrying a course role's
+  scopes, filtered to that course's students' group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jupyterhub.roles import get_default_roles
+
+from .roster import COURSE_ROLE_KEYS, tier_rank
+
+_ROLE_GROUP_SUFFIX = {role: key for key, role in COURSE_ROLE_KEYS.items()}
+#: Prefixes of the roles this package manages; anything else is left alone.
+MANAGED_ROLE_PREFIXES = ("classroom-", "course-")
+
+DEFAULT_TIER_SCOPES = {
+    "root": [],  # root is JupyterHub's built-in admin role
+    "admin": [
+        "admin-ui",
+        "list:users",
+        "read:users",
+        "read:groups",
+        "list:groups",
+        "read:roles",
+        "list:services",
+        "read:services",
+        # servers of the tiers below, never of root or other admins
+        "admin:servers!group=tier-power",
+        "admin:servers!group=tier-student",
+        "access:servers!group=tier-power",
+        "access:servers!group=tier-student",
+    ],
+    "power": [],
+    "student": [],
+}
+DEFAULT_COURSE_SCOPES = {
+    "instructor": [
+        "list:users!group={students}",
+        "read:users!group={students}",
+        "admin:servers!group={students}",
+        "access:servers!group={students}",
+    ],
+    "ta": [],
+    "student": [],
+}
+
+
+def tier_group(tier):
+    return f"tier-{tier}"
+
+
+def course_group(course_id, role):
+    return f"course-{course_id}-{_ROLE_GROUP_SUFFIX[role]}"
+
+
+def tier_role_name(tier):
+    return f"classroom-{tier}"
+
+
+def course_role_name(course_id, role):
+    return f"course-{course_id}-{role}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one person gets; the fields of a JupyterHub auth model."""
+
+    tier: str
+    admin: bool
+    groups: tuple
+    roles: tuple  # role dicts, as JupyterHub's sync_roles expects
+
+    @property
+    def role_names(self):
+        return tuple(r["name"] for r in self.roles)
+
+    def auth_fields(self):
+        return {
+            "admin": self.admin,
+            "groups": list(self.groups),
+            "roles": [dict(r) for r in self.roles],
+        }
+
+
+class AccessPolicy:
+    """Turns roster entries into grants, given the scopes configured per
+    tier and per course role (the authenticator's traits)."""
+
+    def __init__(self, tier_scopes=None, course_scopes=None):
+        self.tier_scopes = {**DEFAULT_TIER_SCOPES, **(tier_scopes or {})}
+        self.course_scopes = {**DEFAULT_COURSE_SCOPES, **(course_scopes or {})}
+        defaults = {r["name"]: r for r in get_default_roles()}
+        self._user_role = defaults["user"]
+        self._admin_role = defaults["admin"]
+
+    def tier_role(self, tier):
+        scopes = self.tier_scopes.get(tier) or []
+        if not scopes:
+            return None
+        return {
+            "name": tier_role_name(tier),
+            "description": f"classroomhub: extra rights of the {tier} tier",
+            "scopes": sorted(scopes),
+        }
+
+    def course_role(self, course_id, role):
+        templates = self.course_scopes.get(role) or []
+        if not templates:
+            return None
+        groups = {
+            key: course_group(course_id, r) for key, r in COURSE_ROLE_KEYS.items()
+        }
+        return {
+            "name": course_role_name(course_id, role),
+            "description": f"classroomhub: {role} of course {course_id}",
+            "scopes": sorted(t.format(**groups) for t in templates),
+        }
+
+    def grant(self, roster, login, extra_tier=None):
+        """The grant for *login*, or None if the roster does not admit them.
+
+        *extra_tier* is a tier obtained outside the roster (GitHub team
+        mapping); the higher of the two applies.
+        """
+        login = login.lower()
+        if login in roster.blocked:
+            return None
+        tier = roster.tier(login)
+        if extra_tier and (tier is None or tier_rank(extra_tier) > tier_rank(tier)):
+            tier = extra_tier
+        if tier is None:
+            return None
+        groups = [tier_group(tier)]
+        roles = [self._user_role]
+        if tier == "root":
+            roles.append(self._admin_role)
+        tier_role = self.tier_role(tier)
+        if tier_role:
+            roles.append(tier_role)
+        for course_id, role in sorted(roster.courses_of(login).items()):
+            groups.append(course_group(course_id, role))
+            course_role = self.course_role(course_id, role)
+            if course_role:
+                roles.append(course_role)
+        return Grant(tier, tier == "root", tuple(sorted(groups)), tuple(roles))
+
+    def all_roles(self, roster):
+        """Every managed role the roster defines (with no members)."""
+        roles = {}
+        for tier in self.tier_scopes:
+            role = self.tier_role(tier)
+            if role:
+                roles[role["name"]] = role
+        for course in roster.courses.values():
+            for role_name in set(course.members.values()):
+                role = self.course_role(course.id, role_name)
+                if role:
+                    roles[role["name"]] = role
+        return list(roles.values())

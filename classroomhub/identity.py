@@ -1,0 +1,74 @@
+"""GitHub identities pinned to hub accounts.
+
+GitHub logins can be renamed and then registered again by someone else; the
+numeric account id cannot. The first successful login of a roster user pins
+their id to the hub account; later logins must present the same id.
+
+Stored as a small JSON file (0600) next to the hub's database by default,
+rewritten atomically, so it survives restarts and is easy to inspect or
+edit by an operator (``classroomhub identities``-style tooling can come
+later; the file is the API).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+
+
+class IdentityStore:
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self._lock = threading.Lock()
+        self._by_login = {}
+        self._load()
+
+    def _load(self):
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            data = {}
+        # {"pins": {login: {"github_id": int, ...}}}
+        self._by_login = {k.lower(): dict(v) for k, v in data.get("pins", {}).items()}
+
+    def _save(self):
+        folder = os.path.dirname(self.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".identities-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pins": self._by_login}, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def github_id(self, login):
+        entry = self._by_login.get(login.lower())
+        return entry.get("github_id") if entry else None
+
+    def login_for(self, github_id):
+        for login, entry in self._by_login.items():
+            if entry.get("github_id") == github_id:
+                return login
+        return None
+
+    def get(self, login, key, default=None):
+        return self._by_login.get(login.lower(), {}).get(key, default)
+
+    def update(self, login, **fields):
+        """Record *fields* for *login*; writes only if something changed."""
+        login = login.lower()
+        with self._lock:
+            entry = self._by_login.setdefault(login, {})
+            if all(entry.get(k) == v for k, v in fields.items()):
+                return
+            entry.update(fields)
+            self._save()
+
+    def items(self):
+        return dict(self._by_login).items()

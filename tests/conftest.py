@@ -1,0 +1,119 @@
+"""Shared fixtures: JupyterHub's own (real hub + real configurable-http-proxy)
+plus a hub whose authenticator is classroomhub's, on a roster file."""
+
+import os
+import shutil
+import textwrap
+
+import pytest
+from jupyterhub import orm
+from jupyterhub.tests.conftest import *  # noqa: F401,F403  (app, cleanup_after, ...)
+from jupyterhub.tests.mocking import MockHub
+from jupyterhub.tests.utils import public_url
+from traitlets.config import Config
+
+from classroomhub.authenticator import ClassroomPasswordAuthenticator
+
+PASSWORD = "classroom-test-password"
+
+# A roster covering every tier and course role, with two courses so that
+# cross-course leaks can be tested. `admin` is the login jupyterhub's test
+# helpers use for their default API token.
+ROSTER = """\
+users:
+  admin: {tier: root}
+  rooty: {tier: root}
+  opal: {tier: admin}
+  pia: {tier: power}
+  stu: {}
+courses:
+  data101:
+    title: Data Analytics
+    instructors: [ines]
+    tas: [tara]
+    students: [sam, sue]
+  bio202:
+    title: Bioinformatics
+    instructors: [ivan]
+    tas: [tom]
+    students: [bea, sue]
+"""
+
+
+def pytest_configure(config):
+    if shutil.which("configurable-http-proxy") is None:
+        raise pytest.UsageError(
+            "configurable-http-proxy is not on PATH: run the tests through ./dev test, "
+            "which installs it into proxy/node_modules"
+        )
+
+
+@pytest.fixture(scope="module")
+def roster_file(tmp_path_factory, request):
+    """The module's roster (its ROSTER global, else the default one)."""
+    path = tmp_path_factory.mktemp("roster") / "roster.yaml"
+    path.write_text(textwrap.dedent(getattr(request.module, "ROSTER", ROSTER)))
+    return path
+
+
+@pytest.fixture(scope="module")
+async def app(request, roster_file):
+    """jupyterhub's MockHub (real hub, real proxy, mock single-user servers)
+    with ClassroomPasswordAuthenticator on the module's roster."""
+    cfg = Config()
+    cfg.JupyterHub.authenticator_class = ClassroomPasswordAuthenticator
+    cfg.Authenticator.allow_all = False
+    cfg.ClassroomPasswordAuthenticator.roster_path = str(roster_file)
+    cfg.ClassroomPasswordAuthenticator.user_password = PASSWORD
+    cfg.ClassroomPasswordAuthenticator.roster_poll_interval = 0.2
+    extra = getattr(request.module, "HUB_CONFIG", None)
+    if extra:
+        extra(cfg)
+    hub = MockHub.instance(config=cfg)
+    await hub.initialize([])
+    await hub.start()
+    yield hub
+    hub.authenticator.stop_roster_watch()
+    hub.log.handlers = []
+    MockHub.clear_instance()
+    try:
+        await hub.stop()
+    except Exception as e:  # pragma: no cover - best effort, as jupyterhub's fixture
+        print(f"Error stopping Hub: {e}")
+
+
+@pytest.fixture
+async def synced(app):
+    """The roster applied to a database that jupyterhub's per-test cleanup
+    (which deletes users and groups) may have emptied."""
+    return await app.authenticator.sync_roster()
+
+
+def write_roster(path, text):
+    """Replace the roster atomically, as an editor or config manager would."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(textwrap.dedent(text))
+    os.replace(tmp, path)
+
+
+def user_scopes(app, name):
+    from jupyterhub.scopes import get_scopes_for
+
+    return get_scopes_for(orm.User.find(app.db, name))
+
+
+async def login(app, name, password=PASSWORD):
+    """Log in through the real login form and proxy; return the session."""
+    from jupyterhub.tests.utils import AsyncSession
+
+    base = public_url(app)
+    s = AsyncSession()
+    r = await s.get(base + "hub/login")
+    r.raise_for_status()
+    r = await s.post(
+        base + "hub/login",
+        data={"username": name, "password": password, "_xsrf": s.cookies["_xsrf"]},
+        allow_redirects=False,
+    )
+    return s, r
