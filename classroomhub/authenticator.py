@@ -339,8 +339,6 @@ class ClassroomPasswordAuthenticator(RosterAuthenticatorMixin, SharedPasswordAut
     in as any roster person, so use GitHub login for a real class.
     """
 
-    login_service = "classroomhub"
-
     @default("user_password")
     def _default_user_password(self):
         return os.environ.get("CLASSROOMHUB_PASSWORD") or None

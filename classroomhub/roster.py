@@ -271,7 +271,7 @@ class _Builder:
             self.read_blocked(top["blocked"][1])
         if "courses" in top:
             self.read_courses(top["courses"][1])
-        if not self.people and not self.problems:
+        if not self.people and not self.implicit and not self.problems:
             self.error(1, "roster is empty: no users listed")
 
     def mapping(self, node, what, allowed=None, allow_null=False):
