@@ -24,6 +24,9 @@ from .roster import COURSE_ROLES, TIERS, RosterError, load_roster
 from .sync import apply_roster
 
 
+_REMEMBERED = object()
+
+
 class RosterAuthenticatorMixin(Authenticator):
     """Admit exactly the people of a roster file, with their tier and courses.
 
@@ -177,14 +180,28 @@ class RosterAuthenticatorMixin(Authenticator):
         """A tier granted outside the roster (GitHub teams); None here."""
         return None
 
-    def grant_for(self, login, extra_tier=None):
+    def grant_for(self, login, extra_tier=_REMEMBERED):
+        """What the roster grants *login* (None: not admitted).
+
+        *extra_tier* is a tier from outside the roster found at this login;
+        by default the one remembered from the last login is used.
+        """
         login = login.lower()
         if login in self.blocked_users:
             return None
-        return self.policy.grant(self.roster, login, extra_tier or self.extra_tier(login))
+        if extra_tier is _REMEMBERED:
+            extra_tier = self.extra_tier(login)
+        return self.policy.grant(self.roster, login, extra_tier)
+
+    def _grant_for_model(self, auth_model):
+        # a login that just checked GitHub teams must use that answer, even
+        # "no team", rather than what was remembered from before
+        if auth_model and "team_tier" in auth_model:
+            return self.grant_for(auth_model["name"], auth_model["team_tier"])
+        return self.grant_for(auth_model["name"])
 
     def _with_grant(self, auth_model):
-        grant = self.grant_for(auth_model["name"], auth_model.get("team_tier"))
+        grant = self._grant_for_model(auth_model)
         if grant is not None:
             auth_model.update(grant.auth_fields())
         else:
@@ -205,8 +222,7 @@ class RosterAuthenticatorMixin(Authenticator):
         return username.lower() not in self.blocked_users and username.lower() not in self.roster.blocked
 
     async def check_allowed(self, username, authentication=None):
-        team_tier = (authentication or {}).get("team_tier")
-        if self.grant_for(username, team_tier) is not None:
+        if self._grant_for_model({**(authentication or {}), "name": username}) is not None:
             return True
         raise web.HTTPError(
             403,

@@ -110,11 +110,6 @@ def build_parser():
     demo.add_argument("--ip", default="127.0.0.1")
     demo.add_argument("--state-dir", default="classroomhub-demo", help="database, roster, logs (and homes when not root)")
     demo.add_argument("--password", help="the shared demo password (default: random, printed)")
-    demo.add_argument(
-        "--no-system-users",
-        action="store_true",
-        help="as root, still run every server as the invoking user instead of creating system users",
-    )
     demo.add_argument("--remove-users", action="store_true", help="delete the demo's system users and exit")
     demo.set_defaults(func=cmd_demo)
     return parser

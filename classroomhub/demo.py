@@ -89,8 +89,9 @@ def demo_logins(roster_path):
     return sorted(load_roster(roster_path).people)
 
 
-def ensure_system_user(login):
-    """Create *login* with a private home, unless a real account has it."""
+def ensure_system_user(login, record):
+    """Create *login* with a private home, unless a real account has it;
+    note created users in the file *record* for `--remove-users`."""
     try:
         entry = pwd.getpwnam(login)
     except KeyError:
@@ -98,6 +99,8 @@ def ensure_system_user(login):
             ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", DEMO_MARKER, login],
             check=True,
         )
+        with open(record, "a") as f:
+            f.write(login + "\n")
         entry = pwd.getpwnam(login)
     else:
         if entry.pw_gecos != DEMO_MARKER:
@@ -105,7 +108,12 @@ def ensure_system_user(login):
     os.chmod(entry.pw_dir, 0o700)  # useradd -m leaves homes world-readable
 
 
-def remove_demo_users(logins):
+def remove_demo_users(record):
+    try:
+        with open(record) as f:
+            logins = sorted(set(f.read().split()))
+    except FileNotFoundError:
+        return
     for login in logins:
         try:
             entry = pwd.getpwnam(login)
@@ -115,6 +123,7 @@ def remove_demo_users(logins):
             subprocess.run(["pkill", "-KILL", "-u", login], check=False)
             subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
             print(f"removed demo user {login}")
+    os.unlink(record)
 
 
 def _wait_for_hub(url, proc, timeout=60):
@@ -140,15 +149,15 @@ def run_demo(args):
     if not os.path.exists(roster_path):
         with open(roster_path, "w") as f:
             f.write(DEMO_ROSTER)
-    logins = demo_logins(roster_path)
-    is_root = os.geteuid() == 0
+    record = os.path.join(state_dir, "system-users.txt")
     if args.remove_users:
-        remove_demo_users(logins)
+        remove_demo_users(record)
         return 0
-    system_users = is_root and not args.no_system_users
+    logins = demo_logins(roster_path)
+    system_users = os.geteuid() == 0
     if system_users:
         for login in logins:
-            ensure_system_user(login)
+            ensure_system_user(login, record)
 
     config_path = os.path.join(state_dir, "jupyterhub_config.py")
     with open(config_path, "w") as f:

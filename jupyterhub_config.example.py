@@ -1,0 +1,67 @@
+# classroomhub: a complete JupyterHub configuration for one server.
+#
+# Copy it next to your hub's state (e.g. /etc/jupyterhub/jupyterhub_config.py),
+# adjust the few values below, and start `jupyterhub -f jupyterhub_config.py`
+# as root from the folder that should hold the database and secrets
+# (e.g. /srv/jupyterhub). Every value can also be set through the environment
+# variables it reads, which is how the test-suite runs this file unchanged.
+import os
+
+c = get_config()  # noqa: F821  (provided by JupyterHub when it loads this file)
+
+# -- Where the hub's state lives ------------------------------------------------
+# The database, cookie secret and GitHub identity pins are kept together; back
+# this folder up. PostgreSQL works too: "postgresql://jupyterhub:...@localhost/jupyterhub".
+state_dir = os.environ.get("CLASSROOMHUB_STATE_DIR", "/srv/jupyterhub")
+c.JupyterHub.db_url = os.environ.get(
+    "CLASSROOMHUB_DB_URL", "sqlite:///" + os.path.join(state_dir, "jupyterhub.sqlite")
+)
+c.JupyterHub.cookie_secret_file = os.path.join(state_dir, "jupyterhub_cookie_secret")
+
+# -- Network and TLS -------------------------------------------------------------
+# Serve HTTPS directly when a certificate is present (e.g. from certbot); without
+# one, bind to an address that a TLS-terminating reverse proxy forwards to.
+c.JupyterHub.bind_url = os.environ.get("CLASSROOMHUB_BIND_URL", "https://0.0.0.0:443")
+ssl_cert = os.environ.get("CLASSROOMHUB_SSL_CERT", "/etc/letsencrypt/live/hub.example.edu/fullchain.pem")
+ssl_key = os.environ.get("CLASSROOMHUB_SSL_KEY", "/etc/letsencrypt/live/hub.example.edu/privkey.pem")
+if c.JupyterHub.bind_url.startswith("https") and os.path.exists(ssl_cert):
+    c.JupyterHub.ssl_cert = ssl_cert
+    c.JupyterHub.ssl_key = ssl_key
+# The hub's internal API and the proxy's API stay on the loopback interface.
+c.JupyterHub.hub_ip = "127.0.0.1"
+if "CLASSROOMHUB_HUB_PORT" in os.environ:
+    c.JupyterHub.hub_port = int(os.environ["CLASSROOMHUB_HUB_PORT"])
+if "CLASSROOMHUB_PROXY_API_URL" in os.environ:
+    c.ConfigurableHTTPProxy.api_url = os.environ["CLASSROOMHUB_PROXY_API_URL"]
+c.ConfigurableHTTPProxy.pid_file = os.path.join(state_dir, "proxy.pid")
+
+# -- Login: GitHub, allowed by the roster -------------------------------------------
+# Register an OAuth app at https://github.com/settings/developers with the
+# callback URL https://<your hub>/hub/oauth_callback, then export
+# GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET and OAUTH_CALLBACK_URL (oauthenticator
+# reads them itself). GITHUB_URL points at GitHub Enterprise if you use it.
+c.JupyterHub.authenticator_class = "classroom-github"
+c.ClassroomGitHubAuthenticator.roster_path = os.environ.get(
+    "CLASSROOMHUB_ROSTER", os.path.join(state_dir, "roster.yaml")
+)
+c.ClassroomGitHubAuthenticator.identity_file = os.path.join(state_dir, "classroomhub-identities.json")
+# Optional: admit whole GitHub teams with a tier (asks GitHub for read:org).
+# c.ClassroomGitHubAuthenticator.team_tiers = {"my-university:teaching-staff": "admin"}
+# Optional: let TAs open their course's students' servers too.
+# c.ClassroomGitHubAuthenticator.course_scopes = {
+#     "ta": ["access:servers!group={students}", "read:users!group={students}"],
+# }
+
+# -- Servers -------------------------------------------------------------------
+# One Jupyter server per person, running as their own system user.
+c.JupyterHub.spawner_class = "classroom"
+c.Spawner.default_url = "/lab"
+c.Spawner.http_timeout = 60
+# Stop a server when the hub stops? No: keep people's work running across hub
+# restarts and upgrades.
+c.JupyterHub.cleanup_servers = False
+
+# -- The classroom service --------------------------------------------------------
+# Course content release and collection runs as a JupyterHub-managed service;
+# it is added here once that part of classroomhub ships:
+# c.JupyterHub.services = [{"name": "classroom", "command": ["classroomhub-service"]}]
