@@ -244,10 +244,20 @@ class RosterAuthenticatorMixin(Authenticator):
 
     def check_allow_config(self):
         super().check_allow_config()
+        # oauthenticator's own allow settings (orgs, groups) would be silently
+        # ignored too: the roster, plus team_tiers, is the one source of access.
         ignored = [
             name
-            for name in ("allowed_users", "admin_users", "allow_all", "allow_existing_users")
-            if getattr(self, name)
+            for name in (
+                "allowed_users",
+                "admin_users",
+                "allow_all",
+                "allow_existing_users",
+                "allowed_organizations",
+                "allowed_groups",
+                "admin_groups",
+            )
+            if getattr(self, name, None)
         ]
         if ignored:
             self.log.warning(

@@ -17,7 +17,8 @@ def cmd_roster_check(args):
         roster = load_roster(args.file)
     except RosterError as e:
         print(e, file=sys.stderr)
-        print(f"{args.file}: {len(e.problems)} problem(s); roster not usable", file=sys.stderr)
+        errors = sum(1 for p in e.problems if p.fatal)
+        print(f"{args.file}: {errors} error(s); roster not usable", file=sys.stderr)
         return 1
     print(roster.summary())
     if args.verbose:

@@ -52,6 +52,8 @@ class IdentityStore:
         return entry.get("github_id") if entry else None
 
     def login_for(self, github_id):
+        if github_id is None:
+            return None
         for login, entry in self._by_login.items():
             if entry.get("github_id") == github_id:
                 return login

@@ -79,9 +79,8 @@ async def apply_roster(app, authenticator, stop_servers=True):
     tic = time.perf_counter()
     db = app.db
     report = SyncReport()
-    grants = {}
-    for orm_user in db.query(orm.User):
-        grants[orm_user.name] = grant_for(orm_user.name)
+    users = {u.name: u for u in db.query(orm.User)}
+    grants = {name: grant_for(name) for name in users}
     for login in authenticator.roster.people:
         if login not in grants:
             grants[login] = grant_for(login)
@@ -97,7 +96,6 @@ async def apply_roster(app, authenticator, stop_servers=True):
     )
     db.flush()
 
-    users = {u.name: u for u in db.query(orm.User)}
     to_stop = []
     for login, grant in grants.items():
         orm_user = users.get(login)
