@@ -18,6 +18,7 @@ from jupyterhub import orm
 from jupyterhub.utils import new_token
 
 from .access import MANAGED_ROLE_PREFIXES
+from .servers import stop_server
 
 
 @dataclass
@@ -160,13 +161,5 @@ async def _stop_servers(app, orm_user, report, log):
         if spawner.pending:
             report.pending.append(f"{user.name}/{name}")
             continue
-        if not spawner.active:
-            continue
-        log.info("Roster: stopping server %r of removed user %s", name, user.name)
-        spawner._stop_pending = True
-        try:
-            await app.proxy.delete_user(user, name)
-            await user.stop(name)
-        finally:
-            spawner._stop_pending = False
-        report.stopped.append(f"{user.name}/{name}")
+        if await stop_server(user, name, log, "removed from the roster"):
+            report.stopped.append(f"{user.name}/{name}")
