@@ -89,23 +89,17 @@ def demo_logins(roster_path):
     return sorted(load_roster(roster_path).people)
 
 
-def ensure_system_user(login, record):
+def ensure_demo_user(login, record):
     """Create *login* with a private home, unless a real account has it;
     note created users in the file *record* for `--remove-users`."""
-    try:
-        entry = pwd.getpwnam(login)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", DEMO_MARKER, login],
-            check=True,
-        )
+    from .spawner.users import ensure_system_user
+
+    entry, created = ensure_system_user(login, comment=DEMO_MARKER)
+    if created:
         with open(record, "a") as f:
             f.write(login + "\n")
-        entry = pwd.getpwnam(login)
-    else:
-        if entry.pw_gecos != DEMO_MARKER:
-            raise SystemExit(f"system user {login!r} exists and was not made by the demo; not touching it")
-    os.chmod(entry.pw_dir, 0o700)  # useradd -m leaves homes world-readable
+    elif entry.pw_gecos != DEMO_MARKER:
+        raise SystemExit(f"system user {login!r} exists and was not made by the demo; not touching it")
 
 
 def remove_demo_users(record):
@@ -157,7 +151,7 @@ def run_demo(args):
     system_users = os.geteuid() == 0
     if system_users:
         for login in logins:
-            ensure_system_user(login, record)
+            ensure_demo_user(login, record)
 
     config_path = os.path.join(state_dir, "jupyterhub_config.py")
     with open(config_path, "w") as f:

@@ -1,16 +1,14 @@
-"""ClassroomSpawner.
+"""ClassroomSpawner: per-tier limits enforced by cgroups, no orphans, usage, culling."""
 
-For now this is exactly JupyterHub's LocalProcessSpawner, registered under
-the ``classroom`` entry point so configurations can name it today. Per-tier
-limits, cgroup enforcement, usage and CPU-aware culling are tracked in the
-spawner issue and are *not* provided yet.
-"""
+from .enforcement import Enforcement, EnforcementUnavailable, Limits, Usage, detect, group_key
+from .spawner import ClassroomSpawner
 
-from jupyterhub.spawner import LocalProcessSpawner
-
-
-class ClassroomSpawner(LocalProcessSpawner):
-    """LocalProcessSpawner under the ``classroom`` name (no limits yet)."""
-
-
-__all__ = ["ClassroomSpawner"]
+__all__ = [
+    "ClassroomSpawner",
+    "Enforcement",
+    "EnforcementUnavailable",
+    "Limits",
+    "Usage",
+    "detect",
+    "group_key",
+]

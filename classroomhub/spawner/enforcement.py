@@ -1,0 +1,189 @@
+"""The one interface every limit-enforcement backend implements.
+
+A backend keeps a *group* of processes per server (a cgroup, or a process
+tree the watchdog follows), identified by a key such as ``alice`` or
+``alice--analysis``. ClassroomSpawner talks to it only through
+:class:`Enforcement`; :func:`detect` picks the best backend this host offers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+
+KEY_ENV = "CLASSROOMHUB_SERVER_KEY"
+
+
+class EnforcementUnavailable(RuntimeError):
+    """This backend cannot limit processes on this host; the message says why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server may use. ``None`` means unlimited."""
+
+    mem_bytes: int | None = None
+    cpu: float | None = None  # cores
+    pids: int | None = None
+    mem_high_fraction: float = 0.0  # cgroup v2 memory.high as a fraction of mem_bytes; 0: unset
+    swap: bool = False  # allow swap beyond mem_bytes
+
+
+@dataclass
+class Usage:
+    """A cheap reading of one server's group."""
+
+    mem_bytes: int = 0
+    mem_peak_bytes: int = 0
+    cpu_seconds: float = 0.0
+    oom_kills: int = 0
+    procs: int = 0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Enforcement:
+    """Interface of a backend; see :mod:`.cgroups` and :mod:`.watchdog`."""
+
+    #: short name logged at each start: ``cgroup-v2``, ``cgroup-v1``, ``psutil``, ``none``
+    name = "none"
+    #: True if memory/CPU limits are enforced (``none`` is not)
+    enforcing = False
+
+    def __init__(self, log=None):
+        self.log = log or logging.getLogger(__name__)
+
+    def describe(self):
+        """One line for the log: what is enforced where."""
+        return "no limits are enforced"
+
+    def create(self, key, limits: Limits):
+        """Make (or reset) the group for *key* with *limits*."""
+
+    def attach_fn(self, key):
+        """A function to run in the forked child before exec: it joins the group.
+
+        Memory already charged does not migrate between cgroups, so the server
+        must be in its group before it allocates anything.
+        """
+        return None
+
+    def adopt(self, key, pid):
+        """Called with the server's pid once it runs."""
+
+    def pids(self, key):
+        """Pids currently in the group (empty if none or unknown)."""
+        return []
+
+    def usage(self, key) -> Usage:
+        return Usage()
+
+    def enforce(self, key, server_pid):
+        """Act on limits the kernel does not enforce; returns pids killed."""
+        return []
+
+    async def destroy(self, key, timeout=10):
+        """Kill every process of the group, wait for it to empty, remove it."""
+
+    def keys(self):
+        """Keys of groups that exist now (for the stale sweep after a restart)."""
+        return []
+
+
+_UNSAFE = re.compile(r"[^a-z0-9_.@-]")
+
+
+def group_key(username, server_name=""):
+    """A filesystem-safe, unambiguous key for a user's server.
+
+    ``--`` separates the server name and cannot appear in an escaped part
+    (``-`` runs are escaped), so keys of different servers never collide.
+    """
+
+    def escape(part):
+        part = _UNSAFE.sub(lambda m: f"_{ord(m.group()):02x}", part.lower())
+        return part.replace("--", "-_2d")
+
+    key = escape(username)
+    if server_name:
+        key += "--" + escape(server_name)
+    if key in (".", ".."):
+        key = "_" + key
+    return key
+
+
+def read_int(path, default=0):
+    try:
+        with open(path, "rb") as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    if text == b"max":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def read_keyed(path):
+    """``key value`` lines (memory.events, cpu.stat, memory.oom_control) as a dict."""
+    result = {}
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    try:
+                        result[parts[0].decode()] = int(parts[1])
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return result
+
+
+def write_text(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def detect(preference="auto", cgroup_parent="classroomhub", log=None):
+    """The best backend available, given *preference*.
+
+    *preference* is ``auto`` (cgroup v2, then v1, then psutil), or one of
+    ``cgroup-v2``, ``cgroup-v1``, ``psutil``, ``none`` to insist on it.
+    Returns ``(backend, reasons)``: *reasons* says why better ones were skipped.
+    """
+    from .cgroups import CgroupV1, CgroupV2
+    from .watchdog import PsutilWatchdog
+
+    log = log or logging.getLogger(__name__)
+    candidates = {
+        "cgroup-v2": lambda: CgroupV2.from_host(cgroup_parent, log=log),
+        "cgroup-v1": lambda: CgroupV1.from_host(cgroup_parent, log=log),
+        "psutil": lambda: PsutilWatchdog(log=log),
+        "none": lambda: Enforcement(log=log),
+    }
+    order = list(candidates) if preference == "auto" else [preference]
+    reasons = []
+    for name in order:
+        try:
+            return candidates[name](), reasons
+        except EnforcementUnavailable as e:
+            reasons.append(f"{name}: {e}")
+    # only reachable with an explicit preference that is unavailable
+    raise EnforcementUnavailable("; ".join(reasons))

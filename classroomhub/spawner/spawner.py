@@ -1,0 +1,648 @@
+"""ClassroomSpawner: LocalProcessSpawner with enforced per-tier limits."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+import weakref
+from collections import deque
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Integer,
+    Unicode,
+    Enum,
+    default,
+    validate,
+)
+
+from ..roster import TIERS
+from ..servers import stop_server
+from . import metrics
+from .culling import IdleTracker, idlest_first, mem_available
+from .enforcement import KEY_ENV, EnforcementUnavailable, Limits, detect, group_key
+from .settings import DEFAULT_TIER_SETTINGS, FALLBACK_TIER
+from .users import ensure_system_user
+
+#: running ClassroomSpawners of this hub process (for memory pressure, usage)
+RUNNING = weakref.WeakSet()
+
+# one backend per (preference, cgroup_parent) and hub process
+_BACKENDS = {}
+# cgroups left by servers that no longer run are swept once per hub process
+_SWEPT = set()
+# background cull tasks must be referenced until done
+_TASKS = set()
+_last_pressure_check = [0.0]
+
+
+class ClassroomSpawner(LocalProcessSpawner):
+    """Local processes with their owner's tier limits, enforced by the kernel.
+
+    Each server runs in its own cgroup (v2, else v1), or under a psutil
+    watchdog when no cgroup is writable; stopping it kills every process of
+    the group. The spawner samples usage cheaply, culls servers idle by hub
+    activity *and* CPU use, and configures jupyter_server's kernel culler.
+    """
+
+    # -- limits and their sources ---------------------------------------------
+
+    tier_settings = Dict(
+        help="""Settings per roster tier: {tier: {trait name: value}}.
+
+        Applied before `group_overrides` and `user_settings`; merged over the
+        built-in defaults, so ``{"student": {"mem_limit": "2G"}}`` changes
+        only that. Keys are ClassroomSpawner traits such as ``mem_limit``,
+        ``cpu_limit``, ``idle_timeout``, ``max_age``, ``kernel_cull_timeout``,
+        ``kernel_cull_connected`` and ``named_server_limit``.
+        """,
+    ).tag(config=True)
+
+    @default("tier_settings")
+    def _default_tier_settings(self):
+        return {tier: dict(values) for tier, values in DEFAULT_TIER_SETTINGS.items()}
+
+    @validate("tier_settings")
+    def _validate_tier_settings(self, proposal):
+        merged = {tier: dict(values) for tier, values in DEFAULT_TIER_SETTINGS.items()}
+        for tier, values in proposal.value.items():
+            if tier not in TIERS:
+                raise ValueError(f"tier_settings: unknown tier {tier!r} (expected one of {', '.join(TIERS)})")
+            self._check_setting_names(f"tier_settings[{tier!r}]", values)
+            merged[tier].update(values)
+        return merged
+
+    user_settings = Dict(
+        help="""Per-user overrides: {login: {trait name: value}}, applied last.
+
+        For the researcher who needs 16G for a term, without a new tier.
+        """,
+    ).tag(config=True)
+
+    @validate("user_settings")
+    def _validate_user_settings(self, proposal):
+        result = {}
+        for login, values in proposal.value.items():
+            self._check_setting_names(f"user_settings[{login!r}]", values)
+            result[login.lower()] = values
+        return result
+
+    def _check_setting_names(self, where, values):
+        unknown = [k for k in values if not self.has_trait(k) or not self.trait_metadata(k, "config")]
+        if unknown:
+            raise ValueError(f"{where}: {', '.join(map(repr, unknown))} are not configurable spawner traits")
+
+    pids_limit = Integer(
+        4096,
+        help="Most processes and threads a server may run (cgroup pids.max); 0 for no limit.",
+    ).tag(config=True)
+
+    mem_high_fraction = Float(
+        0.0,
+        help="""cgroup v2 only: throttle at this fraction of `mem_limit` (memory.high) before
+        the OOM killer acts at the limit. 0 leaves memory.high unset.""",
+    ).tag(config=True)
+
+    allow_swap = Bool(
+        False,
+        help="Let a server swap beyond `mem_limit` (memsw / memory.swap.max). Off: the limit is the limit.",
+    ).tag(config=True)
+
+    named_server_limit = Integer(
+        0,
+        help="""How many named servers this user may run at once (needs
+        ``c.JupyterHub.allow_named_servers = True``); 0 allows none.""",
+    ).tag(config=True)
+
+    # -- enforcement -------------------------------------------------------------
+
+    enforcement = Enum(
+        ["auto", "cgroup-v2", "cgroup-v1", "psutil", "none"],
+        "auto",
+        help="""How limits are enforced. ``auto`` takes the first that works of
+        cgroup v2, cgroup v1 and the psutil watchdog; naming one insists on it.""",
+    ).tag(config=True)
+
+    require_enforcement = Bool(
+        False,
+        help="""Refuse to start a server whose limits cannot be enforced by a
+        cgroup (with the psutil watchdog or nothing in place), with a clear
+        message on the spawn page.""",
+    ).tag(config=True)
+
+    cgroup_parent = Unicode(
+        "classroomhub",
+        help="""Where server cgroups are made: relative to the hub's own cgroup,
+        or absolute from the hierarchy root. Everything under it belongs to
+        this hub: cgroups of servers that no longer run are removed at start-up,
+        so two hubs on one host need different values.""",
+    ).tag(config=True)
+
+    server_oom_score_adj = Integer(
+        0,
+        help="""oom_score_adj of the jupyter server process; 0 leaves it alone.
+        A negative value protects the server further but needs CAP_SYS_RESOURCE
+        (not granted in many containers; ignored where refused).""",
+    ).tag(config=True)
+
+    kernel_oom_score_adj = Integer(
+        300,
+        help="""oom_score_adj given to every other process of the server (kernels,
+        terminals) at each check, so the OOM killer picks them before the
+        server that reports the kill. Raising needs no privilege.""",
+    ).tag(config=True)
+
+    # -- culling -------------------------------------------------------------------
+
+    idle_timeout = Integer(
+        3600,
+        help="Seconds without hub activity and with CPU use below `idle_cpu_fraction` before the server is stopped; 0 never.",
+    ).tag(config=True)
+
+    max_age = Integer(
+        0,
+        help="Seconds after which the server is stopped even if busy; 0 never.",
+    ).tag(config=True)
+
+    idle_cpu_fraction = Float(
+        0.05,
+        help="""Average CPU use (in cores) over the idle timeout below which a
+        server with no hub activity counts as idle. A silent computation uses
+        far more, an idle jupyter server and kernel far less.""",
+    ).tag(config=True)
+
+    monitor_interval = Float(
+        10.0,
+        help="Seconds between usage samples, OOM checks, watchdog rounds and cull decisions.",
+    ).tag(config=True)
+
+    kernel_cull_timeout = Integer(
+        0,
+        help="jupyter_server's MappingKernelManager.cull_idle_timeout: idle kernels are shut down after this many seconds; 0 never.",
+    ).tag(config=True)
+
+    kernel_cull_interval = Integer(
+        0,
+        help="MappingKernelManager.cull_interval; 0 picks a sixth of `kernel_cull_timeout` (at least 10 s).",
+    ).tag(config=True)
+
+    kernel_cull_connected = Bool(
+        False,
+        help="MappingKernelManager.cull_connected: also cull idle kernels an open tab is connected to.",
+    ).tag(config=True)
+
+    memory_reserve = Integer(
+        512 * 1024**2,
+        help="""Bytes of the host's MemAvailable to keep free. Below it, idle
+        servers are stopped idlest first; a new server is refused if that does
+        not free enough.""",
+    ).tag(config=True)
+
+    @validate("memory_reserve")
+    def _validate_memory_reserve(self, proposal):
+        if proposal.value < 0:
+            raise ValueError("memory_reserve must be >= 0")
+        return proposal.value
+
+    pressure_min_idle = Integer(
+        300,
+        help="Under memory pressure, only servers idle (by activity and CPU) for at least this long are stopped.",
+    ).tag(config=True)
+
+    meminfo_path = Unicode(
+        "/proc/meminfo",
+        help="Where MemAvailable is read (tests point it at a file).",
+    ).tag(config=True)
+
+    # -- multi-user safety -----------------------------------------------------------
+
+    kernel_transport = Enum(
+        ["ipc", "tcp"],
+        "ipc",
+        help="""ZeroMQ transport between the server and its kernels. ``ipc`` uses
+        sockets in the user's private runtime folder: kernels of different
+        users cannot collide on TCP ports (jupyter_client only avoids ports it
+        picked itself).""",
+    ).tag(config=True)
+
+    create_system_users = Bool(
+        False,
+        help="Create a missing system user at first spawn (useradd), with a private home.",
+    ).tag(config=True)
+
+    home_mode = Integer(
+        0o700,
+        help="Mode of the home folder of users this spawner creates.",
+    ).tag(config=True)
+
+    skeleton_dir = Unicode(
+        "/etc/skel",
+        help="Skeleton copied into the homes of created users (useradd -k).",
+    ).tag(config=True)
+
+    shared_data_dir = Unicode(
+        "",
+        help="""A read-only data folder (e.g. /srv/data) linked as ``~/data`` into
+        the home of each created user; empty for none.""",
+    ).tag(config=True)
+
+    # -- state -----------------------------------------------------------------------
+
+    tier = Unicode(FALLBACK_TIER, help="The owner's tier, from their roster group (set at start).")
+
+    oom_kills = Integer(0, help="Kernels of this server killed for memory so far (persisted).")
+
+    usage = Dict(help="The last usage sample (see `usage_report`).")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._monitor_task = None
+        self._tracker = None
+        self._oom_base = None
+        self._adjusted = set()
+        self.oom_events = deque(maxlen=20)
+
+    @property
+    def group_key(self):
+        return group_key(self.user.name, self.name)
+
+    @property
+    def limits(self):
+        return Limits(
+            mem_bytes=self.mem_limit or None,
+            cpu=self.cpu_limit or None,
+            pids=self.pids_limit or None,
+            mem_high_fraction=self.mem_high_fraction,
+            swap=self.allow_swap,
+        )
+
+    @property
+    def backend(self):
+        key = (self.enforcement, self.cgroup_parent)
+        if key not in _BACKENDS:
+            try:
+                backend, skipped = detect(self.enforcement, self.cgroup_parent, log=self.log)
+            except EnforcementUnavailable as e:
+                from .enforcement import Enforcement
+
+                self.log.error("ClassroomSpawner: enforcement %r unavailable: %s", self.enforcement, e)
+                backend, skipped = Enforcement(log=self.log), [str(e)]
+            for reason in skipped:
+                self.log.info("ClassroomSpawner: skipped %s", reason)
+            _BACKENDS[key] = backend
+        return _BACKENDS[key]
+
+    # -- settings ----------------------------------------------------------------------
+
+    async def apply_group_overrides(self):
+        groups = {g.name for g in self.user.groups}
+        self.tier = next((t for t in TIERS if f"tier-{t}" in groups), FALLBACK_TIER)
+        self._apply_overrides(self.tier_settings.get(self.tier, {}))
+        await super().apply_group_overrides()
+        personal = self.user_settings.get(self.user.name.lower())
+        if personal:
+            self.log.info("Applying user_settings for %s: %s", self.user.name, ", ".join(personal))
+            self._apply_overrides(personal)
+
+    def get_args(self):
+        args = list(super().get_args())
+        args.append(f"--KernelManager.transport={self.kernel_transport}")
+        if self.kernel_cull_timeout:
+            interval = self.kernel_cull_interval or max(10, self.kernel_cull_timeout // 6)
+            args += [
+                f"--MappingKernelManager.cull_idle_timeout={self.kernel_cull_timeout}",
+                f"--MappingKernelManager.cull_interval={interval}",
+                f"--MappingKernelManager.cull_connected={self.kernel_cull_connected}",
+            ]
+        return args
+
+    def get_env(self):
+        env = super().get_env()
+        env[KEY_ENV] = self.group_key
+        return env
+
+    # -- start -------------------------------------------------------------------------
+
+    def make_preexec_fn(self, name):
+        become_user = super().make_preexec_fn(name)
+        attach = self._attach
+        adj = str(self.server_oom_score_adj).encode() if self.server_oom_score_adj else None
+
+        def preexec():
+            if attach is not None:
+                attach()  # join the cgroup before anything is charged
+            if adj is not None:
+                try:
+                    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+                    try:
+                        os.write(fd, adj)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass  # lowering needs CAP_SYS_RESOURCE; kernels are raised anyway
+            become_user()
+
+        return preexec
+
+    async def start(self):
+        self._check_named_server_limit()
+        if self.create_system_users:
+            await asyncio.to_thread(
+                ensure_system_user,
+                self.user.name,
+                home_mode=self.home_mode,
+                skeleton=self.skeleton_dir,
+                shared_data=self.shared_data_dir,
+                log=self.log,
+            )
+        await self._make_room()
+        backend = self.backend
+        limits = self.limits
+        self.log.info(
+            "ClassroomSpawner: %s (%s tier): %s; memory %s, CPU %s, pids %s",
+            self._log_name,
+            self.tier,
+            backend.describe(),
+            _human_bytes(limits.mem_bytes),
+            limits.cpu or "unlimited",
+            limits.pids or "unlimited",
+        )
+        if self.require_enforcement and backend.name not in ("cgroup-v2", "cgroup-v1"):
+            raise RuntimeError(
+                "This hub requires enforced limits, but no writable cgroup is available "
+                f"(active: {backend.name}). Ask the administrator to check the hub's log."
+            )
+        key = self.group_key
+        await self._sweep_stale()
+        await backend.destroy(key)  # leftovers of an earlier run of this server
+        self._attach = None
+        if backend.enforcing:
+            await asyncio.to_thread(backend.create, key, limits)
+            self._attach = backend.attach_fn(key)
+        try:
+            ip, port = await super().start()
+        finally:
+            self._attach = None
+        backend.adopt(key, self.pid)
+        try:
+            await self._wait_for_port(ip, port)
+        except BaseException:
+            await self.stop(now=True)
+            raise
+        self._start_monitor()
+        return ip, port
+
+    _attach = None
+
+    def _check_named_server_limit(self):
+        if not self.name:
+            return
+        running = [
+            name
+            for name, spawner in self.user.spawners.items()
+            if name and name != self.name and (spawner.active or spawner.pending)
+        ]
+        if len(running) >= self.named_server_limit:
+            raise RuntimeError(
+                f"Your tier ({self.tier}) allows {self.named_server_limit} named server(s) at once; "
+                f"running: {', '.join(running) or 'none'}. Stop one first."
+            )
+
+    async def _wait_for_port(self, ip, port):
+        """Return once the server accepts connections, so the hub's first check succeeds."""
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.01
+        while True:
+            status = self.proc.poll() if self.proc is not None else None
+            if status is not None:
+                raise RuntimeError(f"The jupyter server of {self._log_name} exited with status {status} while starting")
+            try:
+                _, writer = await asyncio.open_connection(ip or "127.0.0.1", port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self._log_name} did not listen on port {port} in {self.start_timeout} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.1)
+                continue
+            writer.close()
+            return
+
+    # -- poll / stop ---------------------------------------------------------------
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None:
+            # the server is gone: so must be its kernels, daemons and cgroup
+            self._stop_monitor()
+            RUNNING.discard(self)
+            key = self.group_key
+            if key in self.backend.keys():
+                self.log.info("ClassroomSpawner: cleaning up after the exited server of %s", self._log_name)
+                await self.backend.destroy(key)
+        return status
+
+    async def stop(self, now=False):
+        self._stop_monitor()
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.backend.destroy(self.group_key)
+            RUNNING.discard(self)
+            metrics.forget(self)
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.oom_kills = state.get("oom_kills", 0)
+        self.tier = state.get("tier", self.tier)
+        if self.pid:
+            # a server that outlived a hub restart: watch it again
+            self.backend.adopt(self.group_key, self.pid)
+            self._start_monitor()
+
+    def get_state(self):
+        state = super().get_state()
+        if self.oom_kills:
+            state["oom_kills"] = self.oom_kills
+        state["tier"] = self.tier
+        return state
+
+    async def _sweep_stale(self):
+        """Remove cgroups of servers that no longer run (after a hub restart)."""
+        if self.cgroup_parent in _SWEPT or not self.backend.enforcing:
+            return
+        _SWEPT.add(self.cgroup_parent)
+        from jupyterhub import orm
+
+        live = {
+            group_key(sp.user.name, sp.name)
+            for sp in self.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+        }
+        for key in self.backend.keys():
+            if key not in live and key != self.group_key:
+                self.log.info("ClassroomSpawner: removing stale group %s", key)
+                await self.backend.destroy(key)
+
+    # -- monitoring ------------------------------------------------------------------
+
+    def _start_monitor(self):
+        RUNNING.add(self)
+        started = self.orm_spawner.started if self.orm_spawner else None
+        self._tracker = IdleTracker(_timestamp(started) or time.time())
+        self._oom_base = None
+        self._adjusted = set()
+        if self._monitor_task is None:
+            self._monitor_task = asyncio.ensure_future(self._monitor())
+
+    def _stop_monitor(self):
+        task, self._monitor_task = self._monitor_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _monitor(self):
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("ClassroomSpawner: check of %s failed", self._log_name)
+            await asyncio.sleep(self.monitor_interval)
+
+    async def check(self, now=None):
+        """One round: sample usage, enforce, count OOM kills, decide culling."""
+        now = now or time.time()
+        backend, key = self.backend, self.group_key
+        killed = backend.enforce(key, self.pid)
+        usage = backend.usage(key)
+        self._note_oom(usage.oom_kills, killed)
+        usage.oom_kills = self.oom_kills
+        self._protect_server(backend.pids(key))
+        self._tracker.add(now, usage.cpu_seconds, self.idle_cpu_fraction, self.idle_timeout + 2 * self.monitor_interval)
+        self.usage = {**usage.to_dict(), "sampled": now}
+        metrics.record(self, usage)
+        reason = self._tracker.cull_reason(
+            now, _timestamp(self.orm_spawner.last_activity), self.idle_timeout, self.max_age, self.idle_cpu_fraction
+        )
+        if reason:
+            self._cull(reason)
+        elif now - _last_pressure_check[0] >= self.monitor_interval:
+            _last_pressure_check[0] = now
+            await self._relieve_pressure(now, spawning=False)
+
+    def _note_oom(self, counter, killed):
+        if self._oom_base is None:
+            self._oom_base = counter - len(killed)
+        new = counter - self._oom_base
+        if new <= 0:
+            return
+        self._oom_base = counter
+        self.oom_kills += new
+        self.oom_events.append((time.time(), new))
+        metrics.OOM_KILLS.labels(user=self.user.name, server=self.name).inc(new)
+        self.log.warning(
+            "OOM: %s process(es) of %s (%s tier) killed at the memory limit of %s (%s so far)",
+            new,
+            self._log_name,
+            self.tier,
+            _human_bytes(self.mem_limit),
+            self.oom_kills,
+        )
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    def _protect_server(self, pids):
+        """Make kernels and terminals, not the server, the OOM killer's choice."""
+        if self.kernel_oom_score_adj is None:
+            return
+        value = str(self.kernel_oom_score_adj).encode()
+        for pid in pids:
+            if pid == self.pid or pid in self._adjusted:
+                continue
+            try:
+                with open(f"/proc/{pid}/oom_score_adj", "wb") as f:
+                    f.write(value)
+            except OSError as e:
+                if e.errno not in (errno.ESRCH, errno.ENOENT, errno.EACCES, errno.EPERM):
+                    raise
+            self._adjusted.add(pid)
+        self._adjusted &= set(pids)
+
+    def idle_seconds(self, now=None):
+        if self._tracker is None:
+            return None
+        return self._tracker.idle_seconds(now or time.time(), _timestamp(self.orm_spawner.last_activity))
+
+    def _cull(self, reason):
+        self.log.info("Culling %s: %s", self._log_name, reason)
+        task = asyncio.ensure_future(stop_server(self.user, self.name, self.log, reason))
+        _TASKS.add(task)
+        task.add_done_callback(_TASKS.discard)
+
+    async def _make_room(self):
+        await self._relieve_pressure(time.time(), spawning=True)
+
+    async def _relieve_pressure(self, now, spawning):
+        if not self.memory_reserve:
+            return
+        available = mem_available(self.meminfo_path)
+        if available >= self.memory_reserve:
+            return
+        for victim in idlest_first(list(RUNNING), now, self.pressure_min_idle):
+            if victim is self:
+                continue
+            self.log.warning(
+                "Memory pressure (%s available, %s reserved): stopping idle %s",
+                _human_bytes(available),
+                _human_bytes(self.memory_reserve),
+                victim._log_name,
+            )
+            await stop_server(victim.user, victim.name, self.log, "host memory pressure")
+            available = mem_available(self.meminfo_path)
+            if available >= self.memory_reserve or not spawning:
+                return
+        if spawning and available < self.memory_reserve:
+            raise RuntimeError(
+                f"The server is short of memory ({_human_bytes(available)} available, "
+                f"{_human_bytes(self.memory_reserve)} kept in reserve) and no idle server can be "
+                "stopped to make room. Please try again in a few minutes."
+            )
+
+    def usage_report(self):
+        """What admins, instructors and the usage API see of this server."""
+        return {
+            "user": self.user.name,
+            "server": self.name,
+            "tier": self.tier,
+            "enforcement": self.backend.name,
+            "mem_limit": self.mem_limit or None,
+            "cpu_limit": self.cpu_limit or None,
+            "idle_seconds": self.idle_seconds(),
+            **self.usage,
+            "oom_kills": self.oom_kills,
+        }
+
+
+def _timestamp(dt):
+    """A naive-UTC datetime from the hub's database as a Unix time."""
+    if dt is None:
+        return None
+    from datetime import timezone
+
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _human_bytes(n):
+    if not n:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

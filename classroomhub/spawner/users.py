@@ -1,0 +1,45 @@
+"""Creating the system user a server runs as (``create_system_users``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+
+DEFAULT_COMMENT = "classroomhub user"
+
+
+def ensure_system_user(
+    login, home_mode=0o700, skeleton="/etc/skel", shared_data="", comment=DEFAULT_COMMENT, log=None
+):
+    """Return ``(pwd entry, created)`` for *login*, creating the user if missing.
+
+    A created user's home gets *home_mode* (``useradd -m`` leaves it 0755:
+    readable by every other student) and, with *shared_data*, a ``data``
+    link to that read-only folder. Existing accounts are left as they are.
+    """
+    log = log or logging.getLogger(__name__)
+    try:
+        return pwd.getpwnam(login), False
+    except KeyError:
+        pass
+    cmd = ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", comment]
+    if skeleton:
+        cmd += ["--skel", skeleton]
+    result = subprocess.run([*cmd, login], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not create system user {login!r}: {result.stderr.strip()}")
+    entry = pwd.getpwnam(login)
+    # The home is new and the user has never run anything: still, work through
+    # an fd opened without following links, never through the path again.
+    fd = os.open(entry.pw_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, home_mode)
+        if shared_data:
+            os.symlink(shared_data, "data", dir_fd=fd)
+            os.chown("data", entry.pw_uid, entry.pw_gid, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+    log.info("Created system user %s with home %s (mode %o)", login, entry.pw_dir, home_mode)
+    return entry, True
