@@ -18,7 +18,7 @@ from tornado import web
 from traitlets import Bool, Dict, Float, List, Unicode, default, validate
 
 from .access import DEFAULT_COURSE_SCOPES, DEFAULT_TIER_SCOPES, AccessPolicy
-from .handlers import RosterAPIHandler
+from .handlers import RosterAPIHandler, UsageAPIHandler
 from .identity import IdentityStore
 from .roster import COURSE_ROLES, TIERS, RosterError, load_roster
 from .sync import apply_roster
@@ -280,6 +280,7 @@ class RosterAuthenticatorMixin(Authenticator):
         return [
             *super().get_handlers(app),
             (r"/api/classroom/roster", RosterAPIHandler),
+            (r"/api/classroom/usage", UsageAPIHandler),
         ]
 
     # -- reloading ----------------------------------------------------------

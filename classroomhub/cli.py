@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -80,10 +81,53 @@ def cmd_roster_sync(args):
     return rc
 
 
+def format_usage(servers):
+    """A top-like table of /hub/api/classroom/usage, biggest memory first."""
+    from .spawner.enforcement import human_bytes
+
+    header = f"{'USER':<20} {'SERVER':<10} {'TIER':<8} {'MEM':>10} {'PEAK':>10} {'LIMIT':>10} {'CPU s':>9} {'PROCS':>5} {'OOM':>4} {'IDLE':>7}"
+    rows = [header]
+    for s in sorted(servers, key=lambda s: s.get("mem_bytes") or 0, reverse=True):
+        idle = s.get("idle_seconds")
+        rows.append(
+            f"{s['user']:<20} {s['server'] or '-':<10} {s['tier']:<8} "
+            f"{human_bytes(s.get('mem_bytes')) if s.get('mem_bytes') else '-':>10} "
+            f"{human_bytes(s.get('mem_peak_bytes')) if s.get('mem_peak_bytes') else '-':>10} "
+            f"{human_bytes(s.get('mem_limit')):>10} {s.get('cpu_seconds', 0):>9.1f} "
+            f"{s.get('procs', 0):>5} {s.get('oom_kills', 0):>4} "
+            f"{'-' if idle is None else f'{idle / 60:.0f}m':>7}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_usage(args):
+    while True:
+        data, rc = _hub_request(args, "GET", "/hub/api/classroom/usage")
+        if data is None or "servers" not in data:
+            if data is not None:
+                print(data.get("message", data), file=sys.stderr)
+            return rc or 1
+        if args.json:
+            print(json.dumps(data["servers"], indent=1))
+        else:
+            if args.watch:
+                print("\033[H\033[2J", end="")
+            print(format_usage(data["servers"]))
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
     return run_demo(args)
+
+
+def _hub_args(parser, token_help):
+    parser.add_argument("--hub-url", default=os.environ.get("JUPYTERHUB_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--token", help=token_help)
+    parser.add_argument("--timeout", type=float, default=60)
 
 
 def build_parser():
@@ -101,10 +145,14 @@ def build_parser():
     check.set_defaults(func=cmd_roster_check)
 
     sync = roster_sub.add_parser("sync", help="make a running hub apply its roster now")
-    sync.add_argument("--hub-url", default=os.environ.get("JUPYTERHUB_URL", "http://127.0.0.1:8000"))
-    sync.add_argument("--token", help="API token with admin:users (default: $JUPYTERHUB_API_TOKEN)")
-    sync.add_argument("--timeout", type=float, default=60)
+    _hub_args(sync, "API token with admin:users (default: $JUPYTERHUB_API_TOKEN)")
     sync.set_defaults(func=cmd_roster_sync)
+
+    usage = sub.add_parser("usage", help="memory, CPU and OOM kills of running servers (top-like)")
+    _hub_args(usage, "API token that may read the servers (default: $JUPYTERHUB_API_TOKEN)")
+    usage.add_argument("--json", action="store_true", help="print the raw records")
+    usage.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    usage.set_defaults(func=cmd_usage)
 
     demo = sub.add_parser("demo", help="run a local classroom hub with demo users")
     demo.add_argument("--port", type=int, default=8000)

@@ -8,6 +8,7 @@ roster is the hub owner's.
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
+from tornado import web
 
 
 class RosterAPIHandler(APIHandler):
@@ -38,3 +39,28 @@ class RosterAPIHandler(APIHandler):
         # a broken file is the client's problem to fix: say so with a 4xx
         self.set_status(422 if auth.roster_error else 200)
         self.write(status)
+
+
+class UsageAPIHandler(APIHandler):
+    """``GET /hub/api/classroom/usage``: what each running ClassroomSpawner uses.
+
+    Lists the servers the caller may read (``read:servers``, as filtered by
+    their roles: an instructor sees their course's students, root sees all).
+    """
+
+    async def get(self):
+        from .spawner import ClassroomSpawner
+
+        may_read = self.get_scope_filter("read:servers")
+        if "read:servers" not in self.parsed_scopes:
+            raise web.HTTPError(403, "reading usage needs the read:servers scope")
+        servers = []
+        for user in list(self.users.values()):
+            for spawner in list(user.spawners.values()):
+                if not isinstance(spawner, ClassroomSpawner) or not spawner.active:
+                    continue
+                if not may_read(spawner.orm_spawner, kind="server"):
+                    continue
+                servers.append(spawner.usage_report())
+        servers.sort(key=lambda s: (s["user"], s["server"]))
+        self.write({"servers": servers})

@@ -72,14 +72,19 @@ def mem_available(meminfo_path="/proc/meminfo"):
     raise ValueError(f"{meminfo_path} has no MemAvailable line")
 
 
-def idlest_first(spawners, now, min_idle):
-    """Running spawners idle for at least *min_idle* s, the idlest first."""
+def idlest_first(spawners, now, min_idle=None):
+    """Running spawners idle for at least *min_idle* s, the idlest first.
+
+    With *min_idle* None each spawner's own ``pressure_min_idle`` applies,
+    so a tier can protect its servers for longer.
+    """
     candidates = []
     for spawner in spawners:
         if not spawner.active or spawner.pending:
             continue
         idle = spawner.idle_seconds(now)
-        if idle is not None and idle >= min_idle:
+        threshold = spawner.pressure_min_idle if min_idle is None else min_idle
+        if idle is not None and idle >= threshold:
             candidates.append((idle, spawner))
     candidates.sort(key=lambda pair: pair[0], reverse=True)
     return [spawner for _, spawner in candidates]

@@ -115,6 +115,15 @@ def group_key(username, server_name=""):
     return key
 
 
+def human_bytes(n):
+    """``1.0 GiB``, ``300 MiB``; ``unlimited`` for 0 or None."""
+    if not n:
+        return "unlimited"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
 def read_int(path, default=0):
     try:
         with open(path, "rb") as f:

@@ -10,6 +10,7 @@ import weakref
 from collections import deque
 
 from jupyterhub.spawner import LocalProcessSpawner
+from tornado import web
 from traitlets import (
     Bool,
     Dict,
@@ -23,11 +24,19 @@ from traitlets import (
 
 from ..roster import TIERS
 from ..servers import stop_server
-from . import metrics
+from . import metrics, notices
 from .culling import IdleTracker, idlest_first, mem_available
-from .enforcement import KEY_ENV, EnforcementUnavailable, Limits, detect, group_key
+from .enforcement import KEY_ENV, EnforcementUnavailable, Limits, detect, group_key, human_bytes
 from .settings import DEFAULT_TIER_SETTINGS, FALLBACK_TIER
 from .users import ensure_system_user
+
+class SpawnRefused(web.HTTPError):
+    """A start refused by policy; JupyterHub shows the message to the user."""
+
+    def __init__(self, status, message):
+        super().__init__(status, message)
+        self.jupyterhub_message = message
+
 
 #: running ClassroomSpawners of this hub process (for memory pressure, usage)
 RUNNING = weakref.WeakSet()
@@ -211,7 +220,8 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     pressure_min_idle = Integer(
         300,
-        help="Under memory pressure, only servers idle (by activity and CPU) for at least this long are stopped.",
+        help="""Under memory pressure, this server may be stopped once idle (by
+        activity and CPU) for this many seconds.""",
     ).tag(config=True)
 
     meminfo_path = Unicode(
@@ -266,6 +276,9 @@ class ClassroomSpawner(LocalProcessSpawner):
         self._oom_base = None
         self._adjusted = set()
         self.oom_events = deque(maxlen=20)
+        template_vars = self.user.settings.get("template_vars") if self.user else None
+        if template_vars is not None:
+            notices.install(template_vars)
 
     @property
     def group_key(self):
@@ -368,12 +381,13 @@ class ClassroomSpawner(LocalProcessSpawner):
             self._log_name,
             self.tier,
             backend.describe(),
-            _human_bytes(limits.mem_bytes),
+            human_bytes(limits.mem_bytes),
             limits.cpu or "unlimited",
             limits.pids or "unlimited",
         )
         if self.require_enforcement and backend.name not in ("cgroup-v2", "cgroup-v1"):
-            raise RuntimeError(
+            raise SpawnRefused(
+                503,
                 "This hub requires enforced limits, but no writable cgroup is available "
                 f"(active: {backend.name}). Ask the administrator to check the hub's log."
             )
@@ -408,7 +422,8 @@ class ClassroomSpawner(LocalProcessSpawner):
             if name and name != self.name and (spawner.active or spawner.pending)
         ]
         if len(running) >= self.named_server_limit:
-            raise RuntimeError(
+            raise SpawnRefused(
+                403,
                 f"Your tier ({self.tier}) allows {self.named_server_limit} named server(s) at once; "
                 f"running: {', '.join(running) or 'none'}. Stop one first."
             )
@@ -480,7 +495,7 @@ class ClassroomSpawner(LocalProcessSpawner):
 
         live = {
             group_key(sp.user.name, sp.name)
-            for sp in self.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+            for sp in self.user.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
         }
         for key in self.backend.keys():
             if key not in live and key != self.group_key:
@@ -549,12 +564,12 @@ class ClassroomSpawner(LocalProcessSpawner):
             new,
             self._log_name,
             self.tier,
-            _human_bytes(self.mem_limit),
+            human_bytes(self.mem_limit),
             self.oom_kills,
         )
         if self.orm_spawner is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            self.user.db.commit()
 
     def _protect_server(self, pids):
         """Make kernels and terminals, not the server, the OOM killer's choice."""
@@ -593,13 +608,13 @@ class ClassroomSpawner(LocalProcessSpawner):
         available = mem_available(self.meminfo_path)
         if available >= self.memory_reserve:
             return
-        for victim in idlest_first(list(RUNNING), now, self.pressure_min_idle):
-            if victim is self:
-                continue
+        if not spawning and any(s.pending == "stop" for s in list(RUNNING)):
+            return  # memory is about to be freed: do not stop a second server for it
+        for victim in idlest_first(list(RUNNING), now):
             self.log.warning(
                 "Memory pressure (%s available, %s reserved): stopping idle %s",
-                _human_bytes(available),
-                _human_bytes(self.memory_reserve),
+                human_bytes(available),
+                human_bytes(self.memory_reserve),
                 victim._log_name,
             )
             await stop_server(victim.user, victim.name, self.log, "host memory pressure")
@@ -607,9 +622,10 @@ class ClassroomSpawner(LocalProcessSpawner):
             if available >= self.memory_reserve or not spawning:
                 return
         if spawning and available < self.memory_reserve:
-            raise RuntimeError(
-                f"The server is short of memory ({_human_bytes(available)} available, "
-                f"{_human_bytes(self.memory_reserve)} kept in reserve) and no idle server can be "
+            raise SpawnRefused(
+                503,
+                f"The server is short of memory ({human_bytes(available)} available, "
+                f"{human_bytes(self.memory_reserve)} kept in reserve) and no idle server can be "
                 "stopped to make room. Please try again in a few minutes."
             )
 
@@ -637,12 +653,3 @@ def _timestamp(dt):
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
-
-
-def _human_bytes(n):
-    if not n:
-        return "unlimited"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024

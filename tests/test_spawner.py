@@ -1,0 +1,507 @@
+"""ClassroomSpawner for real: a real hub and proxy, real jupyter servers as
+real system users, real cgroup v1 limits (this machine), real kernels."""
+
+import asyncio
+import json
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+from jupyter_client import BlockingKernelClient
+from jupyterhub.tests.utils import api_request, public_url
+
+from classroomhub.spawner import ClassroomSpawner, detect
+from classroomhub.spawner import spawner as spawner_module
+from classroomhub.spawner.enforcement import EnforcementUnavailable
+from classroomhub.spawner.notices import oom_notice
+
+from conftest import login
+
+TAG = "cs" + secrets.token_hex(2)
+STUDENT, STUDENT2, POWER, OTHER = f"{TAG}-stu", f"{TAG}-stu2", f"{TAG}-pow", f"{TAG}-oth"
+PEOPLE = [STUDENT, STUDENT2, POWER, OTHER]
+CGROUP_PARENT = f"cst-{TAG}"
+MEM_LIMIT = 256 * 1024**2
+
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+  {POWER}: {{tier: power}}
+  {OTHER}: {{}}
+courses:
+  c1:
+    instructors: [{POWER}]
+    students: [{STUDENT}, {STUDENT2}]
+"""
+
+
+def _cgroups_writable():
+    if os.geteuid() != 0:
+        return "needs root: creates system users and cgroups"
+    try:
+        backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
+    except EnforcementUnavailable as e:
+        return f"needs writable cgroup v1 controllers: {e}"
+    for folder in set(backend.bases.values()):
+        os.rmdir(folder)
+    return None
+
+
+_skip = _cgroups_writable()
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+def HUB_CONFIG(c):
+    c.JupyterHub.spawner_class = ClassroomSpawner
+    c.JupyterHub.allow_named_servers = True
+    c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
+    c.Spawner.start_timeout = 60
+    c.Spawner.http_timeout = 60
+    c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
+    c.ClassroomSpawner.create_system_users = True
+    c.ClassroomSpawner.monitor_interval = 0.5
+    c.ClassroomSpawner.memory_reserve = 0
+    c.ClassroomSpawner.tier_settings = {
+        "student": {"mem_limit": MEM_LIMIT, "cpu_limit": 0.5, "idle_timeout": 0, "max_age": 0},
+        "power": {"idle_timeout": 0, "max_age": 0},
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_test_users_and_cgroups():
+    yield
+    for login_name in PEOPLE:
+        try:
+            entry = pwd.getpwnam(login_name)
+        except KeyError:
+            continue
+        if entry.pw_gecos == "classroomhub user":
+            subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
+            subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
+    backend = spawner_module._BACKENDS.get(("auto", CGROUP_PARENT))
+    if backend is not None:
+        for key in backend.keys():
+            asyncio.run(backend.destroy(key))
+        for folder in set(backend.bases.values()):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def settings(app):
+    """Per-test ClassroomSpawner overrides, reset afterwards."""
+
+    def set_user(login_name, **values):
+        # read by spawners created from now on (each test gets new ones)
+        current = dict(app.config.ClassroomSpawner.get("user_settings", {}))
+        current[login_name] = values
+        app.config.ClassroomSpawner.user_settings = current
+
+    yield set_user
+    app.config.ClassroomSpawner.user_settings = {}
+
+
+async def start(app, name, server_name=""):
+    path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
+    r = await api_request(app, path, method="post")
+    assert r.status_code in (201, 202), r.text
+    spawner = app.users[name].spawners[server_name]
+    deadline = time.monotonic() + 60
+    while not spawner.ready:
+        assert time.monotonic() < deadline, f"{name} not ready"
+        await asyncio.sleep(0.1)
+    return spawner
+
+
+async def stop(app, name, server_name=""):
+    path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
+    r = await api_request(app, path, method="delete")
+    assert r.status_code in (202, 204), r.text
+    spawner = app.users[name].spawners[server_name]
+    deadline = time.monotonic() + 30
+    while spawner.active:
+        assert time.monotonic() < deadline, f"{name} did not stop"
+        await asyncio.sleep(0.1)
+
+
+def admin_token(app):
+    return app.users["admin"].new_api_token(note="test")
+
+
+async def server_api(app, name, path, method="GET", **kwargs):
+    """A request to the user's jupyter server through the proxy. In a thread:
+    the server asks this same hub (our event loop) to check the token."""
+    url = public_url(app, app.users[name]) + "api/" + path
+    headers = {"Authorization": f"token {admin_token(app)}"}
+    return await asyncio.to_thread(requests.request, method, url, headers=headers, timeout=30, **kwargs)
+
+
+async def start_kernel(app, name):
+    r = await server_api(app, name, "kernels", "POST", json={"name": "python3"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def kernel_client(name, kernel_id):
+    return await asyncio.to_thread(_kernel_client, name, kernel_id)
+
+
+def _kernel_client(name, kernel_id):
+    home = pwd.getpwnam(name).pw_dir
+    path = os.path.join(home, ".local/share/jupyter/runtime", f"kernel-{kernel_id}.json")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"no connection file {path}"
+        time.sleep(0.1)
+    client = BlockingKernelClient(connection_file=path)
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=30)
+    return client
+
+
+def group_dirs(spawner):
+    return spawner.backend.group_dirs(spawner.group_key)
+
+
+def group_pids(spawner):
+    return set(spawner.backend.pids(spawner.group_key))
+
+
+async def test_limits_are_in_the_cgroup_before_exec(app, synced):
+    spawner = await start(app, STUDENT)
+    try:
+        assert spawner.backend.name == "cgroup-v1"
+        folders = {d.split("/")[4]: d for d in group_dirs(spawner)}
+        read = lambda controller, f: open(os.path.join(folders[controller], f)).read().strip()
+        assert int(read("memory", "memory.limit_in_bytes")) == MEM_LIMIT
+        if os.path.exists(os.path.join(folders["memory"], "memory.memsw.limit_in_bytes")):
+            assert int(read("memory", "memory.memsw.limit_in_bytes")) == MEM_LIMIT
+        assert read("cpu", "cpu.cfs_quota_us") == "50000"
+        assert read("cpu", "cpu.cfs_period_us") == "100000"
+        assert read("pids", "pids.max") == "4096"
+        # the server itself is in every hierarchy's group: it joined before exec
+        for folder in folders.values():
+            assert str(spawner.pid) in open(os.path.join(folder, "cgroup.procs")).read().split()
+        env = dict(
+            item.split("=", 1) for item in open(f"/proc/{spawner.pid}/environ").read().split("\0") if "=" in item
+        )
+        assert env["MEM_LIMIT"] == str(MEM_LIMIT) and env["CPU_LIMIT"] == "0.5"
+        assert env["CLASSROOMHUB_SERVER_KEY"] == spawner.group_key
+        # a created user's home is private
+        assert os.stat(pwd.getpwnam(STUDENT).pw_dir).st_mode & 0o777 == 0o700
+        await spawner.check()
+        assert spawner.usage["mem_bytes"] > 20 * 1024**2
+        assert spawner.usage["procs"] >= 1
+    finally:
+        await stop(app, STUDENT)
+    assert not any(os.path.exists(d) for d in folders.values())
+
+
+async def test_usage_api_is_scoped(app, synced):
+    await start(app, STUDENT)
+    await start(app, OTHER)
+    try:
+        for spawner in (app.users[STUDENT].spawner, app.users[OTHER].spawner):
+            await spawner.check()
+        r = await api_request(app, "classroom/usage")
+        assert r.status_code == 200, r.text
+        seen = {s["user"]: s for s in r.json()["servers"]}
+        assert {STUDENT, OTHER} <= set(seen)
+        assert seen[STUDENT]["mem_limit"] == MEM_LIMIT and seen[STUDENT]["enforcement"] == "cgroup-v1"
+        assert seen[STUDENT]["mem_bytes"] > 0 and seen[STUDENT]["tier"] == "student"
+        # the instructor of c1 sees their student, not the student of no course
+        token = app.users[POWER].new_api_token(note="t")
+        r = await api_request(app, "classroom/usage", headers={"Authorization": f"token {token}"})
+        assert {s["user"] for s in r.json()["servers"]} == {STUDENT}
+        # a student sees only their own server
+        token = app.users[OTHER].new_api_token(note="t")
+        r = await api_request(app, "classroom/usage", headers={"Authorization": f"token {token}"})
+        assert {s["user"] for s in r.json()["servers"]} == {OTHER}
+        r = await api_request(app, "classroom/usage", headers={"Authorization": "token nonsense"})
+        assert r.status_code == 403
+    finally:
+        await stop(app, STUDENT)
+        await stop(app, OTHER)
+
+
+async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):
+    spawner = await start(app, STUDENT)
+    try:
+        kernel_id = await start_kernel(app, STUDENT)
+        client = await kernel_client(STUDENT, kernel_id)
+        kernel_pids = group_pids(spawner) - {spawner.pid}
+        # touch every page of twice the limit
+        client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
+        deadline = time.monotonic() + 30
+        while kernel_pids & group_pids(spawner):
+            assert time.monotonic() < deadline, "kernel not killed"
+            await asyncio.sleep(0.2)
+        client.stop_channels()
+        await spawner.check()
+        assert spawner.oom_kills >= 1
+        # the server survived and answers
+        r = await server_api(app, STUDENT, "status")
+        assert r.status_code == 200, r.text
+        assert psutil.pid_exists(spawner.pid)
+        notice = oom_notice(app.users[STUDENT])
+        assert "memory limit of 256 MiB" in notice
+        assert oom_notice(app.users[OTHER]) == ""
+        # and on the hub's home page, for them
+        session, _ = await login(app, STUDENT)
+        r = await session.get(public_url(app) + "hub/home")
+        assert "memory limit of 256 MiB" in r.text
+        # the count survives in the spawner state
+        assert app.users[STUDENT].spawner.orm_spawner.state["oom_kills"] >= 1
+    finally:
+        await stop(app, STUDENT)
+
+
+async def test_cpu_limit_holds(app, synced):
+    spawner = await start(app, STUDENT)
+    try:
+        client = await kernel_client(STUDENT, await start_kernel(app, STUDENT))
+        client.execute("import time\nt = time.time()\nwhile time.time() - t < 8: pass")
+        await asyncio.sleep(1.5)
+        before, t0 = spawner.backend.usage(spawner.group_key).cpu_seconds, time.monotonic()
+        await asyncio.sleep(4)
+        used = (spawner.backend.usage(spawner.group_key).cpu_seconds - before) / (time.monotonic() - t0)
+        client.stop_channels()
+        assert 0.45 <= used <= 0.55, f"{used:.3f} cores used under a 0.5 limit"
+    finally:
+        await stop(app, STUDENT)
+
+
+DAEMON = """
+import os, subprocess, time
+subprocess.Popen(["nohup", "sleep", "1000"], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(1000)
+    os._exit(0)
+os.wait()
+"""
+
+
+async def test_stop_leaves_no_process_and_no_cgroup(app, synced):
+    spawner = await start(app, STUDENT)
+    client = await kernel_client(STUDENT, await start_kernel(app, STUDENT))
+    client.execute(DAEMON)
+    await asyncio.sleep(1.5)
+    client.stop_channels()
+    pids = group_pids(spawner)
+    escaped = [p for p in pids if psutil.Process(p).ppid() == 1 or psutil.Process(p).name() == "sleep"]
+    assert len(escaped) >= 2, "the daemons did not start"
+    folders = group_dirs(spawner)
+    await stop(app, STUDENT)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not any(os.path.exists(d) for d in folders)
+
+
+async def test_exited_server_is_cleaned_up_by_poll(app, synced):
+    """A server that died while the hub was down leaves kernels behind: the
+    first poll after the restart removes them and the cgroup."""
+    spawner = await start(app, STUDENT)
+    await start_kernel(app, STUDENT)
+    await asyncio.sleep(1)
+    pids = group_pids(spawner)
+    folders = group_dirs(spawner)
+    assert len(pids) >= 2
+    os.kill(spawner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while await spawner.poll() is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not any(os.path.exists(d) for d in folders)
+
+
+async def test_stale_groups_are_swept_at_first_start(app, synced):
+    backend = spawner_module._BACKENDS[("auto", CGROUP_PARENT)]
+    from classroomhub.spawner import Limits
+
+    backend.create("ghost", Limits(mem_bytes=MEM_LIMIT))
+    ghost = subprocess.Popen(["sleep", "1000"], preexec_fn=backend.attach_fn("ghost"))
+    try:
+        spawner_module._SWEPT.discard(CGROUP_PARENT)  # as in a fresh hub process
+        await start(app, STUDENT)
+        assert ghost.wait(timeout=10) == -signal.SIGKILL
+        assert "ghost" not in backend.keys()
+    finally:
+        if ghost.poll() is None:
+            ghost.kill()
+        await stop(app, STUDENT)
+
+
+async def test_state_round_trip_after_hub_restart(app, synced):
+    """A fresh spawner loaded from the stored state finds the running server,
+    reports it running, and stops all of it."""
+    spawner = await start(app, STUDENT)
+    await start_kernel(app, STUDENT)
+    state = spawner.get_state()
+    assert state["pid"] == spawner.pid and state["tier"] == "student"
+    user = app.users[STUDENT]
+    revived = user._new_spawner("", orm_spawner=spawner.orm_spawner)
+    revived.load_state(state)
+    assert revived.tier == "student"
+    assert await revived.poll() is None
+    pids, folders = group_pids(spawner), group_dirs(spawner)
+    await revived.stop()
+    assert await revived.poll() == 0
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not any(os.path.exists(d) for d in folders)
+    await spawner.poll()  # the original handle notices too
+    await stop(app, STUDENT) if spawner.active else None
+
+
+async def test_kernels_of_two_users_never_share_ports(app, synced):
+    """jupyter_client picks TCP ports for a kernel before the kernel binds
+    them, and only avoids the ports it picked itself: two users' kernels could
+    take the same one. With the ipc transport the channels are sockets in the
+    user's private runtime folder: started in pairs at once, every kernel
+    answers, and the only TCP ports left are ones the OS assigned at bind."""
+    spawners = [await start(app, STUDENT), await start(app, OTHER)]
+    try:
+        for _ in range(4):
+            ids = await asyncio.gather(*(start_kernel(app, name) for name in (STUDENT, OTHER)))
+            for name, kernel_id in zip((STUDENT, OTHER), ids):
+                client = await kernel_client(name, kernel_id)
+                with open(client.connection_file) as f:
+                    info = json.load(f)
+                assert info["transport"] == "ipc"
+                for channel in ("shell", "iopub", "stdin", "control", "hb"):
+                    path = f"{info['ip']}-{info[channel + '_port']}"
+                    assert path.startswith(pwd.getpwnam(name).pw_dir + "/")
+                    assert os.path.exists(path), path
+                reply = await asyncio.to_thread(client.execute_interactive, "1 + 1", timeout=30)
+                assert reply["content"]["status"] == "ok"
+                client.stop_channels()
+        ports = []
+        for spawner in spawners:
+            for pid in group_pids(spawner) - {spawner.pid}:
+                ports += [c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.status == "LISTEN"]
+        assert len(ports) == len(set(ports))
+    finally:
+        await stop(app, STUDENT)
+        await stop(app, OTHER)
+
+
+async def test_named_servers_follow_the_tier(app, synced):
+    r = await api_request(app, f"users/{STUDENT}/servers/extra", method="post")
+    assert r.status_code >= 400
+    assert "allows 0 named server" in r.text
+    spawner = await start(app, POWER, "analysis")
+    assert spawner.tier == "power"
+    await stop(app, POWER, "analysis")
+
+
+async def test_idle_server_is_culled(app, synced, settings):
+    settings(STUDENT, idle_timeout=3)
+    spawner = await start(app, STUDENT)
+    t0 = time.monotonic()
+    while spawner.active:
+        assert time.monotonic() - t0 < 3 + 0.5 + 4, "idle server not culled"
+        await asyncio.sleep(0.2)
+    assert time.monotonic() - t0 >= 2.5
+
+
+async def test_busy_silent_computation_is_not_culled(app, synced, settings):
+    settings(STUDENT, idle_timeout=3)
+    spawner = await start(app, STUDENT)
+    try:
+        client = await kernel_client(STUDENT, await start_kernel(app, STUDENT))
+        client.execute("import time\nt = time.time()\nwhile time.time() - t < 30: pass")
+        client.stop_channels()  # the tab is closed: no hub activity from here on
+        await asyncio.sleep(8)
+        assert spawner.active and spawner.ready, "a busy server was culled"
+    finally:
+        await stop(app, STUDENT)
+
+
+async def test_max_age_stops_even_busy_servers(app, synced, settings):
+    settings(STUDENT, idle_timeout=0, max_age=4)
+    spawner = await start(app, STUDENT)
+    t0 = time.monotonic()
+    while spawner.active:
+        assert time.monotonic() - t0 < 4 + 4
+        await asyncio.sleep(0.2)
+
+
+async def test_idle_kernel_is_culled_inside_a_live_server(app, synced, settings):
+    settings(STUDENT, kernel_cull_timeout=2, kernel_cull_interval=1)
+    spawner = await start(app, STUDENT)
+    try:
+        kernel_id = await start_kernel(app, STUDENT)
+        t0 = time.monotonic()
+        while any(k["id"] == kernel_id for k in (await server_api(app, STUDENT, "kernels")).json()):
+            assert time.monotonic() - t0 < 15, "idle kernel not culled"
+            await asyncio.sleep(0.5)
+        assert spawner.active and (await server_api(app, STUDENT, "status")).status_code == 200
+    finally:
+        await stop(app, STUDENT)
+
+
+async def test_memory_pressure_culls_idlest_first_then_refuses(app, synced, settings, tmp_path):
+    meminfo = tmp_path / "meminfo"
+    plenty, scarce = "MemAvailable: 8000000 kB\n", "MemAvailable: 100000 kB\n"
+    meminfo.write_text(plenty)
+    pressure = dict(meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=1)
+    for name in (STUDENT, STUDENT2, OTHER):
+        settings(name, **pressure)
+    idlest = await start(app, STUDENT)
+    await asyncio.sleep(1.5)
+    second = await start(app, STUDENT2)
+    await asyncio.sleep(1.5)
+    try:
+        # pressure: the idlest server goes first, and stopping it frees enough
+        idlest.post_stop_hook = lambda spawner: meminfo.write_text(plenty)
+        meminfo.write_text(scarce)
+        third = await start(app, OTHER)
+        assert not idlest.active and second.active and third.active
+        # pressure again, nobody idle long enough to go: the spawn is refused
+        idlest.post_stop_hook = None
+        second.pressure_min_idle = third.pressure_min_idle = 3600
+        meminfo.write_text(scarce)
+        r = await api_request(app, f"users/{STUDENT}/server", method="post")
+        assert r.status_code >= 400
+        assert "short of memory" in r.text
+        assert second.active and third.active
+    finally:
+        for name in (STUDENT2, OTHER):
+            if app.users[name].spawner.active:
+                await stop(app, name)
+
+
+@pytest.mark.parametrize(
+    "backend, logged",
+    [("cgroup-v1", "cgroup v1 under"), ("psutil", "psutil watchdog"), ("none", "no limits are enforced")],
+)
+async def test_backend_is_logged_at_each_start(app, synced, settings, caplog, backend, logged):
+    settings(STUDENT, enforcement=backend)
+    spawner = await start(app, STUDENT)
+    try:
+        assert spawner.backend.name == backend
+        assert any(logged in r.getMessage() and STUDENT in r.getMessage() for r in caplog.records)
+        await spawner.check()
+        assert spawner.usage["mem_bytes"] > 0 or backend == "none"
+    finally:
+        await stop(app, STUDENT)
+
+
+async def test_require_enforcement_refuses_an_unlimited_server(app, synced, settings):
+    settings(STUDENT, enforcement="psutil", require_enforcement=True)
+    r = await api_request(app, f"users/{STUDENT}/server", method="post")
+    assert r.status_code == 503, r.text
+    assert "requires enforced limits" in r.json()["message"]
+    assert not app.users[STUDENT].spawner.active
