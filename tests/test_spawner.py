@@ -17,6 +17,7 @@ import requests
 from jupyter_client import BlockingKernelClient
 from jupyterhub.tests.utils import api_request, public_url
 
+from classroomhub import cli
 from classroomhub.spawner import ClassroomSpawner, detect
 from classroomhub.spawner import spawner as spawner_module
 from classroomhub.spawner.enforcement import EnforcementUnavailable
@@ -229,9 +230,34 @@ async def test_usage_api_is_scoped(app, synced):
         assert {s["user"] for s in r.json()["servers"]} == {OTHER}
         r = await api_request(app, "classroom/usage", headers={"Authorization": "token nonsense"})
         assert r.status_code == 403
+        # Prometheus, on the hub's own /hub/metrics
+        metrics = await asyncio.to_thread(
+            requests.get, public_url(app) + "hub/metrics", headers={"Authorization": f"token {admin_token(app)}"}
+        )
+        samples = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#"))
+        labels = f'{{server="",user="{STUDENT}"}}'
+        assert float(samples["classroomhub_server_memory_bytes" + labels]) > 0
+        assert float(samples["classroomhub_server_memory_limit_bytes" + labels]) == MEM_LIMIT
     finally:
         await stop(app, STUDENT)
         await stop(app, OTHER)
+
+
+async def test_usage_command_prints_a_table(app, synced, capsys):
+    await start(app, STUDENT)
+    try:
+        await app.users[STUDENT].spawner.check()
+        hub_url = public_url(app).rstrip("/")
+        rc = await asyncio.to_thread(cli.main, ["usage", "--hub-url", hub_url, "--token", admin_token(app)])
+        out = capsys.readouterr().out.splitlines()
+        assert rc == 0
+        assert out[0].split()[:4] == ["USER", "SERVER", "TIER", "MEM"]
+        row = next(line for line in out if line.startswith(STUDENT))
+        assert row.split()[1:3] == ["-", "student"] and "256 MiB" in row
+        rc = await asyncio.to_thread(cli.main, ["usage", "--hub-url", hub_url, "--token", "wrong"])
+        assert rc == 1 and "read:servers" in capsys.readouterr().err
+    finally:
+        await stop(app, STUDENT)
 
 
 async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):

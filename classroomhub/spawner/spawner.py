@@ -400,6 +400,9 @@ class ClassroomSpawner(LocalProcessSpawner):
             self._attach = backend.attach_fn(key)
         try:
             ip, port = await super().start()
+        except BaseException:
+            await backend.destroy(key)
+            raise
         finally:
             self._attach = None
         backend.adopt(key, self.pid)
