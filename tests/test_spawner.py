@@ -531,3 +531,24 @@ async def test_require_enforcement_refuses_an_unlimited_server(app, synced, sett
     assert r.status_code == 503, r.text
     assert "requires enforced limits" in r.json()["message"]
     assert not app.users[STUDENT].spawner.active
+
+
+async def test_psutil_watchdog_kills_the_largest_kernel(app, synced, settings):
+    """Without a writable cgroup the watchdog stands in: the kernel over the
+    limit dies, the server does not, and the kill is counted."""
+    settings(STUDENT, enforcement="psutil", watchdog_interval=0.3, monitor_interval=5)
+    spawner = await start(app, STUDENT)
+    try:
+        client = await kernel_client(STUDENT, await start_kernel(app, STUDENT))
+        kernel_pids = set(spawner.backend.pids(spawner.group_key)) - {spawner.pid}
+        client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
+        deadline = time.monotonic() + 20
+        while spawner.oom_kills == 0:
+            assert time.monotonic() < deadline, "watchdog did not act"
+            await asyncio.sleep(0.2)
+        client.stop_channels()
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in kernel_pids)
+        assert psutil.pid_exists(spawner.pid)
+        assert (await server_api(app, STUDENT, "status")).status_code == 200
+    finally:
+        await stop(app, STUDENT)

@@ -185,6 +185,12 @@ class ClassroomSpawner(LocalProcessSpawner):
         far more, an idle jupyter server and kernel far less.""",
     ).tag(config=True)
 
+    watchdog_interval = Float(
+        2.0,
+        help="""Seconds between memory checks of the psutil watchdog (used only
+        when no cgroup is writable; the kernel enforces cgroup limits at once).""",
+    ).tag(config=True)
+
     monitor_interval = Float(
         10.0,
         help="Seconds between usage samples, OOM checks, watchdog rounds and cull decisions.",
@@ -480,7 +486,7 @@ class ClassroomSpawner(LocalProcessSpawner):
         if self.pid:
             # a server that outlived a hub restart: watch it again
             self.backend.adopt(self.group_key, self.pid)
-            self._start_monitor()
+            self._start_monitor(fresh=False)
 
     def get_state(self):
         state = super().get_state()
@@ -507,11 +513,11 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     # -- monitoring ------------------------------------------------------------------
 
-    def _start_monitor(self):
+    def _start_monitor(self, fresh=True):
         RUNNING.add(self)
         started = self.orm_spawner.started if self.orm_spawner else None
         self._tracker = IdleTracker(_timestamp(started) or time.time())
-        self._oom_base = None
+        self._oom_base = 0 if fresh else None
         self._adjusted = set()
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor())
@@ -522,22 +528,35 @@ class ClassroomSpawner(LocalProcessSpawner):
             task.cancel()
 
     async def _monitor(self):
+        next_check = 0.0
         while True:
+            now = time.time()
             try:
-                await self.check()
+                if now >= next_check:
+                    next_check = now + self.monitor_interval
+                    await self.check(now)
+                else:
+                    self._watchdog_round()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.log.exception("ClassroomSpawner: check of %s failed", self._log_name)
-            await asyncio.sleep(self.monitor_interval)
+            # the kernel enforces cgroup limits; the psutil watchdog must poll often
+            polling = self.backend.name == "psutil"
+            await asyncio.sleep(min(self.monitor_interval, self.watchdog_interval) if polling else self.monitor_interval)
+
+    def _watchdog_round(self):
+        killed = self.backend.enforce(self.group_key, self.pid)
+        if killed:
+            self._note_oom((self._oom_base or 0) + len(killed))
 
     async def check(self, now=None):
         """One round: sample usage, enforce, count OOM kills, decide culling."""
         now = now or time.time()
         backend, key = self.backend, self.group_key
-        killed = backend.enforce(key, self.pid)
+        backend.enforce(key, self.pid)
         usage = backend.usage(key)
-        self._note_oom(usage.oom_kills, killed)
+        self._note_oom(usage.oom_kills)
         usage.oom_kills = self.oom_kills
         self._protect_server(backend.pids(key))
         self._tracker.add(now, usage.cpu_seconds, self.idle_cpu_fraction, self.idle_timeout + 2 * self.monitor_interval)
@@ -552,9 +571,10 @@ class ClassroomSpawner(LocalProcessSpawner):
             _last_pressure_check[0] = now
             await self._relieve_pressure(now, spawning=False)
 
-    def _note_oom(self, counter, killed):
+    def _note_oom(self, counter):
+        """*counter*: the group's OOM-kill count (0 when the server started)."""
         if self._oom_base is None:
-            self._oom_base = counter - len(killed)
+            self._oom_base = counter  # re-adopted after a restart: already counted
         new = counter - self._oom_base
         if new <= 0:
             return
