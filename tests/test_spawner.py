@@ -27,7 +27,8 @@ from conftest import login
 
 TAG = "cs" + secrets.token_hex(2)
 STUDENT, STUDENT2, POWER, OTHER = f"{TAG}-stu", f"{TAG}-stu2", f"{TAG}-pow", f"{TAG}-oth"
-PEOPLE = [STUDENT, STUDENT2, POWER, OTHER]
+NEWCOMER = f"{TAG}-new"
+PEOPLE = [STUDENT, STUDENT2, POWER, OTHER, NEWCOMER]
 CGROUP_PARENT = f"cst-{TAG}"
 MEM_LIMIT = 256 * 1024**2
 
@@ -36,6 +37,7 @@ users:
   admin: {{tier: root}}
   {POWER}: {{tier: power}}
   {OTHER}: {{}}
+  {NEWCOMER}: {{}}
 courses:
   c1:
     instructors: [{POWER}]
@@ -552,3 +554,29 @@ async def test_psutil_watchdog_kills_the_largest_kernel(app, synced, settings):
         assert (await server_api(app, STUDENT, "status")).status_code == 200
     finally:
         await stop(app, STUDENT)
+
+
+async def test_created_user_gets_private_home_skeleton_and_shared_data(app, synced, settings, tmp_path):
+    skel = tmp_path / "skel"
+    skel.mkdir()
+    (skel / "WELCOME.md").write_text("Welcome to the class hub\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.csv").write_text("a,b\n1,2\n")
+    settings(NEWCOMER, skeleton_dir=str(skel), shared_data_dir=str(data))
+    with pytest.raises(KeyError):
+        pwd.getpwnam(NEWCOMER)
+    await start(app, NEWCOMER)
+    try:
+        entry = pwd.getpwnam(NEWCOMER)
+        home = entry.pw_dir
+        assert os.stat(home).st_mode & 0o777 == 0o700
+        welcome = os.path.join(home, "WELCOME.md")
+        assert open(welcome).read() == "Welcome to the class hub\n"
+        assert os.stat(welcome).st_uid == entry.pw_uid
+        link = os.path.join(home, "data")
+        assert os.readlink(link) == str(data)
+        assert os.lstat(link).st_uid == entry.pw_uid
+        assert os.path.exists(os.path.join(link, "dataset.csv"))
+    finally:
+        await stop(app, NEWCOMER)
