@@ -60,6 +60,10 @@ def _read_pids(path):
         return []
 
 
+def _make_dirs(path):
+    os.makedirs(path, exist_ok=True)
+
+
 def _kill_all(pids):
     for pid in pids:
         try:
@@ -90,6 +94,8 @@ def _attach_writer(procs_files):
 class _CgroupBackend(Enforcement):
     enforcing = True
 
+    #: how to make a cgroup directory (mkdir -p; the kernel adds the interface files)
+    make_dir = staticmethod(_make_dirs)
     #: how to remove an empty cgroup directory (a plain rmdir on cgroupfs)
     remove_dir = staticmethod(os.rmdir)
 
@@ -204,7 +210,7 @@ class CgroupV2(_CgroupBackend):
             if e.errno != errno.EBUSY:
                 raise
             leaf = os.path.join(self.own, "hub")
-            os.makedirs(leaf, exist_ok=True)
+            self.make_dir(leaf)
             for pid in _read_pids(os.path.join(self.own, "cgroup.procs")):
                 try:
                     write_text(os.path.join(leaf, "cgroup.procs"), pid)
@@ -217,14 +223,14 @@ class CgroupV2(_CgroupBackend):
             if part == ".":
                 break
             folder = os.path.join(folder, part)
-            os.makedirs(folder, exist_ok=True)
+            self.make_dir(folder)
             self._enable_controllers(folder)
         self._ready = True
 
     def create(self, key, limits):
         self._prepare()
         folder = os.path.join(self.base, key)
-        os.makedirs(folder, exist_ok=True)
+        self.make_dir(folder)
         mem = limits.mem_bytes
         write_text(os.path.join(folder, "memory.max"), mem if mem else "max")
         high = int(mem * limits.mem_high_fraction) if mem and limits.mem_high_fraction else "max"
@@ -294,7 +300,7 @@ class CgroupV1(_CgroupBackend):
         backend = cls(hierarchies, parent, log=log)
         for folder in set(backend.bases.values()):
             try:
-                os.makedirs(folder, exist_ok=True)
+                backend.make_dir(folder)
             except OSError as e:
                 raise EnforcementUnavailable(f"cannot create {folder}: {e.strerror}") from None
         return backend
@@ -313,7 +319,7 @@ class CgroupV1(_CgroupBackend):
 
     def create(self, key, limits):
         for folder in self.group_dirs(key):
-            os.makedirs(folder, exist_ok=True)
+            self.make_dir(folder)
         mem_dir = self._dir("memory", key)
         mem = limits.mem_bytes or -1
         memsw = os.path.join(mem_dir, "memory.memsw.limit_in_bytes")

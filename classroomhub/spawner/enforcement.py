@@ -93,25 +93,30 @@ class Enforcement:
         return []
 
 
-_UNSAFE = re.compile(r"[^a-z0-9_.@-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+# a dash at either end of a part or next to another dash
+_EDGE_DASH = re.compile(r"^-|-$|-(?=-)|(?<=-)-")
+
+
+def _escape(part):
+    part = _UNSAFE.sub(lambda m: "".join(f"%{b:02x}" for b in m.group().encode()), part)
+    part = _EDGE_DASH.sub("%2d", part)
+    if part in (".", ".."):
+        part = part.replace(".", "%2e")
+    return part
 
 
 def group_key(username, server_name=""):
-    """A filesystem-safe, unambiguous key for a user's server.
+    """A filesystem-safe, unambiguous key for a user's server: ``alice``,
+    ``alice--analysis``.
 
-    ``--`` separates the server name and cannot appear in an escaped part
-    (``-`` runs are escaped), so keys of different servers never collide.
+    ``%`` starts every escape, and an escaped part neither contains ``--`` nor
+    starts or ends with ``-``, so the ``--`` separator splits a key in exactly
+    one way: keys of different servers never collide.
     """
-
-    def escape(part):
-        part = _UNSAFE.sub(lambda m: f"_{ord(m.group()):02x}", part.lower())
-        return part.replace("--", "-_2d")
-
-    key = escape(username)
+    key = _escape(username)
     if server_name:
-        key += "--" + escape(server_name)
-    if key in (".", ".."):
-        key = "_" + key
+        key += "--" + _escape(server_name)
     return key
 
 
