@@ -53,10 +53,28 @@ c.ClassroomGitHubAuthenticator.identity_file = os.path.join(state_dir, "classroo
 # }
 
 # -- Servers -------------------------------------------------------------------
-# One Jupyter server per person, running as their own system user.
+# One Jupyter server per person, running as their own system user, with the
+# memory and CPU limits of their tier (docs/spawner.md has the table). Limits
+# are enforced by a cgroup (v2, else v1), else by a psutil watchdog; the hub
+# logs which one at every server start.
 c.JupyterHub.spawner_class = "classroom"
 c.Spawner.default_url = "/lab"
 c.Spawner.http_timeout = 60
+# Change the limits of a tier; only the keys you give change. Setting
+# c.Spawner.mem_limit directly has no effect: the tier's value wins.
+# c.ClassroomSpawner.tier_settings = {
+#     "student": {"mem_limit": "2G", "cpu_limit": 1, "idle_timeout": 2 * 3600},
+#     "power": {"max_age": 14 * 24 * 3600},
+# }
+# More for one person, whatever their tier:
+# c.ClassroomSpawner.user_settings = {"carol": {"mem_limit": "16G", "cpu_limit": 4}}
+# Refuse to start a server that no cgroup can limit (instead of running it
+# under the watchdog or unlimited):
+# c.ClassroomSpawner.require_enforcement = True
+# Create missing system accounts at first start, with a private (0700) home
+# and a ~/data link to a shared read-only folder:
+# c.ClassroomSpawner.create_system_users = True
+# c.ClassroomSpawner.shared_data_dir = "/srv/data"
 # Stop a server when the hub stops? No: keep people's work running across hub
 # restarts and upgrades.
 c.JupyterHub.cleanup_servers = False
