@@ -115,7 +115,10 @@ def cmd_usage(args):
             print(format_usage(data["servers"]))
         if not args.watch:
             return 0
-        time.sleep(args.watch)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:  # the way to leave --watch
+            return 0
 
 
 def cmd_demo(args):

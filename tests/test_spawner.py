@@ -19,6 +19,7 @@ from jupyterhub.tests.utils import api_request, public_url
 
 from classroomhub import cli
 from classroomhub.spawner import ClassroomSpawner, detect
+from classroomhub.spawner import cgroups
 from classroomhub.spawner import spawner as spawner_module
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.notices import oom_notice
@@ -337,6 +338,25 @@ async def test_stop_leaves_no_process_and_no_cgroup(app, synced):
     assert not any(os.path.exists(d) for d in folders)
 
 
+async def test_stop_is_clean_even_if_the_hub_ignores_sigint(app, synced, caplog):
+    """A hub started from a script with & passes SIGINT on as ignored; the
+    stock first signal then does nothing for `interrupt_timeout` seconds."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        spawner = await start(app, STUDENT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    await start_kernel(app, STUDENT)
+    proc = psutil.Process(spawner.pid)
+    t0 = time.monotonic()
+    await stop(app, STUDENT)
+    took = time.monotonic() - t0
+    assert took < spawner.interrupt_timeout, f"stop took {took:.1f} s"
+    assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    # a clean shutdown: the server logged its own stop (SIGKILL gives no such line)
+    assert not any("Killing" in r.getMessage() for r in caplog.records)
+
+
 async def test_exited_server_is_cleaned_up_by_poll(app, synced):
     """A server that died while the hub was down leaves kernels behind: the
     first poll after the restart removes them and the cgroup."""
@@ -532,6 +552,19 @@ async def test_require_enforcement_refuses_an_unlimited_server(app, synced, sett
     r = await api_request(app, f"users/{STUDENT}/server", method="post")
     assert r.status_code == 503, r.text
     assert "requires enforced limits" in r.json()["message"]
+    assert not app.users[STUDENT].spawner.active
+
+
+async def test_an_unavailable_backend_that_was_asked_for_refuses_to_start(app, synced, settings):
+    try:
+        cgroups.CgroupV2.from_host(CGROUP_PARENT)
+        pytest.skip("this host offers cgroup v2; the refusal needs a backend it lacks")
+    except EnforcementUnavailable:
+        pass
+    settings(STUDENT, enforcement="cgroup-v2")
+    r = await api_request(app, f"users/{STUDENT}/server", method="post")
+    assert r.status_code == 503, r.text
+    assert "limit servers with cgroup-v2, which this host does not offer" in r.json()["message"]
     assert not app.users[STUDENT].spawner.active
 
 

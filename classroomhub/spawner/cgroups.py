@@ -168,19 +168,22 @@ class CgroupV2(_CgroupBackend):
         if own is None:
             raise EnforcementUnavailable("this process is not in a cgroup v2 hierarchy")
         root = mounts[0]
+        # what the hub's own cgroup was given, not what the root has: without
+        # delegation the controllers stop somewhere above the hub
+        here = os.path.normpath(os.path.join(root, own.lstrip("/")))
         try:
-            with open(os.path.join(root, "cgroup.controllers")) as f:
+            with open(os.path.join(here, "cgroup.controllers")) as f:
                 available = f.read().split()
         except OSError as e:
-            raise EnforcementUnavailable(f"cannot read {root}/cgroup.controllers: {e}") from None
+            raise EnforcementUnavailable(f"cannot read {here}/cgroup.controllers: {e}") from None
         missing = [c for c in ("memory", "cpu") if c not in available]
         if missing:
             raise EnforcementUnavailable(
-                f"cgroup2 at {root} lacks the {' and '.join(missing)} controller"
-                f" (has: {' '.join(available) or 'none'})"
+                f"cgroup2 at {here} lacks the {' and '.join(missing)} controller"
+                f" (has: {' '.join(available) or 'none'}; delegate them to the hub's cgroup)"
             )
-        if not os.access(os.path.join(root, own.lstrip("/")), os.W_OK):
-            raise EnforcementUnavailable(f"{root}{own} is not writable (not root, or not delegated)")
+        if not os.access(here, os.W_OK):
+            raise EnforcementUnavailable(f"{here} is not writable (not root, or not delegated)")
         return cls(root, own, parent, log=log)
 
     def describe(self):

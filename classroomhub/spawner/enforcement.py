@@ -52,6 +52,8 @@ class Enforcement:
     name = "none"
     #: True if memory/CPU limits are enforced (``none`` is not)
     enforcing = False
+    #: why the backend that was asked for is missing (set on the stand-in)
+    unavailable = ""
 
     def __init__(self, log=None):
         self.log = log or logging.getLogger(__name__)
