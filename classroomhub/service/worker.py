@@ -1,0 +1,416 @@
+"""File work inside one person's home, run *as that person*.
+
+The classroom service never touches a home as root. It starts this script
+with the person's uid and groups (``python -I -S worker.py MODE``), passes a
+JSON job on stdin and reads the result on stdout, so the kernel itself
+forbids every escape. On top of that, everything below the starting folder
+is reached through directory fds opened with ``O_NOFOLLOW``: a symlink
+planted in a home is never followed, a FIFO or device is never opened, and
+a folder swapped for a link mid-run does not redirect a write.
+
+Modes:
+
+``deliver``
+    Place released files under ``HOME/<course>/<material>/`` without
+    clobbering what the person changed (see :func:`deliver_file`).
+``export``
+    Stream a folder as an uncompressed tar on stdout (regular files only,
+    with limits on entries, depth and bytes); the service imports releases
+    from an instructor's folder this way and, later, collects work.
+
+Only the standard library is imported: ``-I -S`` keeps the person's
+environment and site-packages out of a process the service relies on.
+"""
+
+import errno
+import hashlib
+import io
+import json
+import os
+import secrets
+import stat
+import sys
+import tarfile
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted under a file's name must not hang
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+CHUNK = 1 << 20
+# last member of an export: what was left out and why
+EXPORT_NOTES = ".classroomhub-export.json"
+
+
+class Refused(Exception):
+    """A path the worker will not use; the message goes into the report."""
+
+
+def kind_of(mode):
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a file"
+
+
+def split_relpath(relpath):
+    """Components of a release path; refuses anything that could climb out."""
+    parts = relpath.split("/")
+    if not relpath or any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise Refused(f"unsafe path {relpath!r}")
+    return parts
+
+
+def lstat_at(dir_fd, name):
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_dir(dir_fd, name, create, shown):
+    """Open (or make) the folder *name* below *dir_fd* without following links."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            st = lstat_at(dir_fd, name)
+            raise Refused(f"{shown} is {kind_of(st.st_mode) if st else 'gone'}, not a folder; left alone") from None
+        raise
+    try:
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+    except FileExistsError:
+        pass  # made meanwhile: open it below, with the same checks
+    return open_dir(dir_fd, name, False, shown)
+
+
+def open_path(root_fd, parts, create, shown_root="~"):
+    """An fd of the folder reached by *parts* from *root_fd*, each step no-follow."""
+    fd = os.dup(root_fd)
+    shown = shown_root
+    try:
+        for part in parts:
+            shown = f"{shown}/{part}"
+            child = open_dir(fd, part, create, shown)
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_fd(fd):
+    digest = hashlib.sha256()
+    while True:
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+
+
+def regular_sha256(dir_fd, name, st, sizes):
+    """Hash of the regular file *name*, or None if its size matches none of *sizes*.
+
+    Opened no-follow and non-blocking, then checked to be the file that was
+    lstat'ed: a swap between the two calls is seen, not followed.
+    """
+    if st.st_size not in sizes:
+        return None
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise Refused("changed while it was read; left alone")
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_into(dir_fd, name, source, mode):
+    """Write *source* to a new temporary file in *dir_fd*, then rename it to *name*.
+
+    rename() replaces whatever is at *name* without following it; the
+    temporary name is created with O_EXCL, so it cannot be a planted link.
+    """
+    tmp = f".{name[:100]}.classroomhub-{secrets.token_hex(4)}"
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        try:
+            size = os.fstat(src).st_size
+            copied = 0
+            while copied < size:
+                try:
+                    n = os.copy_file_range(src, dst, size - copied)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    n = os.sendfile(dst, src, None, size - copied)
+                if n == 0:
+                    break
+                copied += n
+            os.fchmod(dst, mode)  # the umask must not strip the exec bit of a script
+        finally:
+            os.close(dst)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(src)
+
+
+def beside_name(name, version):
+    """``hw1.ipynb`` -> ``hw1.release-3.ipynb``: the new version next to the person's."""
+    stem, dot, suffix = name.rpartition(".")
+    if not stem:  # no suffix, or a dot file such as .env
+        return f"{name}.release-{version}"
+    return f"{stem}.release-{version}{dot}{suffix}"
+
+
+def deliver_file(dir_fd, name, entry, version, restore_deleted):
+    """Bring one file up to *entry*; return (status, detail).
+
+    *entry* has the new ``sha256``, ``size``, ``mode``, the store ``object``
+    to copy from, and ``previous``: what was delivered to this person last
+    time (``sha256``, ``size``) or None. Statuses: ``added``, ``unchanged``,
+    ``updated`` (the person never touched it), ``kept`` (they changed it:
+    theirs stays, the new version goes beside it when there is one),
+    ``restored`` / ``left-deleted`` (they deleted it).
+    """
+    previous = entry.get("previous")
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        if previous and not restore_deleted:
+            return "left-deleted", "deleted by its owner; not restored"
+        copy_into(dir_fd, name, entry["object"], entry["mode"])
+        return ("restored" if previous else "added"), ""
+    if not stat.S_ISREG(st.st_mode):
+        return "failed", f"is {kind_of(st.st_mode)} where a file was expected; left alone"
+    if st.st_nlink > 1:
+        current = None  # a hard link: writing would change its other names too
+    else:
+        sizes = {entry["size"]} | ({previous["size"]} if previous else set())
+        current = regular_sha256(dir_fd, name, st, sizes)
+    if current == entry["sha256"]:
+        return "unchanged", ""
+    if previous and current == previous["sha256"]:
+        copy_into(dir_fd, name, entry["object"], entry["mode"])
+        return "updated", ""
+    if previous and previous["sha256"] == entry["sha256"]:
+        return "kept", "changed by its owner; this release did not change it"
+    beside = beside_name(name, version)
+    copy_into(dir_fd, beside, entry["object"], entry["mode"])
+    why = "has other hard links" if st.st_nlink > 1 else "changed by its owner"
+    return "kept", f"{why}; the new version is {beside}"
+
+
+def deliver(job):
+    """Deliver every file of *job*; one result per file, never an exception."""
+    results = []
+    home_fd = os.open(job["home"], DIR_FLAGS)
+    try:
+        folders = {}
+        base = job["base"]  # e.g. ["data101", "week1"]
+        for entry in job["files"]:
+            path = entry["path"]
+            try:
+                parts = split_relpath(path)
+                folder = tuple(parts[:-1])
+                if folder not in folders:
+                    try:
+                        folders[folder] = open_path(home_fd, [*split_relpath("/".join(base)), *folder], create=True)
+                    except (Refused, OSError) as e:
+                        folders[folder] = e
+                target = folders[folder]
+                if isinstance(target, BaseException):
+                    raise target
+                status, detail = deliver_file(target, parts[-1], entry, job["version"], job["restore_deleted"])
+            except Refused as e:
+                status, detail = "failed", str(e)
+            except OSError as e:
+                status, detail = "failed", describe_error(e)
+            results.append({"path": path, "status": status, "detail": detail})
+        for fd in folders.values():
+            if isinstance(fd, int):
+                os.close(fd)
+    finally:
+        os.close(home_fd)
+    return results
+
+
+def link_shared(job):
+    """Point ``~/<course>/<material>`` at a read-only shared tree (a symlink the person owns).
+
+    Replaces an earlier link atomically; anything else at that name is left alone.
+    """
+    *parents, name = split_relpath("/".join(job["base"]))
+    home_fd = os.open(job["home"], DIR_FLAGS)
+    try:
+        dir_fd = open_path(home_fd, parents, create=True)
+        try:
+            st = lstat_at(dir_fd, name)
+            if st is not None and not stat.S_ISLNK(st.st_mode):
+                return [{"path": "", "status": "failed", "detail": f"~/{'/'.join(job['base'])} is {kind_of(st.st_mode)}; left alone"}]
+            if st is not None and os.readlink(name, dir_fd=dir_fd) == job["target"]:
+                return [{"path": "", "status": "unchanged", "detail": ""}]
+            tmp = f".{name}.classroomhub-{secrets.token_hex(4)}"
+            os.symlink(job["target"], tmp, dir_fd=dir_fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return [{"path": "", "status": "updated" if st else "added", "detail": ""}]
+        finally:
+            os.close(dir_fd)
+    except Refused as e:
+        return [{"path": "", "status": "failed", "detail": str(e)}]
+    except OSError as e:
+        return [{"path": "", "status": "failed", "detail": describe_error(e)}]
+    finally:
+        os.close(home_fd)
+
+
+def describe_error(e):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left (disk full or quota reached)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (a folder made read-only?)"
+    return e.strerror or str(e)
+
+
+# -- export: the one walker over a tree someone else controls ----------------------
+
+
+def walk(root_fd, limits, skip=()):
+    """Yield (relative path, dir fd, name, lstat) of regular files below *root_fd*.
+
+    Depth-first through directory fds, never following a link; only the
+    chain of ancestors is open at a time. Entries that are neither regular
+    files nor folders are reported, never opened. Stops at ``limits["entries"]``
+    and does not descend below ``limits["depth"]``; what was left out is
+    appended to ``limits["skipped"]`` as (path, reason).
+    """
+    limits.setdefault("skipped", [])
+    limits["seen"] = 0
+    yield from _walk(root_fd, "", 0, limits, set(skip))
+
+
+def _walk(fd, prefix, depth, limits, skip):
+    with os.scandir(fd) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        limits["seen"] += 1
+        if limits["seen"] > limits["entries"]:
+            if limits["seen"] == limits["entries"] + 1:
+                limits["skipped"].append((prefix + name, f"over the limit of {limits['entries']} entries"))
+            return
+        if name in skip:
+            continue
+        rel = prefix + name
+        st = lstat_at(fd, name)
+        if st is None:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield rel, fd, name, st
+        elif not stat.S_ISDIR(st.st_mode):
+            limits["skipped"].append((rel, f"is {kind_of(st.st_mode)}; skipped"))
+        elif depth + 1 >= limits["depth"]:
+            limits["skipped"].append((rel + "/", f"deeper than {limits['depth']} levels; skipped"))
+        else:
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                limits["skipped"].append((rel + "/", describe_error(e)))
+                continue
+            try:
+                yield from _walk(child, rel + "/", depth + 1, limits, skip)
+            finally:
+                os.close(child)
+
+
+class _Exactly:
+    """Read exactly *size* bytes from *f*: a file that grows or shrinks while
+    it is archived must not corrupt the tar stream (zero-padded or cut)."""
+
+    def __init__(self, f, size):
+        self.f, self.left = f, size
+
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        if len(data) < n:
+            data += bytes(n - len(data))
+        self.left -= len(data)
+        return data
+
+
+def export(job, out):
+    """Write the regular files below ``job["path"]`` to *out* as a tar stream."""
+    limits = {"entries": job.get("max_entries", 100_000), "depth": job.get("max_depth", 64)}
+    max_bytes = job.get("max_bytes", 10 * 1024**3)
+    total = 0
+    root_fd = os.open(job["path"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's own choice
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for rel, dir_fd, name, st in walk(root_fd, limits, skip=set(job.get("skip", ()))):
+                if total + st.st_size > max_bytes:
+                    limits.setdefault("over", []).append(rel)
+                    continue
+                try:
+                    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+                except OSError as e:
+                    limits.setdefault("unreadable", []).append((rel, describe_error(e)))
+                    continue
+                with os.fdopen(fd, "rb") as f:
+                    now = os.fstat(fd)
+                    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                        continue  # swapped after the walk saw it
+                    info = tarfile.TarInfo(rel)
+                    info.size = now.st_size
+                    info.mode = 0o755 if now.st_mode & 0o111 else 0o644
+                    info.mtime = int(now.st_mtime)
+                    tar.addfile(info, _Exactly(f, now.st_size))
+                    total += now.st_size
+            # the last member says what was left out, for the service's report
+            notes = {
+                "skipped": limits.get("skipped", [])
+                + [(rel, f"over the limit of {max_bytes} bytes") for rel in limits.get("over", [])]
+                + limits.get("unreadable", [])
+            }
+            data = json.dumps(notes).encode()
+            info = tarfile.TarInfo(EXPORT_NOTES)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    finally:
+        os.close(root_fd)
+
+
+def main():
+    mode = sys.argv[1]
+    job = json.load(sys.stdin)
+    try:
+        if mode == "deliver":
+            json.dump(deliver(job), sys.stdout)
+        elif mode == "link":
+            json.dump(link_shared(job), sys.stdout)
+        elif mode == "export":
+            export(job, sys.stdout.buffer)
+        else:
+            sys.exit(f"unknown mode {mode!r}")
+    except OSError as e:
+        # one line for the service's report: the path and the reason
+        sys.exit(f"{e.filename or ''}: {describe_error(e)}")
+
+
+if __name__ == "__main__":
+    main()
