@@ -25,6 +25,7 @@ from traitlets import (
 
 from ..roster import TIERS
 from ..servers import stop_server
+from ..service.hooks import sync_before_start
 from . import metrics, notices
 from .culling import IdleTracker, idlest_first, mem_available
 from .enforcement import KEY_ENV, Enforcement, EnforcementUnavailable, Limits, detect, group_key, human_bytes
@@ -271,6 +272,20 @@ class ClassroomSpawner(LocalProcessSpawner):
         the home of each created user; empty for none.""",
     ).tag(config=True)
 
+    classroom_service_url = Unicode(
+        "",
+        help="""URL of the classroom service (e.g.
+        ``http://127.0.0.1:10101/services/classroom/``). When set, every
+        start first asks it to deliver the current releases of the owner's
+        courses that they have not had yet (late joiners), after the system
+        user is created and before the server runs. Empty: no sync.""",
+    ).tag(config=True)
+
+    classroom_sync_timeout = Float(
+        60,
+        help="Seconds a start waits for the classroom sync; after that the server starts anyway.",
+    ).tag(config=True)
+
     # -- state -----------------------------------------------------------------------
 
     tier = Unicode(FALLBACK_TIER, help="The owner's tier, from their roster group (set at start).")
@@ -383,6 +398,8 @@ class ClassroomSpawner(LocalProcessSpawner):
                 shared_data=self.shared_data_dir,
                 log=self.log,
             )
+        if self.classroom_service_url:
+            await sync_before_start(self, self.classroom_service_url, self.classroom_sync_timeout)
         await self._make_room()
         backend = self.backend
         limits = self.limits

@@ -1,0 +1,258 @@
+"""The classroom service's REST API (documented in ``openapi.yaml``).
+
+Every request is identified by the hub (an API token, or the browser's
+OAuth cookie) and authorized here from the person's roster groups: the
+course's instructors (and the admin and root tiers) release; instructors
+and TAs read everyone's delivery reports; students read their own. Every
+error is a JSON body ``{"status": ..., "message": ...}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import yaml
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from .releases import check_name
+from .store import SourceError
+
+OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.yaml")
+RELEASE_KEYS = {"source": str, "git": str, "ref": str, "restore_deleted": bool, "shared": bool, "wait": bool}
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    # Any identified hub user or token may call; authorization is per course,
+    # from the roster's groups (a server's own token can ask for its sync).
+    hub_scopes = None
+
+    @property
+    def service(self):
+        return self.settings["classroom"]
+
+    @property
+    def log(self):
+        return self.service.log
+
+    def write_error(self, status_code, **kwargs):
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "Internal error; the service's log has the details."
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def write_json(self, data, status=200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def check_xsrf_cookie(self):
+        # token-authenticated API calls carry no cookie; HubOAuth checks the
+        # cookie-authenticated ones itself
+        if not self.request.headers.get("Authorization"):
+            return super().check_xsrf_cookie()
+
+    async def person(self):
+        model = self.current_user
+        if not model:
+            raise web.HTTPError(403, "Authentication needed: a JupyterHub token or a hub login")
+        if model.get("kind") != "user":
+            raise web.HTTPError(403, f"Only users can use this API, not {model.get('kind')} {model.get('name')}")
+        return await self.service.hub.person(model["name"])
+
+    def json_body(self, allowed):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as e:
+            raise web.HTTPError(400, f"Request body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "Request body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise web.HTTPError(400, f"Unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        for key, kind in allowed.items():
+            if key in body and not isinstance(body[key], kind):
+                raise web.HTTPError(400, f"Field {key!r} must be a {kind.__name__}")
+        return body
+
+    async def course(self, course_id, person):
+        """The members of *course_id*, if it exists and *person* may see it."""
+        try:
+            check_name("course", course_id)
+        except ValueError as e:
+            raise web.HTTPError(404, str(e)) from None
+        courses = await self.service.hub.courses()
+        if course_id not in courses:
+            raise web.HTTPError(404, f"No course {course_id!r} in the roster")
+        if not person.privileged and course_id not in person.courses:
+            raise web.HTTPError(403, f"{person.name} is not a member of course {course_id!r}")
+        return courses[course_id]
+
+    def release_or_404(self, course_id, material, version=None):
+        try:
+            check_name("material", material)
+        except ValueError as e:
+            raise web.HTTPError(404, str(e)) from None
+        release = self.service.releases.find(course_id, material, version)
+        if release is None:
+            what = f"version {version} of " if version is not None else ""
+            raise web.HTTPError(404, f"No {what}material {material!r} in course {course_id!r}")
+        return release
+
+
+class CoursesHandler(BaseHandler):
+    async def get(self):
+        person = await self.person()
+        courses = await self.service.hub.courses()
+        visible = sorted(c for c in courses if person.privileged or c in person.courses)
+        latest = {}
+        for release in self.service.releases.latest_releases(visible):
+            latest.setdefault(release.course, []).append(release.to_dict())
+        self.write_json(
+            {
+                "courses": [
+                    {
+                        "id": c,
+                        "role": person.courses.get(c),
+                        "n_students": len(courses[c]["student"]),
+                        "materials": latest.get(c, []),
+                    }
+                    for c in visible
+                ]
+            }
+        )
+
+
+class CourseHandler(BaseHandler):
+    async def get(self, course_id):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        data = {
+            "id": course_id,
+            "role": person.courses.get(course_id),
+            "materials": [r.to_dict() for r in self.service.releases.latest_releases([course_id])],
+        }
+        if person.can_see_reports(course_id):
+            data["members"] = members
+        self.write_json(data)
+
+
+class ReleasesHandler(BaseHandler):
+    async def get(self, course_id, material):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.release_or_404(course_id, material)
+        self.write_json({"releases": [r.to_dict() for r in self.service.releases.history(course_id, material)]})
+
+    async def post(self, course_id, material):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        if not person.can_release(course_id):
+            raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can release to it")
+        try:
+            check_name("material", material)
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        body = self.json_body(RELEASE_KEYS)
+        try:
+            release = await self.service.releases.create(
+                course_id,
+                material,
+                person.name,
+                source=body.get("source"),
+                git=body.get("git"),
+                ref=body.get("ref"),
+                restore_deleted=body.get("restore_deleted", False),
+                shared=body.get("shared", False),
+            )
+        except LookupError as e:
+            raise web.HTTPError(400, str(e)) from None
+        except (SourceError, ValueError) as e:
+            raise web.HTTPError(400, f"Cannot release: {e}") from None
+        task = asyncio.ensure_future(self.service.releases.deliver(release, members["student"]))
+        self.service.keep(task)
+        if body.get("wait"):
+            await task
+        self.write_json(self.release_state(release, reports=bool(body.get("wait"))), status=201 if body.get("wait") else 202)
+
+    def release_state(self, release, reports, student=None):
+        data = release.to_dict()
+        data["progress"] = self.service.releases.progress.get(release.id, {"running": False})
+        if reports:
+            data["reports"] = [r.to_dict() for r in self.service.releases.reports(release, student)]
+        return data
+
+
+class ReleaseHandler(ReleasesHandler):
+    async def get(self, course_id, material, version):
+        person = await self.person()
+        await self.course(course_id, person)
+        release = self.release_or_404(course_id, material, int(version))
+        student = None if person.can_see_reports(course_id) else person.name
+        data = self.release_state(release, reports=True, student=student)
+        if person.can_see_reports(course_id):
+            data["files"] = release.to_dict(files=True)["files"]
+        self.write_json(data)
+
+    async def post(self, *args):
+        raise web.HTTPError(405, "Releases are immutable; POST to the material's releases to make a new version")
+
+
+class SyncHandler(BaseHandler):
+    """Deliver every current release of the caller's courses to the caller.
+
+    Called by the spawner (with the server's token) before a server starts,
+    so a student who joined a course late finds everything released so far.
+    """
+
+    async def post(self):
+        person = await self.person()
+        delivered = await self.service.releases.sync_student(person.name, list(person.courses))
+        self.write_json(
+            {
+                "delivered": [
+                    {
+                        "course": release.course,
+                        "material": release.material,
+                        "version": release.version,
+                        "error": report.error,
+                        "counts": report.counts(),
+                    }
+                    for release, report in delivered
+                ]
+            }
+        )
+
+
+class OpenAPIHandler(web.RequestHandler):
+    def get(self):
+        with open(OPENAPI) as f:
+            spec = yaml.safe_load(f)
+        spec["servers"] = [{"url": self.settings["classroom"].base_url.rstrip("/")}]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(spec))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self):
+        raise web.HTTPError(404, f"No such endpoint: {self.request.path}")
+
+
+def api_handlers(prefix):
+    api = prefix + "api/"
+    name = r"([^/]+)"
+    return [
+        (api + "openapi.json", OpenAPIHandler),
+        (api + "courses", CoursesHandler),
+        (api + f"courses/{name}", CourseHandler),
+        (api + f"courses/{name}/materials/{name}/releases", ReleasesHandler),
+        (api + rf"courses/{name}/materials/{name}/releases/([0-9]{{1,9}})", ReleaseHandler),
+        (api + "sync", SyncHandler),
+        (api + ".*", NotFoundHandler),
+    ]

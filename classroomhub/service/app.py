@@ -1,0 +1,169 @@
+"""The classroom service: a JupyterHub-managed tornado application.
+
+Run by the hub as a managed service (``classroomhub-service``), it reads its
+address, prefix and token from the environment JupyterHub gives it, and its
+own settings from ``--config`` (a Python file with ``c.ClassroomService.…``)
+or the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from tornado import web
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import Application
+
+from .._version import __version__
+from .api import api_handlers
+from .hub import HubClient
+from .models import open_database
+from .releases import Releases
+from .store import ReleaseStore
+
+
+class ClassroomService(Application):
+    name = "classroomhub-service"
+    version = __version__
+    description = "Release course content into students' homes, as each student."
+
+    aliases = {
+        "config": "ClassroomService.config_file",
+        "data-dir": "ClassroomService.data_dir",
+        "db-url": "ClassroomService.db_url",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode("", help="A Python configuration file to load (c.ClassroomService.…).").tag(config=True)
+
+    data_dir = Unicode(
+        "/srv/classroomhub",
+        help="""Where the service keeps its database (by default) and its store of
+        released files. Made mode 0711: workers running as students open the
+        files named in their job, and can list nothing.""",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        help="SQLAlchemy URL of the service's database; default: SQLite in `data_dir`. PostgreSQL works.",
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return f"sqlite:///{os.path.join(self.data_dir, 'classroom.sqlite')}"
+
+    store_dir = Unicode(help="Folder of the release store; default: `data_dir`/store.").tag(config=True)
+
+    @default("store_dir")
+    def _default_store_dir(self):
+        return os.path.join(self.data_dir, "store")
+
+    concurrency = Integer(
+        0,
+        help="How many students' homes are written at once; 0: twice the number of CPUs.",
+    ).tag(config=True)
+
+    worker_timeout = Float(
+        120,
+        help="Seconds a worker may spend in one home before it is killed and the student's delivery fails.",
+    ).tag(config=True)
+
+    max_release_bytes = Integer(
+        10 * 1024**3,
+        help="Largest total size of one release; a bigger folder is refused with a message.",
+    ).tag(config=True)
+
+    hub_cache_seconds = Float(
+        5.0,
+        help="How long answers of the hub's API (people's groups, course members) are reused.",
+    ).tag(config=True)
+
+    bind_url = Unicode(help="Where to listen; default: $JUPYTERHUB_SERVICE_URL.").tag(config=True)
+
+    @default("bind_url")
+    def _default_bind_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    base_url = Unicode(help="URL prefix; default: $JUPYTERHUB_SERVICE_PREFIX.").tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/classroom/")
+
+    hub_api_url = Unicode(help="The hub's API; default: $JUPYTERHUB_API_URL.").tag(config=True)
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    api_token = Unicode(help="The service's hub token; default: $JUPYTERHUB_API_TOKEN.").tag(config=True)
+
+    @default("api_token")
+    def _default_api_token(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        os.makedirs(self.data_dir, mode=0o711, exist_ok=True)
+        os.chmod(self.data_dir, 0o711)
+        self.sessions = open_database(self.db_url)
+        self.store = ReleaseStore(self.store_dir)
+        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, log=self.log)
+        self.releases = Releases(
+            self.sessions,
+            self.store,
+            self.log,
+            concurrency=self.concurrency or None,
+            timeout=self.worker_timeout,
+            max_bytes=self.max_release_bytes,
+        )
+        self._tasks = set()
+
+    def keep(self, task):
+        """Hold a background task until it is done (and log its failure)."""
+        self._tasks.add(task)
+
+        def done(t):
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception():
+                self.log.error("Background task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def make_app(self):
+        prefix = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        handlers = [(prefix + "oauth_callback", HubOAuthCallbackHandler), *api_handlers(prefix)]
+        return web.Application(
+            handlers,
+            classroom=self,
+            cookie_secret=os.urandom(32),
+            xsrf_cookies=False,
+        )
+
+    async def serve(self):
+        url = urlparse(self.bind_url)
+        app = self.make_app()
+        server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
+        self.log.info("classroomhub service %s listening on %s%s", __version__, self.bind_url, self.base_url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            server.stop()
+
+    def start(self):
+        asyncio.run(self.serve())
+
+
+def main(argv=None):
+    service = ClassroomService()
+    service.initialize(argv)
+    service.start()

@@ -1,0 +1,58 @@
+"""Late joiners: deliver released content before a server starts.
+
+ClassroomSpawner does this itself when ``classroom_service_url`` is set; any
+other spawner can use :func:`sync_hook` as its ``pre_spawn_hook``::
+
+    c.Spawner.pre_spawn_hook = sync_hook("http://127.0.0.1:10101/services/classroom/")
+
+The hook asks the classroom service, with the new server's own token (so it
+can only ever sync its owner), to deliver every current release of the
+owner's courses that they have not had yet. A failure is logged, never
+fatal: a student can still work without this week's notebook.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+
+async def sync_before_start(spawner, service_url, timeout=60):
+    url = service_url.rstrip("/") + "/api/sync"
+    request = HTTPRequest(
+        url,
+        method="POST",
+        body=b"",
+        headers={"Authorization": f"token {spawner.api_token}"},
+        request_timeout=timeout,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as e:
+        body = e.response.body.decode(errors="replace") if e.response is not None else ""
+        spawner.log.warning("Classroom sync for %s failed: %s %s", spawner.user.name, e, body[:500])
+        return None
+    except OSError as e:
+        spawner.log.warning("Classroom sync for %s: service unreachable at %s: %s", spawner.user.name, url, e)
+        return None
+    delivered = json.loads(response.body)["delivered"]
+    for item in delivered:
+        spawner.log.info(
+            "Classroom sync for %s: %s/%s v%s %s",
+            spawner.user.name,
+            item["course"],
+            item["material"],
+            item["version"],
+            item["error"] or ", ".join(f"{n} {status}" for status, n in item["counts"].items() if n),
+        )
+    return delivered
+
+
+def sync_hook(service_url, timeout=60):
+    """A ``pre_spawn_hook`` for any spawner (the system user must exist already)."""
+
+    async def hook(spawner):
+        await sync_before_start(spawner, service_url, timeout)
+
+    return hook

@@ -1,0 +1,114 @@
+"""The classroom service's own database (SQLite by default, PostgreSQL works).
+
+Courses and memberships are not stored here: they come from the hub's
+groups, which the roster maintains. What is stored is what only the service
+knows: releases, what each student was given, and the delivery reports.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Release(Base):
+    """One immutable version of a course material."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("course", "material", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    course: Mapped[str] = mapped_column(String(255), index=True)
+    material: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(Text)
+    # {path: {sha256, size, mode}}; JSON keeps non-UTF-8 names as \\udcXX escapes
+    files: Mapped[dict] = mapped_column(JSON)
+    skipped: Mapped[list] = mapped_column(JSON, default=list)
+    restore_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    reports: Mapped[list[DeliveryReport]] = relationship(back_populates="release", cascade="all, delete-orphan")
+
+    def to_dict(self, files=False):
+        data = {
+            "course": self.course,
+            "material": self.material,
+            "version": self.version,
+            "created": self.created.isoformat() if self.created else None,
+            "created_by": self.created_by,
+            "source": self.source,
+            "n_files": len(self.files),
+            "size": sum(f["size"] for f in self.files.values()),
+            "restore_deleted": self.restore_deleted,
+            "shared": self.shared,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+        if files:
+            data["files"] = [{"path": p, **meta} for p, meta in sorted(self.files.items())]
+        return data
+
+
+class Delivered(Base):
+    """What a student was last given of one material: {path: {sha256, size}}.
+
+    The baseline for the next update: a file that still matches it was not
+    touched by the student and may be replaced.
+    """
+
+    __tablename__ = "delivered"
+
+    course: Mapped[str] = mapped_column(String(255), primary_key=True)
+    material: Mapped[str] = mapped_column(String(255), primary_key=True)
+    student: Mapped[str] = mapped_column(String(255), primary_key=True)
+    files: Mapped[dict] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeliveryReport(Base):
+    """The result of delivering one release to one student."""
+
+    __tablename__ = "delivery_reports"
+
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True)
+    student: Mapped[str] = mapped_column(String(255), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    error: Mapped[str] = mapped_column(Text, default="")
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    results: Mapped[list] = mapped_column(JSON, default=list)
+
+    release: Mapped[Release] = relationship(back_populates="reports")
+
+    def to_dict(self, results=True):
+        data = {
+            "student": self.student,
+            "at": self.at.isoformat() if self.at else None,
+            "error": self.error,
+            "counts": self.counts,
+            "ok": not self.error and not self.counts.get("failed"),
+        }
+        if results:
+            data["results"] = self.results
+        return data
+
+
+def open_database(url, echo=False):
+    """A session factory for *url*, with the tables created if missing."""
+    kwargs = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = create_engine(url, echo=echo, future=True, **kwargs)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)

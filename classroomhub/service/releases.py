@@ -1,0 +1,267 @@
+"""Releases of course materials: import, record, deliver, report.
+
+Ties the store (immutable content), the delivery workers (as each student)
+and the database (what each student was given). Used by the REST API, the
+late-joiner sync and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from sqlalchemy import func, select
+
+from . import runas
+from .delivery import Release as Job
+from .delivery import deliver_all
+from .models import Delivered, DeliveryReport, Release
+from .store import SourceError, import_folder
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# statuses after which the store's version is what lies in the home
+TAKEN = ("added", "unchanged", "updated", "restored")
+
+
+def check_name(kind, value):
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError(
+            f"{kind} {value!r} is not a valid name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def job_for(release):
+    return Job(
+        release.course,
+        release.material,
+        release.version,
+        release.files,
+        restore_deleted=release.restore_deleted,
+        shared=release.shared,
+    )
+
+
+class Releases:
+    def __init__(self, sessions, store, log, concurrency=None, timeout=120, max_bytes=10 * 1024**3, git_timeout=300):
+        self.sessions = sessions
+        self.store = store
+        self.log = log
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.git_timeout = git_timeout
+        self.progress = {}  # release id -> {"total": n, "done": k, "running": bool}
+        self._locks = {}  # (course, material) -> lock: one delivery of a material at a time
+
+    # -- import ---------------------------------------------------------------------
+
+    async def create(self, course, material, author, source=None, git=None, ref=None, restore_deleted=False, shared=False):
+        """Import a new version from *source* (a folder) or *git* (a repository), read as *author*."""
+        check_name("course", course)
+        check_name("material", material)
+        if bool(source) == bool(git):
+            raise ValueError("give exactly one of 'source' (a folder) or 'git' (a repository)")
+        account = runas.Account.of(author)
+        if source:
+            if not os.path.isabs(source):
+                raise ValueError(f"source must be an absolute path, not {source!r}")
+            files, skipped = await import_folder(self.store, account, source, max_bytes=self.max_bytes)
+            origin = source
+        else:
+            files, skipped = await self._import_git(account, git, ref)
+            origin = f"{git}@{ref}" if ref else git
+        if not files:
+            raise SourceError(f"{origin} has no files to release")
+        with self.sessions() as db:
+            latest = db.scalar(
+                select(func.max(Release.version)).where(Release.course == course, Release.material == material)
+            )
+            release = Release(
+                course=course,
+                material=material,
+                version=(latest or 0) + 1,
+                created_by=author,
+                source=origin,
+                files=files,
+                skipped=[list(s) for s in skipped],
+                restore_deleted=restore_deleted,
+                shared=shared,
+            )
+            db.add(release)
+            db.commit()
+        self.log.info("Release %s/%s v%s by %s: %s files from %s", course, material, release.version, author, len(files), origin)
+        return release
+
+    async def _import_git(self, account, url, ref):
+        """Clone as *account* into a private temporary folder, import, remove."""
+        if url.startswith("-") or (ref or "").startswith("-"):
+            raise ValueError("git repository and ref must not start with '-'")
+        folder = tempfile.mkdtemp(prefix="classroomhub-git-")
+        os.chown(folder, account.uid, account.gid)
+        clone = os.path.join(folder, "repo")
+        cmd = ["git", "clone", "--quiet", "--depth", "1", "--no-local"]
+        if ref:
+            cmd += ["--branch", ref]
+        cmd += ["--", url, clone]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": account.home,
+            "LANG": "C.UTF-8",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",  # no ext:: helpers
+        }
+        options = {**runas.popen_options(account), "env": env}
+        try:
+            try:
+                result = await asyncio.to_thread(
+                    subprocess.run, cmd, capture_output=True, text=True, timeout=self.git_timeout, **options
+                )
+            except subprocess.TimeoutExpired:
+                raise SourceError(f"git clone of {url} took more than {self.git_timeout} s") from None
+            if result.returncode != 0:
+                raise SourceError(f"git clone of {url} failed: {result.stderr.strip().splitlines()[-1:] or ''}")
+            return await import_folder(self.store, account, clone, max_bytes=self.max_bytes)
+        finally:
+            # removed as the account: the clone is theirs
+            await asyncio.to_thread(subprocess.run, ["rm", "-rf", "--", clone], **runas.popen_options(account))
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- delivery ---------------------------------------------------------------------
+
+    async def deliver(self, release, students):
+        """Deliver *release* to *students*, record what each got, return the reports."""
+        lock = self._locks.setdefault((release.course, release.material), asyncio.Lock())
+        progress = self.progress[release.id] = {"total": len(students), "done": 0, "running": True}
+        async with lock:
+            with self.sessions() as db:
+                rows = db.scalars(
+                    select(Delivered).where(
+                        Delivered.course == release.course,
+                        Delivered.material == release.material,
+                        Delivered.student.in_(students),
+                    )
+                ).all()
+                previous = {row.student: row.files for row in rows}
+
+            def advance(report):
+                progress["done"] += 1
+
+            reports = await deliver_all(
+                self.store,
+                job_for(release),
+                students,
+                previous=previous,
+                concurrency=self.concurrency,
+                timeout=self.timeout,
+                progress=advance,
+            )
+            with self.sessions() as db:
+                for report in reports:
+                    self._record(db, release, report, previous.get(report.student, {}))
+                db.commit()
+        progress["running"] = False
+        failed = [r.student for r in reports if not r.ok]
+        self.log.info(
+            "Delivered %s/%s v%s to %s students (%s with failures%s)",
+            release.course,
+            release.material,
+            release.version,
+            len(reports),
+            len(failed),
+            f": {', '.join(failed[:10])}" if failed else "",
+        )
+        return reports
+
+    def _record(self, db, release, report, before):
+        db.merge(
+            DeliveryReport(
+                release_id=release.id,
+                student=report.student,
+                error=report.error,
+                counts=report.counts(),
+                results=report.results,
+            )
+        )
+        if release.shared:
+            return
+        files = dict(before)
+        for result in report.results:
+            if result["status"] in TAKEN:
+                meta = release.files[result["path"]]
+                files[result["path"]] = {"sha256": meta["sha256"], "size": meta["size"]}
+        db.merge(
+            Delivered(
+                course=release.course, material=release.material, student=report.student, files=files, version=release.version
+            )
+        )
+
+    def latest_releases(self, courses):
+        """The newest release of every material of *courses*."""
+        if not courses:
+            return []
+        with self.sessions() as db:
+            newest = (
+                select(Release.course, Release.material, func.max(Release.version).label("version"))
+                .where(Release.course.in_(list(courses)))
+                .group_by(Release.course, Release.material)
+                .subquery()
+            )
+            return db.scalars(
+                select(Release)
+                .join(
+                    newest,
+                    (Release.course == newest.c.course)
+                    & (Release.material == newest.c.material)
+                    & (Release.version == newest.c.version),
+                )
+                .order_by(Release.course, Release.material)
+            ).all()
+
+    async def sync_student(self, student, courses):
+        """Give *student* every current release of *courses* they have not been given;
+        returns [(release, report)].
+
+        A release whose delivery to them failed as a whole (no account yet,
+        a timeout) is tried again; one with per-file results is not.
+        """
+        delivered = []
+        with self.sessions() as db:
+            done = set(
+                db.scalars(
+                    select(DeliveryReport.release_id).where(
+                        DeliveryReport.student == student, DeliveryReport.error == ""
+                    )
+                ).all()
+            )
+        for release in self.latest_releases(courses):
+            if release.id not in done:
+                (report,) = await self.deliver(release, [student])
+                delivered.append((release, report))
+        return delivered
+
+    def find(self, course, material, version=None):
+        with self.sessions() as db:
+            query = select(Release).where(Release.course == course, Release.material == material)
+            if version is None:
+                query = query.order_by(Release.version.desc()).limit(1)
+            else:
+                query = query.where(Release.version == version)
+            return db.scalars(query).first()
+
+    def history(self, course, material):
+        with self.sessions() as db:
+            return db.scalars(
+                select(Release).where(Release.course == course, Release.material == material).order_by(Release.version)
+            ).all()
+
+    def reports(self, release, student=None):
+        with self.sessions() as db:
+            query = select(DeliveryReport).where(DeliveryReport.release_id == release.id)
+            if student is not None:
+                query = query.where(DeliveryReport.student == student)
+            return db.scalars(query.order_by(DeliveryReport.student)).all()

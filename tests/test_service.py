@@ -1,0 +1,305 @@
+"""The classroom service for real: a JupyterHub-managed service process next
+to a real hub and proxy, real system users, releases read as the instructor
+and delivered as each student, courses straight from the roster's groups."""
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import requests
+from jupyterhub.tests.mocking import MockHub
+from jupyterhub.tests.utils import public_url
+from jupyterhub.utils import random_port
+
+from classroomhub.service.hooks import sync_hook
+from classroomhub.spawner.users import ensure_system_user
+
+from conftest import write_roster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+
+TAG = "sv" + secrets.token_hex(2)
+INES, TARA, SAM, SUE, BEA, LEE = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "lee"))
+PEOPLE = [INES, TARA, SAM, SUE, BEA, LEE]
+COMMENT = "classroomhub test user"
+PORT = random_port()
+SERVICE_URL = f"http://127.0.0.1:{PORT}"
+DATA_DIR = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-service-")
+
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+courses:
+  data101:
+    instructors: [{INES}]
+    tas: [{TARA}]
+    students: [{SAM}, {SUE}]
+  bio202:
+    students: [{BEA}]
+"""
+
+
+def HUB_CONFIG(c):
+    c.JupyterHub.services = [
+        {
+            "name": "classroom",
+            "url": SERVICE_URL,
+            "command": [
+                sys.executable,
+                "-m",
+                "classroomhub.service",
+                "--data-dir",
+                DATA_DIR,
+                "--ClassroomService.hub_cache_seconds=0.2",
+            ],
+        }
+    ]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "classroomhub-service",
+            "services": ["classroom"],
+            "scopes": ["list:users", "read:users:groups", "list:groups", "read:groups"],
+        }
+    ]
+    c.Spawner.pre_spawn_hook = late_join_hook
+
+
+async def late_join_hook(spawner):
+    # what sync_hook(url) does, with MockHub's unusual prefix (/@/space%20word/)
+    prefix = MockHub.instance().base_url
+    await sync_hook(f"{SERVICE_URL}{prefix}services/classroom/")(spawner)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    os.chmod(DATA_DIR, 0o711)
+    made = []
+    try:
+        for login in PEOPLE:
+            entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
+            if created:
+                made.append(login)
+        yield
+    finally:
+        for login in made:
+            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
+            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def cleanup_after():
+    """Replaces jupyterhub's per-test cleanup, which deletes every service (and
+    its token) after each test without stopping it: here the managed service
+    lives for the whole module, and the module cleans up after itself."""
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def stop_service(app):
+    yield
+    # jupyterhub's cleanup does not await Service.stop(): stop it ourselves
+    service = app._service_map.get("classroom")
+    if service is not None and service.spawner is not None:
+        await service.stop()
+
+
+def home(login):
+    import pwd
+
+    return pwd.getpwnam(login).pw_dir
+
+
+def api_url(app, path):
+    return public_url(app) + "services/classroom/api/" + path
+
+
+async def call(app, login, method, path, **kwargs):
+    """A request to the service through the proxy, with *login*'s own hub token."""
+    token = app.users[login].new_api_token(note="test") if login else None
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return await asyncio.to_thread(requests.request, method, api_url(app, path), headers=headers, timeout=60, **kwargs)
+
+
+def material(owner, files):
+    """A folder in *owner*'s home (theirs, mode 0700 parents) with *files*."""
+    folder = os.path.join(home(owner), "m-" + secrets.token_hex(3))
+    for rel, text in files.items():
+        path = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    subprocess.run(["chown", "-R", f"{owner}:{owner}", folder], check=True)
+    return folder
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+@pytest.fixture
+async def ready(app, synced):
+    """The roster applied, and the service answering."""
+    for _ in range(100):
+        try:
+            r = await asyncio.to_thread(requests.get, api_url(app, "openapi.json"), timeout=5)
+            if r.status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail("the classroom service did not come up")
+
+
+async def release(app, who, material_name, **body):
+    return await call(app, who, "POST", f"courses/data101/materials/{material_name}/releases", json=body)
+
+
+async def test_instructor_releases_to_every_student_of_the_course(app, ready):
+    src = material(INES, {"hw1.ipynb": "hw1\n", "data/x.csv": "1,2\n"})
+    r = await release(app, INES, "week1", source=src, wait=True)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["version"], body["n_files"], body["created_by"]) == (1, 2, INES)
+    assert sorted(rep["student"] for rep in body["reports"]) == [SAM, SUE]
+    assert all(rep["ok"] and rep["counts"]["added"] == 2 for rep in body["reports"])
+    for student in (SAM, SUE):
+        path = os.path.join(home(student), "data101", "week1", "hw1.ipynb")
+        assert read(path) == "hw1\n"
+        assert os.stat(path).st_uid == os.stat(home(student)).st_uid
+    assert not os.path.exists(os.path.join(home(BEA), "data101"))
+    assert not os.path.exists(os.path.join(home(TARA), "data101"))
+
+
+async def test_update_keeps_edits_and_reports_are_scoped(app, ready):
+    src = material(INES, {"a.ipynb": "a1\n", "b.ipynb": "b1\n"})
+    r = await release(app, INES, "week2", source=src, wait=True)
+    assert r.status_code == 201, r.text
+    mine = os.path.join(home(SAM), "data101", "week2", "a.ipynb")
+    with open(mine, "w") as f:
+        f.write("sam's work\n")
+    src2 = material(INES, {"a.ipynb": "a2\n", "b.ipynb": "b2\n"})
+    r = await release(app, INES, "week2", source=src2, wait=True)
+    assert r.status_code == 201, r.text
+    assert r.json()["version"] == 2
+    assert read(mine) == "sam's work\n"
+    assert read(os.path.join(home(SAM), "data101", "week2", "a.release-2.ipynb")) == "a2\n"
+    assert read(os.path.join(home(SUE), "data101", "week2", "a.ipynb")) == "a2\n"
+
+    r = await call(app, TARA, "GET", "courses/data101/materials/week2/releases/2")
+    assert r.status_code == 200, r.text
+    reports = {rep["student"]: rep for rep in r.json()["reports"]}
+    assert set(reports) == {SAM, SUE}
+    assert {x["path"]: x["status"] for x in reports[SAM]["results"]} == {"a.ipynb": "kept", "b.ipynb": "updated"}
+    assert {x["path"]: x["status"] for x in reports[SUE]["results"]} == {"a.ipynb": "updated", "b.ipynb": "updated"}
+    r = await call(app, SAM, "GET", "courses/data101/materials/week2/releases/2")
+    assert [rep["student"] for rep in r.json()["reports"]] == [SAM]
+    assert "files" not in r.json()
+    r = await call(app, SAM, "GET", "courses/data101/materials/week2/releases")
+    assert [x["version"] for x in r.json()["releases"]] == [1, 2]
+
+
+async def test_release_from_a_git_repository(app, ready):
+    repo = material(INES, {"README.md": "from git\n", "nb/lab.ipynb": "{}\n"})
+    for cmd in (
+        ["git", "init", "-q", "-b", "main", repo],
+        ["git", "-C", repo, "add", "."],
+        ["git", "-C", repo, "-c", "user.name=I", "-c", "user.email=i@example.org", "commit", "-qm", "lab"],
+    ):
+        subprocess.run(cmd, check=True, user=INES, env={"PATH": "/usr/bin:/bin", "HOME": home(INES)})
+    r = await release(app, INES, "lab1", git=repo, ref="main", wait=True)
+    assert r.status_code == 201, r.text
+    assert r.json()["n_files"] == 2  # .git is not released
+    assert read(os.path.join(home(SUE), "data101", "lab1", "nb", "lab.ipynb")) == "{}\n"
+    r = await release(app, INES, "lab2", git=os.path.join(home(INES), "no-such-repo"), wait=True)
+    assert r.status_code == 400
+    assert "git clone" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "who, path, method, body, status, message",
+    [
+        (SAM, "courses/data101/materials/x/releases", "POST", {"source": "/tmp"}, 403, "Only instructors"),
+        (TARA, "courses/data101/materials/x/releases", "POST", {"source": "/tmp"}, 403, "Only instructors"),
+        (BEA, "courses/data101", "GET", None, 403, "is not a member of course 'data101'"),
+        (INES, "courses/nope", "GET", None, 404, "No course 'nope'"),
+        (INES, "courses/data101/materials/..bad/releases", "POST", {"source": "/tmp"}, 400, "not a valid name"),
+        (INES, "courses/data101/materials/x/releases", "POST", "not json", 400, "not JSON"),
+        (INES, "courses/data101/materials/x/releases", "POST", [1], 400, "must be a JSON object"),
+        (INES, "courses/data101/materials/x/releases", "POST", {"source": "/tmp", "rm": 1}, 400, "Unknown field"),
+        (INES, "courses/data101/materials/x/releases", "POST", {"source": 3}, 400, "must be a str"),
+        (INES, "courses/data101/materials/x/releases", "POST", {}, 400, "exactly one of"),
+        (INES, "courses/data101/materials/x/releases", "POST", {"source": "rel/path"}, 400, "absolute path"),
+        (INES, "courses/data101/materials/x/releases", "POST", {"source": "/root"}, 400, "permission denied"),
+        (INES, "courses/data101/materials/x/releases/7", "GET", None, 404, "No version 7 of material 'x'"),
+        (INES, "courses/data101/materials/x/releases/1", "POST", {}, 405, "immutable"),
+        (INES, "no/such/endpoint", "GET", None, 404, "No such endpoint"),
+        (None, "courses", "GET", None, 403, "Authentication needed"),
+    ],
+)
+async def test_bad_requests_get_a_clear_4xx(app, ready, who, path, method, body, status, message):
+    kwargs = {"data": body} if isinstance(body, str) else {"json": body} if body is not None else {}
+    r = await call(app, who, method, path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert message in r.json()["message"]
+    assert r.json()["status"] == status
+
+
+async def test_courses_come_from_the_roster(app, ready):
+    r = await call(app, SAM, "GET", "courses")
+    assert [(c["id"], c["role"]) for c in r.json()["courses"]] == [("data101", "student")]
+    r = await call(app, "admin", "GET", "courses")
+    assert [c["id"] for c in r.json()["courses"]] == ["bio202", "data101"]
+    r = await call(app, TARA, "GET", "courses/data101")
+    assert r.json()["members"]["student"] == sorted([SAM, SUE])
+    r = await call(app, SAM, "GET", "courses/data101")
+    assert "members" not in r.json()
+
+
+async def test_late_joiner_has_everything_before_the_server_is_ready(app, ready, roster_file):
+    src = material(INES, {"intro.ipynb": "welcome\n"})
+    r = await release(app, INES, "intro", source=src, wait=True)
+    assert r.status_code == 201, r.text
+    assert not os.path.exists(os.path.join(home(LEE), "data101"))
+    write_roster(roster_file, ROSTER.replace(f"students: [{SAM}, {SUE}]", f"students: [{SAM}, {SUE}, {LEE}]"))
+    try:
+        await app.authenticator.sync_roster()
+        await asyncio.sleep(0.3)  # the service's cache of the hub's groups
+        user = app.users[LEE]
+        await user.spawn()  # the stock spawner of MockHub, with the pre_spawn_hook
+        try:
+            path = os.path.join(home(LEE), "data101", "intro", "intro.ipynb")
+            assert read(path) == "welcome\n"
+            assert os.stat(path).st_uid == os.stat(home(LEE)).st_uid
+        finally:
+            await user.stop()
+    finally:
+        write_roster(roster_file, ROSTER)
+        await app.authenticator.sync_roster()
+
+
+async def test_openapi_document_and_state_survive_a_restart(app, ready):
+    r = await asyncio.to_thread(requests.get, api_url(app, "openapi.json"), timeout=10)
+    spec = r.json()
+    assert "/api/courses/{course}/materials/{material}/releases" in spec["paths"]
+    service = app._service_map["classroom"]
+    # Service.stop() would also forget its route; stop only the process
+    service.spawner.stop_polling()
+    await service.spawner.stop()
+    await service.start()
+    for _ in range(100):
+        try:
+            r = await call(app, INES, "GET", "courses/data101/materials/week1/releases")
+            if r.status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    assert [x["version"] for x in r.json()["releases"]] == [1]
