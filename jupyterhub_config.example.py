@@ -80,6 +80,16 @@ c.Spawner.http_timeout = 60
 c.JupyterHub.cleanup_servers = False
 
 # -- The classroom service --------------------------------------------------------
-# Course content release and collection runs as a JupyterHub-managed service;
-# it is added here once that part of classroomhub ships:
-# c.JupyterHub.services = [{"name": "classroom", "command": ["classroomhub-service"]}]
+# Course content release runs as a JupyterHub-managed service at
+# /services/classroom/ (web pages, REST API, `classroomhub release`). This adds
+# the service (listening on 127.0.0.1:10101), the read-only hub scopes it needs
+# to read courses from the roster's groups, access to it for every user, and
+# the late-joiner sync of ClassroomSpawner. Its database and the store of
+# released files live in data_dir; see docs/service.md.
+from classroomhub.service.hubconfig import add_classroom_service  # noqa: E402
+
+add_classroom_service(
+    c,
+    data_dir=os.environ.get("CLASSROOMHUB_SERVICE_DIR", "/srv/classroomhub"),
+    port=int(os.environ.get("CLASSROOMHUB_SERVICE_PORT", "10101")),
+)

@@ -35,18 +35,19 @@ def cmd_roster_check(args):
     return 0
 
 
-def _hub_request(args, method, path):
+def _hub_request(args, method, path, body=None):
+    """A JSON request to the hub (or a service behind its proxy): (answer, exit status)."""
     token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not token:
         print("no API token: pass --token or set JUPYTERHUB_API_TOKEN", file=sys.stderr)
         return None, 2
     url = args.hub_url.rstrip("/") + path
-    req = urllib.request.Request(
-        url,
-        method=method,
-        headers={"Authorization": f"token {token}"},
-        data=b"" if method == "POST" else None,
-    )
+    headers = {"Authorization": f"token {token}"}
+    data = None
+    if method == "POST":
+        data = json.dumps(body).encode() if body is not None else b""
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
             return json.load(resp), 0
@@ -121,6 +122,90 @@ def cmd_usage(args):
             return 0
 
 
+def _service_path(args, path):
+    return "/" + args.service_prefix.strip("/") + "/api/" + path
+
+
+def _progress_bar(done, total, width=30):
+    filled = int(width * done / total) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} students"
+
+
+def _print_reports(reports):
+    from .service.delivery import STATUSES
+
+    print(f"{'STUDENT':<24} " + " ".join(f"{s:>12}" for s in STATUSES))
+    for report in reports:
+        counts = report.get("counts", {})
+        print(f"{report['student']:<24} " + " ".join(f"{counts.get(s, 0):>12}" for s in STATUSES))
+    for report in reports:
+        if report.get("error"):
+            print(f"{report['student']}: {report['error']}", file=sys.stderr)
+        for result in report.get("results", []):
+            if result["status"] in ("failed", "kept"):
+                print(f"{report['student']}: {result['path']}: {result['status']}: {result['detail']}", file=sys.stderr)
+
+
+def cmd_release(args):
+    body = {"restore_deleted": args.restore_deleted, "shared": args.shared}
+    if args.git:
+        body["git"] = args.git
+        if args.ref:
+            body["ref"] = args.ref
+    else:
+        body["source"] = os.path.abspath(args.source)
+    base = f"courses/{args.course}/materials/{args.material}/releases"
+    state, rc = _hub_request(args, "POST", _service_path(args, base), body)
+    if state is None or "version" not in state:
+        if state is not None:
+            print(state.get("message", state), file=sys.stderr)
+        return rc or 1
+    print(f"{args.course}/{args.material} version {state['version']}: {state['n_files']} files, {state['size']} bytes")
+    for skipped in state.get("skipped", []):
+        print(f"  not released: {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    tty = sys.stdout.isatty()
+    while True:
+        state, rc = _hub_request(args, "GET", _service_path(args, f"{base}/{state['version']}"))
+        if state is None or "progress" not in state:
+            if state is not None:
+                print(state.get("message", state), file=sys.stderr)
+            return rc or 1
+        progress = state["progress"]
+        total = progress.get("total", len(state.get("reports", [])))
+        done = progress.get("done", total)
+        if tty:
+            print("\r" + _progress_bar(done, total), end="", flush=True)
+        if not progress.get("running"):
+            break
+        time.sleep(0.5)
+    print(("\r" if tty else "") + _progress_bar(done, total))
+    reports = state.get("reports", [])
+    _print_reports(reports)
+    return 0 if all(r.get("ok") for r in reports) else 1
+
+
+def cmd_status(args):
+    course, rc = _hub_request(args, "GET", _service_path(args, f"courses/{args.course}"))
+    if course is None or "materials" not in course:
+        if course is not None:
+            print(course.get("message", course), file=sys.stderr)
+        return rc or 1
+    students = (course.get("members") or {}).get("student")
+    who = f"{len(students)} students" if students is not None else f"you are {course.get('role') or 'not a member'}"
+    print(f"course {args.course}: {who}")
+    print(f"{'MATERIAL':<24} {'VERSION':>7} {'RELEASED':<20} {'FILES':>6} {'DELIVERED':>9} {'FAILED':>6}")
+    for material in course["materials"]:
+        path = f"courses/{args.course}/materials/{material['material']}/releases/{material['version']}"
+        state, _ = _hub_request(args, "GET", _service_path(args, path))
+        reports = (state or {}).get("reports", [])
+        ok = sum(1 for r in reports if r.get("ok"))
+        print(
+            f"{material['material']:<24} {material['version']:>7} {(material['created'] or '')[:19]:<20} "
+            f"{material['n_files']:>6} {ok:>9} {len(reports) - ok:>6}"
+        )
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -131,6 +216,11 @@ def _hub_args(parser, token_help):
     parser.add_argument("--hub-url", default=os.environ.get("JUPYTERHUB_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--token", help=token_help)
     parser.add_argument("--timeout", type=float, default=60)
+
+
+def _service_args(parser):
+    _hub_args(parser, "your JupyterHub API token (default: $JUPYTERHUB_API_TOKEN)")
+    parser.add_argument("--service-prefix", default="/services/classroom", help="where the hub serves the classroom service")
 
 
 def build_parser():
@@ -156,6 +246,23 @@ def build_parser():
     usage.add_argument("--json", action="store_true", help="print the raw records")
     usage.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
     usage.set_defaults(func=cmd_usage)
+
+    release = sub.add_parser("release", help="release a folder or git repository to a course's students")
+    release.add_argument("course")
+    release.add_argument("material", help="name of the material (its folder in each home: ~/COURSE/MATERIAL)")
+    source = release.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", metavar="PATH", help="a folder you can read")
+    source.add_argument("--git", metavar="REPOSITORY", help="a git repository path or URL")
+    release.add_argument("--ref", help="branch or tag (with --git)")
+    release.add_argument("--restore-deleted", action="store_true", help="give back files students deleted")
+    release.add_argument("--shared", action="store_true", help="a read-only dataset, stored once and linked into homes")
+    _service_args(release)
+    release.set_defaults(func=cmd_release)
+
+    status = sub.add_parser("status", help="a course's materials and how their delivery went")
+    status.add_argument("course")
+    _service_args(status)
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="run a local classroom hub with demo users")
     demo.add_argument("--port", type=int, default=8000)

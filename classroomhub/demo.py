@@ -76,11 +76,48 @@ def demo_config(c, state_dir, ip, port, system_users):
     c.Spawner.http_timeout = 60
     if system_users:
         c.JupyterHub.spawner_class = "classroom"
+        # the classroom service writes into homes as their owners: root only
+        from .service.hubconfig import add_classroom_service
+
+        add_classroom_service(c, data_dir=os.path.join(state_dir, "classroom"), port=free_port())
     else:
         # Not root: no users to switch to. Every server runs as us, in its
         # own folder; fine for a demo, never for a real class.
         c.JupyterHub.spawner_class = "simple"
         c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(state_dir, "homes", "{username}")
+
+
+DEMO_NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Week 1\n", "Released by the classroom service."]},
+        {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": ["print('hello, class')"]},
+    ],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def seed_material(login):
+    """A ``~/materials/week1`` folder for the demo instructor to release."""
+    import json
+
+    entry = pwd.getpwnam(login)
+    folder = os.path.join(entry.pw_dir, "materials", "week1")
+    if os.path.exists(folder):
+        return
+    # as the instructor: nothing in a home is written as root
+    code = (
+        "import json, os, sys; os.makedirs(sys.argv[1]); "
+        "open(os.path.join(sys.argv[1], 'intro.ipynb'), 'w').write(sys.argv[2])"
+    )
+    subprocess.run(
+        [sys.executable, "-I", "-c", code, folder, json.dumps(DEMO_NOTEBOOK, indent=1)],
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        cwd="/",
+        check=True,
+    )
 
 
 def demo_logins(roster_path):
@@ -152,6 +189,8 @@ def run_demo(args):
     if system_users:
         for login in logins:
             ensure_demo_user(login, record)
+        if "demo-teacher" in logins:
+            seed_material("demo-teacher")
 
     config_path = os.path.join(state_dir, "jupyterhub_config.py")
     with open(config_path, "w") as f:
@@ -190,6 +229,8 @@ def run_demo(args):
         print(f"  password (any demo user): {password}")
         print(f"  people: {', '.join(logins)}")
         print(f"  roster: {roster_path} (edits apply within seconds)")
+        if system_users:
+            print(f"  classroom: {url}services/classroom/ (demo-teacher can release ~demo-teacher/materials/week1)")
         print(f"  log:    {log_path}")
         print("  Ctrl-C stops the hub and every server it started.")
         sys.stdout.flush()

@@ -117,6 +117,12 @@ def test_demo_end_to_end(demo):
     servers = [p for p in _processes_of(stu) if any("jupyterhub-singleuser" in a for a in p.info["cmdline"] or [])]
     assert servers, "no single-user server running as the student"
 
+    # the classroom service runs behind the same proxy
+    spec = session.get(url + "services/classroom/api/openapi.json", timeout=10)
+    assert spec.status_code == 200, _log(demo["state"])
+    r = session.get(url + "services/classroom/api/courses", timeout=10)
+    assert r.status_code == 403 and "Authentication needed" in r.json()["message"]
+
     # the roster is live: removing the student stops their server
     roster = demo["state"] / "roster.yaml"
     roster.write_text(re.sub(r"students: \[.*\]", "students: []", roster.read_text()))

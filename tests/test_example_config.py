@@ -39,6 +39,8 @@ def hub(tmp_path, github):
         CLASSROOMHUB_BIND_URL=url.rstrip("/"),
         CLASSROOMHUB_HUB_PORT=str(free_port()),
         CLASSROOMHUB_PROXY_API_URL=f"http://127.0.0.1:{free_port()}",
+        CLASSROOMHUB_SERVICE_DIR=str(tmp_path / "classroom"),
+        CLASSROOMHUB_SERVICE_PORT=str(free_port()),
         GITHUB_URL=github.url,
         GITHUB_CLIENT_ID=github.client_id,
         GITHUB_CLIENT_SECRET=github.client_secret,
@@ -104,6 +106,11 @@ def test_example_config_logs_roster_user_in(hub, github):
     # the GitHub id was pinned in the configured state folder
     assert '"dave"' in (hub["state"] / "classroomhub-identities.json").read_text()
     assert "4242" in (hub["state"] / "classroomhub-identities.json").read_text()
+
+    # the classroom service runs behind the hub's proxy and answers for Dave
+    r = s.get(hub["url"] + "services/classroom/api/openapi.json", timeout=10)
+    assert r.status_code == 200, hub["log"].read_text()[-3000:]
+    assert "/api/courses" in r.json()["paths"]
 
     _, r, _ = oauth_login(hub, github, "mallory")
     assert r.status_code == 403
