@@ -613,3 +613,34 @@ async def test_created_user_gets_private_home_skeleton_and_shared_data(app, sync
         assert os.path.exists(os.path.join(link, "dataset.csv"))
     finally:
         await stop(app, NEWCOMER)
+
+
+async def test_start_syncs_classroom_content_before_the_server_runs(app, synced, settings):
+    """classroom_service_url: the start asks the service to deliver the
+    owner's missing releases, with the new server's own token, first."""
+    from tornado import web
+    from jupyterhub.utils import random_port
+
+    calls = []
+
+    class Sync(web.RequestHandler):
+        def post(self):
+            uid = pwd.getpwnam(STUDENT).pw_uid  # the system user exists already
+            running = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+            calls.append((self.request.headers.get("Authorization"), running))
+            self.finish({"delivered": [{"course": "c1", "material": "w1", "version": 1, "error": "", "counts": {"added": 2}}]})
+
+    port = random_port()
+    server = web.Application([("/services/classroom/api/sync", Sync)]).listen(port, "127.0.0.1")
+    try:
+        settings(STUDENT, classroom_service_url=f"http://127.0.0.1:{port}/services/classroom/")
+        spawner = await start(app, STUDENT)
+        try:
+            assert len(calls) == 1
+            authorization, running = calls[0]
+            assert authorization == f"token {spawner.api_token}"
+            assert running == []  # nothing of the server ran yet
+        finally:
+            await stop(app, STUDENT)
+    finally:
+        server.stop()
