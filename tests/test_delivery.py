@@ -218,6 +218,27 @@ async def test_update_never_destroys_student_work(homes, store):
     assert read(os.path.join(folder, "hw2.ipynb")) == "hw2 v2\n"
 
 
+async def test_the_new_version_never_lands_on_another_file_of_the_student(homes, store):
+    rel1 = release(V1, store)
+    await deliver_to(store, ALICE, rel1)
+    folder = os.path.join(homes[ALICE].home, "data101", "week1")
+    write_as(homes[ALICE], os.path.join(folder, "hw1.ipynb"), "mine\n")
+    write_as(homes[ALICE], os.path.join(folder, "hw1.release-2.ipynb"), "also mine\n")
+    rel2 = release(V2, store, version=2)
+    report = await deliver_to(store, ALICE, rel2, delivered(rel1))
+    assert by_path(report)["hw1.ipynb"] == ("kept", "changed by its owner; the new version is hw1.release-2-1.ipynb")
+    assert read(os.path.join(folder, "hw1.release-2.ipynb")) == "also mine\n"
+    assert read(os.path.join(folder, "hw1.release-2-1.ipynb")) == "hw1 v2\n"
+    # delivering the same version again finds it there and writes nothing new
+    report = await deliver_to(store, ALICE, rel2, delivered(rel1))
+    assert by_path(report)["hw1.ipynb"] == ("kept", "changed by its owner; the new version is hw1.release-2-1.ipynb")
+    assert sorted(n for n in os.listdir(folder) if n.startswith("hw1")) == [
+        "hw1.ipynb",
+        "hw1.release-2-1.ipynb",
+        "hw1.release-2.ipynb",
+    ]
+
+
 async def test_a_file_the_student_made_read_only_is_still_updated_in_place(homes, store):
     rel1 = release(V1, store)
     await deliver_to(store, ALICE, rel1)

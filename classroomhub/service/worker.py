@@ -211,10 +211,29 @@ def deliver_file(dir_fd, name, entry, version, restore_deleted):
         return "updated", ""
     if previous and previous["sha256"] == entry["sha256"]:
         return "kept", "changed by its owner; this release did not change it"
-    beside = beside_name(name, version)
-    copy_into(dir_fd, beside, entry["object"], entry["mode"])
     why = "has other hard links" if st.st_nlink > 1 else "changed by its owner"
+    beside = place_beside(dir_fd, name, entry, version)
+    if beside is None:
+        return "kept", f"{why}; no free name for the new version beside it"
     return "kept", f"{why}; the new version is {beside}"
+
+
+def place_beside(dir_fd, name, entry, version):
+    """Write the new version next to the person's file, never over another of theirs.
+
+    ``hw1.release-3.ipynb``; if that name is taken by something else,
+    ``hw1.release-3-1.ipynb`` and so on. Returns the name used, or None.
+    """
+    for attempt in range(10):
+        beside = beside_name(name, version if attempt == 0 else f"{version}-{attempt}")
+        st = lstat_at(dir_fd, beside)
+        if st is None:
+            copy_into(dir_fd, beside, entry["object"], entry["mode"])
+            return beside
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            if regular_sha256(dir_fd, beside, st, {entry["size"]}) == entry["sha256"]:
+                return beside  # delivered there before
+    return None
 
 
 def deliver(job):
