@@ -218,6 +218,33 @@ async def test_update_never_destroys_student_work(homes, store):
     assert read(os.path.join(folder, "hw2.ipynb")) == "hw2 v2\n"
 
 
+def remembered(rel, report):
+    """What the service records after *report*: hashes plus the stamps the worker returned."""
+    return {
+        r["path"]: {"sha256": rel.files[r["path"]]["sha256"], "size": rel.files[r["path"]]["size"], "stamp": r["stamp"]}
+        for r in report.results
+        if "stamp" in r
+    }
+
+
+async def test_stamps_spare_reading_untouched_files_but_not_edited_ones(homes, store):
+    rel1 = release(V1, store)
+    report = await deliver_to(store, ALICE, rel1)
+    before = remembered(rel1, report)
+    assert set(before) == set(V1)
+    folder = os.path.join(homes[ALICE].home, "data101", "week1")
+    # an edit that keeps the size: only the stamp (ctime) tells
+    write_as(homes[ALICE], os.path.join(folder, "hw2.ipynb"), "hw2 XX\n")
+    # a stamp that matches is trusted without reading: pretend v1 of hw1 had
+    # other content; a worker that hashed would call the file changed
+    before["hw1.ipynb"]["sha256"] = sha("something else")
+    report = await deliver_to(store, ALICE, release(V2, store, version=2), before)
+    assert by_path(report)["hw1.ipynb"] == ("updated", "")
+    assert by_path(report)["hw2.ipynb"][0] == "kept"
+    assert read(os.path.join(folder, "hw2.ipynb")) == "hw2 XX\n"
+    assert by_path(report)["notes/README.md"] == ("unchanged", "")
+
+
 async def test_the_new_version_never_lands_on_another_file_of_the_student(homes, store):
     rel1 = release(V1, store)
     await deliver_to(store, ALICE, rel1)

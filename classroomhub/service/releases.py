@@ -193,7 +193,7 @@ class Releases:
         for result in report.results:
             if result["status"] in TAKEN:
                 meta = release.files[result["path"]]
-                files[result["path"]] = {"sha256": meta["sha256"], "size": meta["size"]}
+                files[result["path"]] = {"sha256": meta["sha256"], "size": meta["size"], "stamp": result.get("stamp")}
         db.merge(
             Delivered(
                 course=release.course, material=release.material, student=report.student, files=files, version=release.version

@@ -180,42 +180,59 @@ def beside_name(name, version):
     return f"{stem}.release-{version}{dot}{suffix}"
 
 
+def stamp_of(st):
+    """What identifies a file's state without reading it: size, inode, ctime.
+
+    ctime cannot be set by the owner and changes with every write, chmod or
+    rename, so an equal stamp means the file is as the service left it.
+    """
+    return [st.st_size, st.st_ino, st.st_ctime_ns]
+
+
 def deliver_file(dir_fd, name, entry, version, restore_deleted):
-    """Bring one file up to *entry*; return (status, detail).
+    """Bring one file up to *entry*; return (status, detail, stamp).
 
     *entry* has the new ``sha256``, ``size``, ``mode``, the store ``object``
     to copy from, and ``previous``: what was delivered to this person last
-    time (``sha256``, ``size``) or None. Statuses: ``added``, ``unchanged``,
-    ``updated`` (the person never touched it), ``kept`` (they changed it:
-    theirs stays, the new version goes beside it when there is one),
-    ``restored`` / ``left-deleted`` (they deleted it).
+    time (``sha256``, ``size``, and the ``stamp`` of the file as it was
+    left) or None. Statuses: ``added``, ``unchanged``, ``updated`` (the
+    person never touched it), ``kept`` (they changed it: theirs stays, the
+    new version goes beside it when there is one), ``restored`` /
+    ``left-deleted`` (they deleted it). *stamp* is that of the file now at
+    *name* when it holds the new version, else None.
     """
     previous = entry.get("previous")
     st = lstat_at(dir_fd, name)
     if st is None:
         if previous and not restore_deleted:
-            return "left-deleted", "deleted by its owner; not restored"
-        copy_into(dir_fd, name, entry["object"], entry["mode"])
-        return ("restored" if previous else "added"), ""
+            return "left-deleted", "deleted by its owner; not restored", None
+        return ("restored" if previous else "added"), "", write_file(dir_fd, name, entry)
     if not stat.S_ISREG(st.st_mode):
-        return "failed", f"is {kind_of(st.st_mode)} where a file was expected; left alone"
+        return "failed", f"is {kind_of(st.st_mode)} where a file was expected; left alone", None
     if st.st_nlink > 1:
         current = None  # a hard link: writing would change its other names too
+    elif previous and previous.get("stamp") == stamp_of(st):
+        current = previous["sha256"]  # untouched since delivery: no need to read it
     else:
         sizes = {entry["size"]} | ({previous["size"]} if previous else set())
         current = regular_sha256(dir_fd, name, st, sizes)
     if current == entry["sha256"]:
-        return "unchanged", ""
+        return "unchanged", "", stamp_of(st)
     if previous and current == previous["sha256"]:
-        copy_into(dir_fd, name, entry["object"], entry["mode"])
-        return "updated", ""
+        return "updated", "", write_file(dir_fd, name, entry)
     if previous and previous["sha256"] == entry["sha256"]:
-        return "kept", "changed by its owner; this release did not change it"
+        return "kept", "changed by its owner; this release did not change it", None
     why = "has other hard links" if st.st_nlink > 1 else "changed by its owner"
     beside = place_beside(dir_fd, name, entry, version)
     if beside is None:
-        return "kept", f"{why}; no free name for the new version beside it"
-    return "kept", f"{why}; the new version is {beside}"
+        return "kept", f"{why}; no free name for the new version beside it", None
+    return "kept", f"{why}; the new version is {beside}", None
+
+
+def write_file(dir_fd, name, entry):
+    """Write *entry* at *name*; return the stamp of the written file."""
+    copy_into(dir_fd, name, entry["object"], entry["mode"])
+    return stamp_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
 
 
 def place_beside(dir_fd, name, entry, version):
@@ -256,12 +273,15 @@ def deliver(job):
                 target = folders[folder]
                 if isinstance(target, BaseException):
                     raise target
-                status, detail = deliver_file(target, parts[-1], entry, job["version"], job["restore_deleted"])
+                status, detail, stamp = deliver_file(target, parts[-1], entry, job["version"], job["restore_deleted"])
             except Refused as e:
-                status, detail = "failed", str(e)
+                status, detail, stamp = "failed", str(e), None
             except OSError as e:
-                status, detail = "failed", describe_error(e)
-            results.append({"path": path, "status": status, "detail": detail})
+                status, detail, stamp = "failed", describe_error(e), None
+            result = {"path": path, "status": status, "detail": detail}
+            if stamp:
+                result["stamp"] = stamp
+            results.append(result)
         for fd in folders.values():
             if isinstance(fd, int):
                 os.close(fd)
