@@ -10,6 +10,7 @@ Naming (stable, documented in docs/reference/access.md):
 * ``course-<id>-instructors`` / ``-tas`` / ``-students`` — one group per
   course role;
 * ``classroom-<tier>`` — the role carrying a tier's extra scopes;
+* ``classroom-everyone`` — the role carrying ``everyone_scopes``, if any;
 * ``course-<id>-instructor`` / ``-ta`` — the role carrying a course role's
   scopes, filtered to that course's students' group.
 """
@@ -66,6 +67,10 @@ def course_group(course_id, role):
     return f"course-{course_id}-{_ROLE_GROUP_SUFFIX[role]}"
 
 
+#: the role every roster person holds, when ``everyone_scopes`` is set
+EVERYONE_ROLE = "classroom-everyone"
+
+
 def tier_role_name(tier):
     return f"classroom-{tier}"
 
@@ -99,9 +104,10 @@ class AccessPolicy:
     """Turns roster entries into grants, given the scopes configured per
     tier and per course role (the authenticator's traits)."""
 
-    def __init__(self, tier_scopes=None, course_scopes=None):
+    def __init__(self, tier_scopes=None, course_scopes=None, everyone_scopes=()):
         self.tier_scopes = {**DEFAULT_TIER_SCOPES, **(tier_scopes or {})}
         self.course_scopes = {**DEFAULT_COURSE_SCOPES, **(course_scopes or {})}
+        self.everyone_scopes = sorted(everyone_scopes)
         defaults = {r["name"]: r for r in get_default_roles()}
         self._user_role = defaults["user"]
         self._admin_role = defaults["admin"]
@@ -114,6 +120,15 @@ class AccessPolicy:
             "name": tier_role_name(tier),
             "description": f"classroomhub: extra rights of the {tier} tier",
             "scopes": sorted(scopes),
+        }
+
+    def everyone_role(self):
+        if not self.everyone_scopes:
+            return None
+        return {
+            "name": EVERYONE_ROLE,
+            "description": "classroomhub: what every person on the roster may do",
+            "scopes": list(self.everyone_scopes),
         }
 
     def course_role(self, course_id, role):
@@ -147,9 +162,9 @@ class AccessPolicy:
         roles = [self._user_role]
         if tier == "root":
             roles.append(self._admin_role)
-        tier_role = self.tier_role(tier)
-        if tier_role:
-            roles.append(tier_role)
+        for role in (self.everyone_role(), self.tier_role(tier)):
+            if role:
+                roles.append(role)
         for course_id, role in sorted(roster.courses_of(login).items()):
             groups.append(course_group(course_id, role))
             course_role = self.course_role(course_id, role)
@@ -160,6 +175,9 @@ class AccessPolicy:
     def all_roles(self, roster):
         """Every managed role the roster defines (with no members)."""
         roles = {}
+        everyone = self.everyone_role()
+        if everyone:
+            roles[everyone["name"]] = everyone
         for tier in self.tier_scopes:
             role = self.tier_role(tier)
             if role:

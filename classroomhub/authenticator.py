@@ -88,6 +88,16 @@ class RosterAuthenticatorMixin(Authenticator):
             raise ValueError(f"tier_scopes: unknown tiers {sorted(unknown)}; tiers are {TIERS}")
         return proposal.value
 
+    everyone_scopes = List(
+        Unicode(),
+        help="""Scopes every person on the roster gets, whatever their tier:
+        a role ``classroom-everyone``. For example
+        ``access:services!service=classroom`` lets everyone use the classroom
+        service's pages (``add_classroom_service`` adds it). JupyterHub's
+        default ``user`` role cannot carry this: the authenticator manages
+        roles, so it is reset to its defaults at each login.""",
+    ).tag(config=True)
+
     course_scopes = Dict(
         key_trait=Unicode(),
         value_trait=List(Unicode()),
@@ -160,7 +170,7 @@ class RosterAuthenticatorMixin(Authenticator):
         super().__init__(**kwargs)
         if not self.roster_path:
             raise ValueError(f"{self.__class__.__name__}.roster_path must be set")
-        self.policy = AccessPolicy(self.tier_scopes, self.course_scopes)
+        self.policy = AccessPolicy(self.tier_scopes, self.course_scopes, self.everyone_scopes)
         self.roster = load_roster(self.roster_path)  # no last good one yet: fail loudly
         self.roster_error = None
         self._roster_stat = self._stat_roster()

@@ -595,6 +595,17 @@ def test_root_gets_jupyterhubs_admin_role(access_roster):
     assert "admin:users" in admin_role["scopes"]
 
 
+@pytest.mark.parametrize("login", ["rooty", "opal", "pia", "stu", "ines", "sam"])
+def test_everyone_scopes_reach_every_tier(access_roster, login):
+    access = "access:services!service=classroom"
+    policy = AccessPolicy(everyone_scopes=[access])
+    roles = {r["name"]: r for r in policy.grant(access_roster, login).roles}
+    assert roles["classroom-everyone"]["scopes"] == [access]
+    assert "classroom-everyone" in {r["name"] for r in policy.all_roles(access_roster)}
+    # without it, no such role
+    assert "classroom-everyone" not in {r["name"] for r in AccessPolicy().grant(access_roster, login).roles}
+
+
 @pytest.mark.parametrize(
     "login, extra, tier",
     [

@@ -4,8 +4,9 @@
     add_classroom_service(c, data_dir="/srv/classroomhub")
 
 It registers the managed service, gives it the read-only scopes it needs to
-read courses from the hub's groups, lets every user reach it, and tells
-ClassroomSpawner where to sync late joiners from.
+read courses from the hub's groups, lets everyone on the roster reach it
+(the roster authenticators' ``everyone_scopes``), and tells ClassroomSpawner
+where to sync late joiners from.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def add_classroom_service(c, data_dir="/srv/classroomhub", port=10101, args=(), 
     c.JupyterHub.services = services
     roles = list(c.JupyterHub.get("load_roles", []))
     roles.append({"name": "classroomhub-service", "services": [SERVICE_NAME], "scopes": SERVICE_SCOPES})
-    # everyone may talk to the service; what they may do there comes from the roster
-    roles.append({"name": "user", "scopes": ["self", f"access:services!service={SERVICE_NAME}"]})
     c.JupyterHub.load_roles = roles
+    # everyone on the roster may open the service's pages; what they may do
+    # there comes from the roster too
+    everyone = list(c.RosterAuthenticatorMixin.get("everyone_scopes", []))
+    c.RosterAuthenticatorMixin.everyone_scopes = [*everyone, f"access:services!service={SERVICE_NAME}"]
     c.ClassroomSpawner.classroom_service_url = f"{url}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"
