@@ -74,25 +74,32 @@ def deliver_job(store, account, release, previous):
     }
 
 
-async def deliver_to(store, login, release, previous=None, timeout=120):
-    """Deliver *release* to one student; never raises for the student's files."""
+async def deliver_to(store, login, release, previous=None, timeout=120, runner=None):
+    """Deliver *release* to one student; never raises for the student's files.
+
+    *runner* starts the worker: a :class:`~.runas.ForkServer`, or by default
+    a new process per student.
+    """
+    runner = runner or runas.Subprocesses
     report = StudentReport(login)
     try:
         account = runas.Account.of(login)
         if release.shared:
             target = store.shared_tree(f"{release.course}--{release.material}--v{release.version}", release.files)
             job = {"home": account.home, "base": release.base, "target": target}
-            report.results = await runas.run_json(account, "link", job, timeout)
+            report.results = await runner.run_json(account, "link", job, timeout)
         else:
             job = deliver_job(store, account, release, previous or {})
-            report.results = await runas.run_json(account, "deliver", job, timeout)
+            report.results = await runner.run_json(account, "deliver", job, timeout)
     except (LookupError, runas.WorkerError, OSError) as e:
         report.error = str(e)
         report.results = [{"path": p, "status": "failed", "detail": str(e)} for p in sorted(release.files)]
     return report
 
 
-async def deliver_all(store, release, students, previous=None, concurrency=None, timeout=120, progress=None):
+async def deliver_all(
+    store, release, students, previous=None, concurrency=None, timeout=120, progress=None, runner=None
+):
     """Deliver *release* to every login in *students*, *concurrency* at a time.
 
     *previous*: {login: {path: {sha256, size}}}. *progress*, if given, is
@@ -103,7 +110,7 @@ async def deliver_all(store, release, students, previous=None, concurrency=None,
 
     async def one(login):
         async with limit:
-            report = await deliver_to(store, login, release, previous.get(login), timeout)
+            report = await deliver_to(store, login, release, previous.get(login), timeout, runner)
         if progress is not None:
             progress(report)
         return report

@@ -55,6 +55,7 @@ class Releases:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.git_timeout = git_timeout
+        self.runner = None  # how workers start (see runas); None: a process per home
         self.progress = {}  # release id -> {"total": n, "done": k, "running": bool}
         self._locks = {}  # (course, material) -> lock: one delivery of a material at a time
 
@@ -159,6 +160,7 @@ class Releases:
                 concurrency=self.concurrency,
                 timeout=self.timeout,
                 progress=advance,
+                runner=self.runner,
             )
             with self.sessions() as db:
                 for report in reports:
