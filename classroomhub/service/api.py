@@ -37,15 +37,19 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def log(self):
         return self.service.log
 
-    def write_error(self, status_code, **kwargs):
+    def error_message(self, status_code, **kwargs):
+        """What to tell the caller about an error (never a traceback)."""
         message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code >= 500:
             message = "Internal error; the service's log has the details."
+        return message
+
+    def write_error(self, status_code, **kwargs):
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
+        self.finish(json.dumps({"status": status_code, "message": self.error_message(status_code, **kwargs)}))
 
     def write_json(self, data, status=200):
         self.set_status(status)
@@ -93,6 +97,37 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if not person.privileged and course_id not in person.courses:
             raise web.HTTPError(403, f"{person.name} is not a member of course {course_id!r}")
         return courses[course_id]
+
+    def check_can_release(self, person, course_id, material):
+        if not person.can_release(course_id):
+            raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can release to it")
+        try:
+            check_name("material", material)
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+
+    async def start_release(self, person, course_id, material, members, fields):
+        """Import a new version of *material* (*fields*: the RELEASE_KEYS but
+        ``wait``) and start delivering it to the course's students; returns
+        (release, delivery task). Call check_can_release first."""
+        try:
+            release = await self.service.releases.create(
+                course_id,
+                material,
+                person.name,
+                source=fields.get("source"),
+                git=fields.get("git"),
+                ref=fields.get("ref"),
+                restore_deleted=fields.get("restore_deleted", False),
+                shared=fields.get("shared", False),
+            )
+        except LookupError as e:
+            raise web.HTTPError(400, str(e)) from None
+        except (SourceError, ValueError) as e:
+            raise web.HTTPError(400, f"Cannot release: {e}") from None
+        task = asyncio.ensure_future(self.service.releases.deliver(release, members["student"]))
+        self.service.keep(task)
+        return release, task
 
     def release_or_404(self, course_id, material, version=None):
         try:
@@ -153,30 +188,9 @@ class ReleasesHandler(BaseHandler):
     async def post(self, course_id, material):
         person = await self.person()
         members = await self.course(course_id, person)
-        if not person.can_release(course_id):
-            raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can release to it")
-        try:
-            check_name("material", material)
-        except ValueError as e:
-            raise web.HTTPError(400, str(e)) from None
+        self.check_can_release(person, course_id, material)
         body = self.json_body(RELEASE_KEYS)
-        try:
-            release = await self.service.releases.create(
-                course_id,
-                material,
-                person.name,
-                source=body.get("source"),
-                git=body.get("git"),
-                ref=body.get("ref"),
-                restore_deleted=body.get("restore_deleted", False),
-                shared=body.get("shared", False),
-            )
-        except LookupError as e:
-            raise web.HTTPError(400, str(e)) from None
-        except (SourceError, ValueError) as e:
-            raise web.HTTPError(400, f"Cannot release: {e}") from None
-        task = asyncio.ensure_future(self.service.releases.deliver(release, members["student"]))
-        self.service.keep(task)
+        release, task = await self.start_release(person, course_id, material, members, body)
         if body.get("wait"):
             await task
         self.write_json(self.release_state(release, reports=bool(body.get("wait"))), status=201 if body.get("wait") else 202)

@@ -15,14 +15,16 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from .._version import __version__
 from .api import api_handlers
 from .hub import HubClient
 from .models import open_database
+from .pages import page_handlers
 from .releases import Releases
+from .runas import ForkServer
 from .store import ReleaseStore
 
 
@@ -80,6 +82,15 @@ class ClassroomService(Application):
         5.0,
         help="How long answers of the hub's API (people's groups, course members) are reused.",
     ).tag(config=True)
+
+    fork_server = Bool(
+        True,
+        help="""Start workers by forking a pre-loaded root process (each child
+        becomes the student before it does anything) instead of a new Python
+        per home: about 30 ms less per student. Off: one process per home.""",
+    ).tag(config=True)
+
+    runner = None
 
     bind_url = Unicode(help="Where to listen; default: $JUPYTERHUB_SERVICE_URL.").tag(config=True)
 
@@ -141,7 +152,7 @@ class ClassroomService(Application):
 
     def make_app(self):
         prefix = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-        handlers = [(prefix + "oauth_callback", HubOAuthCallbackHandler), *api_handlers(prefix)]
+        handlers = [(prefix + "oauth_callback", HubOAuthCallbackHandler), *page_handlers(prefix), *api_handlers(prefix)]
         return web.Application(
             handlers,
             classroom=self,
@@ -151,6 +162,10 @@ class ClassroomService(Application):
 
     async def serve(self):
         url = urlparse(self.bind_url)
+        if self.fork_server:
+            self.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log)
+            await self.runner.start()
+            self.releases.runner = self.runner
         app = self.make_app()
         server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
         self.log.info("classroomhub service %s listening on %s%s", __version__, self.bind_url, self.base_url)
@@ -158,6 +173,8 @@ class ClassroomService(Application):
             await asyncio.Event().wait()
         finally:
             server.stop()
+            if self.runner is not None:
+                await self.runner.stop()
 
     def start(self):
         asyncio.run(self.serve())

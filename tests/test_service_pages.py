@@ -1,0 +1,325 @@
+"""The classroom service's web pages in a real browser: Debian's headless
+Chromium driven by Playwright, logging in through the hub's real login page
+and OAuth through the real proxy, next to the real managed service and real
+system users (as tests/test_service.py)."""
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from urllib.parse import urljoin
+
+import pytest
+import requests
+from jupyterhub.tests.utils import public_url
+from jupyterhub.utils import random_port
+
+from classroomhub.service.hubconfig import add_classroom_service
+from classroomhub.spawner.users import ensure_system_user
+
+from conftest import PASSWORD
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+
+CHROMIUM = "/usr/bin/chromium"
+# as the machine's notes say: no sandbox as root, and no background traffic
+# (this machine's network is closed); Playwright gives every launch a new,
+# empty profile (--user-data-dir) and removes it on close
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+
+TAG = "pg" + secrets.token_hex(2)
+INES, TARA, SAM, SUE, BEA = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea"))
+PEOPLE = [INES, TARA, SAM, SUE, BEA]
+COMMENT = "classroomhub test user"
+PORT = random_port()
+SERVICE_URL = f"http://127.0.0.1:{PORT}"
+DATA_DIR = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-pages-")
+
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+courses:
+  data101:
+    instructors: [{INES}]
+    tas: [{TARA}]
+    students: [{SAM}, {SUE}]
+  bio202:
+    students: [{BEA}]
+"""
+
+
+def HUB_CONFIG(c):
+    # what the example config does, so everyone on the roster may log in to
+    # the service (the roster authenticators' everyone_scopes)
+    add_classroom_service(c, data_dir=DATA_DIR, port=PORT, args=["--ClassroomService.hub_cache_seconds=0.2"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    os.chmod(DATA_DIR, 0o711)
+    made = []
+    try:
+        for login in PEOPLE:
+            entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
+            if created:
+                made.append(login)
+        yield
+    finally:
+        for login in made:
+            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
+            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def cleanup_after():
+    """Replaces jupyterhub's per-test cleanup (see tests/test_service.py): the
+    managed service and the browser's logins live for the whole module."""
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def stop_service(app):
+    yield
+    service = app._service_map.get("classroom")
+    if service is not None and service.spawner is not None:
+        await service.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    """Debian's Chromium, headless, driven by Playwright's asyncio API in the
+    test's own event loop (where the hub runs too: nothing here blocks it)."""
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: `./dev setup` installs Debian's chromium (as root)"
+        if os.geteuid() != 0:
+            pytest.skip(message)
+        pytest.fail(message)
+    from playwright.async_api import async_playwright
+
+    playwright = await async_playwright().start()
+    try:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+    finally:
+        await playwright.stop()
+
+
+def home(login):
+    import pwd
+
+    return pwd.getpwnam(login).pw_dir
+
+
+def service_url(app, path=""):
+    return public_url(app) + "services/classroom/" + path
+
+
+def material(owner, files):
+    """A folder in *owner*'s home (theirs, mode 0700 parents) with *files*."""
+    folder = os.path.join(home(owner), "m-" + secrets.token_hex(3))
+    for rel, text in files.items():
+        path = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    subprocess.run(["chown", "-R", f"{owner}:{owner}", folder], check=True)
+    return folder
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+@pytest.fixture
+async def ready(app, synced):
+    """The roster applied, and the service answering."""
+    for _ in range(100):
+        try:
+            r = await asyncio.to_thread(requests.get, service_url(app, "api/openapi.json"), timeout=5)
+            if r.status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail("the classroom service did not come up")
+
+
+@pytest.fixture(scope="module")
+async def sessions(browser):
+    """One browser context (cookie jar) per person, logged in on first use."""
+    contexts = {}
+    yield contexts
+    for context in contexts.values():
+        await context.close()
+
+
+async def open_as(app, browser, sessions, login, path=""):
+    """A page of *login*'s at the service's *path*; the first time, through
+    the hub's login form: service -> hub OAuth -> hub login -> back."""
+    context = sessions.get(login)
+    if context is None:
+        context = sessions[login] = await browser.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    response = await page.goto(service_url(app, path))
+    if "/hub/login" in page.url:
+        await page.fill("#username_input", login)
+        await page.fill("#password_input", PASSWORD)
+        async with page.expect_navigation(url=lambda url: "/services/classroom/" in url):
+            await page.click("#login_submit")
+        response = await page.reload()  # the status of the page itself, after the redirects
+    return page, response
+
+
+async def report_rows(page):
+    """{student: {status: count}} from a release page, once the delivery is done."""
+    await page.wait_for_selector("#report, #no-report", timeout=TIMEOUT_MS)  # the page refreshes until then
+    rows = {}
+    for row in await page.query_selector_all("#report tbody tr"):
+        student = await row.get_attribute("data-student")
+        counts = {}
+        for cell in await row.query_selector_all("td.count"):
+            counts[await cell.get_attribute("data-status")] = int(await cell.inner_text())
+        rows[student] = counts
+    return rows
+
+
+async def test_instructor_releases_through_the_form(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, INES)
+    assert response.status == 200
+    assert await page.inner_text("h1") == "My courses"
+    assert await page.inner_text("#user-name") == INES
+    assert await page.inner_text("#course-data101 .role") == "instructor"
+    assert await page.query_selector("#course-bio202") is None
+    # the hub's look: its stylesheet and navbar links
+    stylesheet = await page.get_attribute("link[rel=stylesheet]", "href")
+    assert stylesheet.endswith("hub/static/css/style.min.css")
+    css = await page.request.get(urljoin(page.url, stylesheet))
+    assert css.status == 200 and "navbar" in await css.text()
+    assert (await page.get_attribute("#hub-home", "href")).endswith("hub/home")
+
+    await page.click("#course-data101 h2 a")
+    assert await page.inner_text("#role") == "instructor"
+    assert SAM in await page.inner_text("#members")
+    src = material(INES, {"hw1.ipynb": "hw1\n", "data/x.csv": "1,2\n"})
+    await page.fill("#material", "week1")
+    await page.fill("#source", src)
+    async with page.expect_navigation(url=lambda url: "/releases/" in url):
+        await page.click("#release-submit")
+    assert page.url.endswith("courses/data101/materials/week1/releases/1")
+    rows = await report_rows(page)
+    assert set(rows) == {SAM, SUE}
+    assert all(counts["added"] == 2 and counts["failed"] == 0 for counts in rows.values())
+    for student in (SAM, SUE):
+        assert read(os.path.join(home(student), "data101", "week1", "hw1.ipynb")) == "hw1\n"
+    assert "hw1.ipynb" in await page.text_content("#files")  # in a closed <details>
+
+    # back on the course page, the material is listed with its latest version
+    await page.click("#course-link")
+    assert "v1" in await page.inner_text("#materials")
+
+
+async def test_a_bad_release_shows_the_reason_with_400(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, INES, "courses/data101")
+    await page.fill("#material", "week9")
+    await page.fill("#source", "relative/path")
+    async with page.expect_navigation() as nav:
+        await page.click("#release-submit")
+    response = await nav.value
+    assert response.status == 400
+    assert "absolute path" in await page.inner_text("#release-error")
+    assert await page.input_value("#material") == "week9"  # the form keeps what was typed
+    assert "Traceback" not in await page.content()
+
+    await page.fill("#source", os.path.join(home(INES), "no-such-folder"))
+    async with page.expect_navigation() as nav:
+        await page.click("#release-submit")
+    assert (await nav.value).status == 400
+    assert "Cannot release" in await page.inner_text("#release-error")
+
+
+async def test_a_form_without_its_xsrf_token_is_refused(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, INES, "courses/data101")
+    src = material(INES, {"x.txt": "x\n"})
+    # the browser's cookies, but not the form's _xsrf field: a cross-site post
+    r = await page.request.post(service_url(app, "courses/data101"), form={"material": "forged", "source": src})
+    assert r.status == 403
+    assert r.headers["content-type"].startswith("text/html")
+    assert "valid hub login" in await r.text()
+    page, response = await open_as(app, browser, sessions, INES, "courses/data101")
+    assert "forged" not in await page.inner_text("main")
+
+
+async def test_ta_sees_every_student_but_cannot_release(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, TARA, "courses/data101")
+    assert response.status == 200
+    assert await page.inner_text("#role") == "ta"
+    assert await page.query_selector("#release-form") is None
+    page, response = await open_as(app, browser, sessions, TARA, "courses/data101/materials/week1/releases/1")
+    assert set(await report_rows(page)) == {SAM, SUE}
+
+
+async def test_student_sees_only_their_own_report_line(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, SAM)
+    assert await page.inner_text("#course-data101 .role") == "student"
+    assert "week1" in await page.inner_text("#course-data101 .materials")
+    await page.click("#course-data101 .materials a")  # the latest version: its report
+    rows = await report_rows(page)
+    assert list(rows) == [SAM]
+    assert rows[SAM]["added"] == 2
+    assert SUE not in await page.content()
+    assert await page.query_selector("#files") is None
+
+    page, response = await open_as(app, browser, sessions, SAM, "courses/data101")
+    assert response.status == 200
+    assert await page.query_selector("#release-form") is None
+    assert await page.query_selector("#members") is None
+
+
+async def test_student_of_another_course_gets_a_403_page(app, ready, browser, sessions):
+    page, response = await open_as(app, browser, sessions, BEA, "courses/data101")
+    assert response.status == 403
+    assert response.headers["content-type"].startswith("text/html")
+    assert "is not a member of course 'data101'" in await page.inner_text("#error-message")
+    assert "Traceback" not in await page.content()
+    page, response = await open_as(app, browser, sessions, BEA, "courses/data101/materials/week1/releases/1")
+    assert response.status == 403
+
+
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("courses/nope", 404, "No course 'nope'"),
+        ("courses/data101/materials/week1/releases/7", 404, "No version 7 of material 'week1'"),
+        ("no/such/page", 404, "No such page"),
+    ],
+)
+async def test_errors_are_pages_with_a_message(app, ready, browser, sessions, path, status, message):
+    page, response = await open_as(app, browser, sessions, INES, path)
+    assert response.status == status
+    assert message in await page.inner_text("#error-message")
+
+
+async def test_the_api_is_still_json(app, ready):
+    r = await asyncio.to_thread(requests.get, service_url(app, "api/courses"), timeout=10)
+    assert r.status_code == 403
+    assert r.headers["Content-Type"].startswith("application/json")
+    r = await asyncio.to_thread(requests.get, service_url(app, "api/no/such"), timeout=10)
+    assert r.status_code == 404 and "No such endpoint" in r.json()["message"]
