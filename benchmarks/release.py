@@ -6,14 +6,16 @@ fixed seed) and one 10 MB file, in an instructor's home, released to 50 and
 
 a. import: ``import_folder`` of the 101 files as the instructor (informational).
 b. full release into empty homes, ours (``deliver_all``: one worker per
-   student, running as that student) at its default concurrency and one
-   student at a time. Baseline, same run, same source folder: the seed's
+   student, running as that student, forked by the service's fork server)
+   at its default concurrency and one student at a time, and for comparison
+   with a new worker process per student. Baseline, same run, same source folder: the seed's
    root script, one student after another, one shell per student::
 
        mkdir -p ~s/data101 && cp -r SRC ~s/data101/week1 && chown -R s: ~s/data101
 
-c. re-release with one notebook changed (``previous`` = what was delivered
-   before), into the homes b. filled; ours, both concurrencies.
+c. re-release with one notebook changed (``previous`` = what the service
+   records of the delivery before, stamps included), into the homes b.
+   filled; ours, both concurrencies.
 d. shared dataset: the 10 MB file released with ``shared=True``; added disk
    usage of each home (``du -s``) against the dataset's size.
 
@@ -147,9 +149,13 @@ def changed_notebook(text):
     return json.dumps(nb, indent=1) + "\n"
 
 
-def delivered(files):
-    """{path: {sha256, size}}: what a release delivered, as the service keeps it."""
-    return {p: {"sha256": m["sha256"], "size": m["size"]} for p, m in files.items()}
+def remembered(files, report):
+    """{path: {sha256, size, stamp}}: what the service records after a delivery."""
+    return {
+        r["path"]: {"sha256": files[r["path"]]["sha256"], "size": files[r["path"]]["size"], "stamp": r.get("stamp")}
+        for r in report.results
+        if r["status"] in ("added", "updated", "unchanged", "restored")
+    }
 
 
 # -- users, homes -----------------------------------------------------------------------------
@@ -227,17 +233,21 @@ class Bench:
         self.files_a, self.files_b = files_a, files_b
         self.accounts = accounts  # {login: Account}
         self.default_concurrency = 2 * (os.cpu_count() or 1)  # deliver_all's default
+        self.runner = None  # the service's fork server, set by run()
+        self.last = {}  # login -> what the service would have recorded of the last delivery
 
     def homes(self, students):
         return [self.accounts[s].home for s in students]
 
-    async def ours_full(self, students, concurrency):
+    async def ours_full(self, students, concurrency, per_process=False):
         wipe(self.homes(students))
         rel = Release(COURSE, MATERIAL, 1, self.files_a)
+        runner = runas.Subprocesses if per_process else self.runner
         tic = time.perf_counter()
-        reports = await deliver_all(self.store, rel, students, concurrency=concurrency)
+        reports = await deliver_all(self.store, rel, students, concurrency=concurrency, runner=runner)
         seconds = time.perf_counter() - tic
         expect(reports, added=len(self.files_a))
+        self.last = {r.student: remembered(self.files_a, r) for r in reports}
         return seconds
 
     def baseline_full(self, students):
@@ -251,12 +261,15 @@ class Bench:
         """Release *version*: one notebook differs from what the homes hold."""
         new, old = (self.files_b, self.files_a) if version % 2 == 0 else (self.files_a, self.files_b)
         rel = Release(COURSE, MATERIAL, version, new)
-        previous = {s: delivered(old) for s in students}
+        previous = {s: self.last[s] for s in students}  # with the stamps, as the service keeps them
         os.sync()
         tic = time.perf_counter()
-        reports = await deliver_all(self.store, rel, students, previous=previous, concurrency=concurrency)
+        reports = await deliver_all(
+            self.store, rel, students, previous=previous, concurrency=concurrency, runner=self.runner
+        )
         seconds = time.perf_counter() - tic
         expect(reports, updated=1, unchanged=len(new) - 1)
+        self.last = {r.student: remembered(new, r) for r in reports}
         return seconds
 
     async def shared(self, students, meta):
@@ -265,7 +278,7 @@ class Bench:
         before = [disk_usage(h) for h in homes]
         rel = Release(COURSE, DATASET, 1, {os.path.basename(BIG_NAME): meta}, shared=True)
         tic = time.perf_counter()
-        reports = await deliver_all(self.store, rel, students)
+        reports = await deliver_all(self.store, rel, students, runner=self.runner)
         seconds = time.perf_counter() - tic
         expect(reports, added=1)
         added = [disk_usage(h) - b for h, b in zip(homes, before)]
@@ -273,14 +286,14 @@ class Bench:
         assert os.path.getsize(link) == BIG_BYTES, link  # reachable through the link
         return seconds, added
 
-    async def worker_start(self, login, n=20):
+    async def worker_start(self, login, runner, n=20):
         """A worker's fixed cost: a deliver job with no files."""
         account = self.accounts[login]
         job = {"home": account.home, "base": [COURSE, MATERIAL], "version": 1, "restore_deleted": False, "files": []}
         times = []
         for _ in range(n):
             tic = time.perf_counter()
-            await runas.run_json(account, "deliver", job, 60)
+            await runner.run_json(account, "deliver", job, 60)
             times.append(time.perf_counter() - tic)
         return statistics.median(times)
 
@@ -291,14 +304,15 @@ async def bench_size(bench, students, repeat):
     print(f"\n{n} students (median of {repeat})")
 
     # b. full release
-    runs = {"base": [], "ours": [], "ours1": []}
+    runs = {"base": [], "ours": [], "ours1": [], "proc": []}
     variants = [
         ("base", lambda: asyncio.to_thread(bench.baseline_full, students)),
         ("ours", lambda: bench.ours_full(students, c)),
         ("ours1", lambda: bench.ours_full(students, 1)),
+        ("proc", lambda: bench.ours_full(students, c, per_process=True)),
     ]
     for r in range(repeat):
-        for key, run in variants[r % 3 :] + variants[: r % 3]:
+        for key, run in variants[r % 4 :] + variants[: r % 4]:
             runs[key].append(await run())
     # the homes hold v1 as ours delivered it; spot-check the first and last student
     await bench.ours_full(students, c)
@@ -309,6 +323,7 @@ async def bench_size(bench, students, repeat):
     print(f"      cp -r + chown -R, sequential (seed)  {secs(full['base'])} {ms(full['base'] / n):>11} {1:8.2f}")
     print(f"      ours, {c} workers at a time (default)  {secs(full['ours'])} {ms(full['ours'] / n):>11} {full['ours'] / full['base']:8.2f}")
     print(f"      ours, 1 worker at a time             {secs(full['ours1'])} {ms(full['ours1'] / n):>11} {full['ours1'] / full['base']:8.2f}")
+    print(f"      ours, {c} at a time, a process each    {secs(full['proc'])} {ms(full['proc'] / n):>11} {full['proc'] / full['base']:8.2f}")
 
     # c. one changed notebook
     upd = {"ours": [], "ours1": []}
@@ -409,8 +424,20 @@ async def run(args, sizes, repeats, root, teacher, src, texts, accounts, started
     files_b = {**files, changed: {**files[changed], "sha256": sha, "size": size}}
     bench = Bench(store, src, files, files_b, accounts)
 
-    start = await bench.worker_start(sorted(accounts)[0])
-    print(f"   one worker's fixed cost (spawn as the student + interpreter + a job with no files): {ms(start).strip()} ms (median of 20)")
+    server = runas.ForkServer(os.path.join(root, "run"))
+    await server.start()
+    bench.runner = server
+    try:
+        return await run_sizes(args, sizes, repeats, bench, accounts, started)
+    finally:
+        await server.stop()
+
+
+async def run_sizes(args, sizes, repeats, bench, accounts, started):
+    login = sorted(accounts)[0]
+    for label, runner in (("a new process", runas.Subprocesses), ("the fork server (the service's way)", bench.runner)):
+        start = await bench.worker_start(login, runner)
+        print(f"   one worker's fixed cost with {label}: {ms(start).strip()} ms (median of 20, a job with no files)")
 
     results = {}
     for n in sizes:

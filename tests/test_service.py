@@ -5,31 +5,38 @@ and delivered as each student, courses straight from the roster's groups."""
 import asyncio
 import os
 import secrets
-import shutil
 import subprocess
-import sys
-import tempfile
 
 import pytest
 import requests
 from jupyterhub.tests.mocking import MockHub
-from jupyterhub.tests.utils import public_url
 from jupyterhub.utils import random_port
 
 from classroomhub.service.hooks import sync_hook
-from classroomhub.spawner.users import ensure_system_user
 
 from conftest import write_roster
+from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+    call,
+    cleanup_after,
+    data_dir,
+    home,
+    hub_config,
+    material,
+    read,
+    ready,
+    service_url,
+    service_world,
+    stop_service,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
 
 TAG = "sv" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA, LEE = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "lee"))
 PEOPLE = [INES, TARA, SAM, SUE, BEA, LEE]
-COMMENT = "classroomhub test user"
 PORT = random_port()
 SERVICE_URL = f"http://127.0.0.1:{PORT}"
-DATA_DIR = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-service-")
+DATA_DIR = data_dir(TAG)
 
 ROSTER = f"""\
 users:
@@ -45,28 +52,10 @@ courses:
 
 
 def HUB_CONFIG(c):
-    c.JupyterHub.services = [
-        {
-            "name": "classroom",
-            "url": SERVICE_URL,
-            "command": [
-                sys.executable,
-                "-m",
-                "classroomhub.service",
-                "--data-dir",
-                DATA_DIR,
-                "--ClassroomService.hub_cache_seconds=0.2",
-            ],
-        }
-    ]
-    c.JupyterHub.load_roles = [
-        {
-            "name": "classroomhub-service",
-            "services": ["classroom"],
-            "scopes": ["list:users", "read:users:groups", "list:groups", "read:groups"],
-        }
-    ]
+    hub_config(c, DATA_DIR, PORT)
     c.Spawner.pre_spawn_hook = late_join_hook
+    # MockHub's spawner works in /tmp/{username} by default and leaves it there
+    c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(DATA_DIR, "mock-{username}")
 
 
 async def late_join_hook(spawner):
@@ -77,84 +66,8 @@ async def late_join_hook(spawner):
 
 @pytest.fixture(scope="module", autouse=True)
 def accounts():
-    os.chmod(DATA_DIR, 0o711)
-    made = []
-    try:
-        for login in PEOPLE:
-            entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-            if created:
-                made.append(login)
+    with service_world(PEOPLE, DATA_DIR):
         yield
-    finally:
-        for login in made:
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-async def cleanup_after():
-    """Replaces jupyterhub's per-test cleanup, which deletes every service (and
-    its token) after each test without stopping it: here the managed service
-    lives for the whole module, and the module cleans up after itself."""
-    yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def stop_service(app):
-    yield
-    # jupyterhub's cleanup does not await Service.stop(): stop it ourselves
-    service = app._service_map.get("classroom")
-    if service is not None and service.spawner is not None:
-        await service.stop()
-
-
-def home(login):
-    import pwd
-
-    return pwd.getpwnam(login).pw_dir
-
-
-def api_url(app, path):
-    return public_url(app) + "services/classroom/api/" + path
-
-
-async def call(app, login, method, path, **kwargs):
-    """A request to the service through the proxy, with *login*'s own hub token."""
-    token = app.users[login].new_api_token(note="test") if login else None
-    headers = {"Authorization": f"token {token}"} if token else {}
-    return await asyncio.to_thread(requests.request, method, api_url(app, path), headers=headers, timeout=60, **kwargs)
-
-
-def material(owner, files):
-    """A folder in *owner*'s home (theirs, mode 0700 parents) with *files*."""
-    folder = os.path.join(home(owner), "m-" + secrets.token_hex(3))
-    for rel, text in files.items():
-        path = os.path.join(folder, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    subprocess.run(["chown", "-R", f"{owner}:{owner}", folder], check=True)
-    return folder
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-@pytest.fixture
-async def ready(app, synced):
-    """The roster applied, and the service answering."""
-    for _ in range(100):
-        try:
-            r = await asyncio.to_thread(requests.get, api_url(app, "openapi.json"), timeout=5)
-            if r.status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail("the classroom service did not come up")
 
 
 async def release(app, who, material_name, **body):
@@ -286,7 +199,7 @@ async def test_late_joiner_has_everything_before_the_server_is_ready(app, ready,
 
 
 async def test_openapi_document_and_state_survive_a_restart(app, ready):
-    r = await asyncio.to_thread(requests.get, api_url(app, "openapi.json"), timeout=10)
+    r = await asyncio.to_thread(requests.get, service_url(app, "api/openapi.json"), timeout=10)
     spec = r.json()
     assert "/api/courses/{course}/materials/{material}/releases" in spec["paths"]
     service = app._service_map["classroom"]

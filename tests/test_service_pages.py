@@ -6,21 +6,25 @@ system users (as tests/test_service.py)."""
 import asyncio
 import os
 import secrets
-import shutil
-import subprocess
-import sys
-import tempfile
 from urllib.parse import urljoin
 
 import pytest
 import requests
-from jupyterhub.tests.utils import public_url
 from jupyterhub.utils import random_port
 
-from classroomhub.service.hubconfig import add_classroom_service
-from classroomhub.spawner.users import ensure_system_user
-
 from conftest import PASSWORD
+from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+    cleanup_after,
+    data_dir,
+    home,
+    hub_config,
+    material,
+    read,
+    ready,
+    service_url,
+    service_world,
+    stop_service,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
 
@@ -42,10 +46,8 @@ TIMEOUT_MS = 60_000
 TAG = "pg" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea"))
 PEOPLE = [INES, TARA, SAM, SUE, BEA]
-COMMENT = "classroomhub test user"
 PORT = random_port()
-SERVICE_URL = f"http://127.0.0.1:{PORT}"
-DATA_DIR = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-pages-")
+DATA_DIR = data_dir(TAG)
 
 ROSTER = f"""\
 users:
@@ -61,41 +63,13 @@ courses:
 
 
 def HUB_CONFIG(c):
-    # what the example config does, so everyone on the roster may log in to
-    # the service (the roster authenticators' everyone_scopes)
-    add_classroom_service(c, data_dir=DATA_DIR, port=PORT, args=["--ClassroomService.hub_cache_seconds=0.2"])
+    hub_config(c, DATA_DIR, PORT)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def accounts():
-    os.chmod(DATA_DIR, 0o711)
-    made = []
-    try:
-        for login in PEOPLE:
-            entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-            if created:
-                made.append(login)
+    with service_world(PEOPLE, DATA_DIR):
         yield
-    finally:
-        for login in made:
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-async def cleanup_after():
-    """Replaces jupyterhub's per-test cleanup (see tests/test_service.py): the
-    managed service and the browser's logins live for the whole module."""
-    yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def stop_service(app):
-    yield
-    service = app._service_map.get("classroom")
-    if service is not None and service.spawner is not None:
-        await service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,47 +92,6 @@ async def browser():
             await chromium.close()
     finally:
         await playwright.stop()
-
-
-def home(login):
-    import pwd
-
-    return pwd.getpwnam(login).pw_dir
-
-
-def service_url(app, path=""):
-    return public_url(app) + "services/classroom/" + path
-
-
-def material(owner, files):
-    """A folder in *owner*'s home (theirs, mode 0700 parents) with *files*."""
-    folder = os.path.join(home(owner), "m-" + secrets.token_hex(3))
-    for rel, text in files.items():
-        path = os.path.join(folder, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    subprocess.run(["chown", "-R", f"{owner}:{owner}", folder], check=True)
-    return folder
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-@pytest.fixture
-async def ready(app, synced):
-    """The roster applied, and the service answering."""
-    for _ in range(100):
-        try:
-            r = await asyncio.to_thread(requests.get, service_url(app, "api/openapi.json"), timeout=5)
-            if r.status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail("the classroom service did not come up")
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.service.keep(task)
         return release, task
 
+    async def visible_courses(self, person, show):
+        """(all courses, the ids *person* may see, {id: [show(latest release), ...]})."""
+        courses = await self.service.hub.courses()
+        visible = sorted(c for c in courses if person.privileged or c in person.courses)
+        latest = {}
+        for release in self.service.releases.latest_releases(visible):
+            latest.setdefault(release.course, []).append(show(release))
+        return courses, visible, latest
+
     def release_or_404(self, course_id, material, version=None):
         try:
             check_name("material", material)
@@ -144,11 +153,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 class CoursesHandler(BaseHandler):
     async def get(self):
         person = await self.person()
-        courses = await self.service.hub.courses()
-        visible = sorted(c for c in courses if person.privileged or c in person.courses)
-        latest = {}
-        for release in self.service.releases.latest_releases(visible):
-            latest.setdefault(release.course, []).append(release.to_dict())
+        courses, visible, latest = await self.visible_courses(person, lambda release: release.to_dict())
         self.write_json(
             {
                 "courses": [

@@ -11,10 +11,33 @@ from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow():
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A point in time, always read back in UTC with its offset.
+
+    SQLite keeps no time zone (``DateTime(timezone=True)`` reads back naive)
+    and PostgreSQL answers in the session's zone: both become aware UTC, so
+    ``isoformat()`` is an RFC 3339 date-time everywhere.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -31,7 +54,7 @@ class Release(Base):
     course: Mapped[str] = mapped_column(String(255), index=True)
     material: Mapped[str] = mapped_column(String(255))
     version: Mapped[int] = mapped_column(Integer)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(255))
     source: Mapped[str] = mapped_column(Text)
     # {path: {sha256, size, mode}}; JSON keeps non-UTF-8 names as \\udcXX escapes
@@ -84,7 +107,7 @@ class DeliveryReport(Base):
 
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True)
     student: Mapped[str] = mapped_column(String(255), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     error: Mapped[str] = mapped_column(Text, default="")
     counts: Mapped[dict] = mapped_column(JSON, default=dict)
     results: Mapped[list] = mapped_column(JSON, default=list)

@@ -121,11 +121,7 @@ class HomePage(PageHandler):
     @web.authenticated
     async def get(self):
         person = await self.person()
-        courses = await self.service.hub.courses()
-        visible = sorted(c for c in courses if person.privileged or c in person.courses)
-        latest = {}
-        for release in self.service.releases.latest_releases(visible):
-            latest.setdefault(release.course, []).append(self.material_row(release))
+        _, visible, latest = await self.visible_courses(person, self.material_row)
         self.render_page(
             "home.html",
             courses=[

@@ -72,10 +72,12 @@ class Releases:
             if not os.path.isabs(source):
                 raise ValueError(f"source must be an absolute path, not {source!r}")
             files, skipped = await import_folder(self.store, account, source, max_bytes=self.max_bytes)
-            origin = source
+            # a folder name need not be UTF-8; the database and the API want text
+            origin = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         else:
             files, skipped = await self._import_git(account, git, ref)
             origin = f"{git}@{ref}" if ref else git
+            origin = origin.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         if not files:
             raise SourceError(f"{origin} has no files to release")
         with self.sessions() as db:
@@ -120,7 +122,13 @@ class Releases:
         try:
             try:
                 result = await asyncio.to_thread(
-                    subprocess.run, cmd, capture_output=True, text=True, timeout=self.git_timeout, **options
+                    subprocess.run,
+                    cmd,
+                    capture_output=True,
+                    encoding="utf-8",
+                    errors="backslashreplace",  # git may print paths that are not UTF-8
+                    timeout=self.git_timeout,
+                    **options,
                 )
             except subprocess.TimeoutExpired:
                 raise SourceError(f"git clone of {url} took more than {self.git_timeout} s") from None

@@ -1,0 +1,132 @@
+"""Shared by the classroom service's test modules: real system users, the
+managed service next to MockHub, and requests to it through the proxy.
+
+A module sets TAG'd logins and a data folder, calls :func:`hub_config` from
+its ``HUB_CONFIG`` and imports the fixtures it needs from here.
+"""
+
+import asyncio
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+
+import pytest
+import requests
+from jupyterhub.tests.utils import public_url
+
+from classroomhub.service.hubconfig import add_classroom_service
+from classroomhub.spawner.users import ensure_system_user
+
+COMMENT = "classroomhub test user"
+
+
+def data_dir(tag):
+    """Where the service keeps its data (made by :func:`service_world`); not
+    below pytest's 0700 tmp_path: workers running as students must reach it."""
+    return os.path.join(tempfile.gettempdir(), f"classroomhub-{tag}-service")
+
+
+def hub_config(c, data_dir, port, *args):
+    """The service as the example config adds it, with a short hub cache."""
+    add_classroom_service(c, data_dir=data_dir, port=port, args=["--ClassroomService.hub_cache_seconds=0.2", *args])
+
+
+@contextmanager
+def system_users(logins):
+    """Create *logins* (private homes, no skeleton); remove the ones made here."""
+    made = []
+    try:
+        for login in logins:
+            _, created = ensure_system_user(login, skeleton="", comment=COMMENT)
+            if created:
+                made.append(login)
+        yield
+    finally:
+        for login in made:
+            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
+            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def service_world(logins, folder):
+    """The users and the service's data folder, for a module's lifetime."""
+    # made again when a sibling module (test_service_postgres) runs the same tests
+    os.makedirs(folder, exist_ok=True)
+    os.chmod(folder, 0o711)
+    try:
+        with system_users(logins):
+            yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def cleanup_after():
+    """Replaces jupyterhub's per-test cleanup, which deletes every service (and
+    its token) after each test without stopping it: here the managed service
+    lives for the whole module, and the module cleans up after itself."""
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def stop_service(app):
+    yield
+    # jupyterhub's cleanup does not await Service.stop(): stop it ourselves
+    service = app._service_map.get("classroom")
+    if service is not None and service.spawner is not None:
+        await service.stop()
+
+
+@pytest.fixture
+async def ready(app, synced):
+    """The roster applied, and the service answering."""
+    for _ in range(100):
+        try:
+            r = await asyncio.to_thread(requests.get, service_url(app, "api/openapi.json"), timeout=5)
+            if r.status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail("the classroom service did not come up")
+
+
+def service_url(app, path=""):
+    return public_url(app) + "services/classroom/" + path
+
+
+async def call(app, login, method, path, **kwargs):
+    """An API request through the proxy, with *login*'s own hub token (None: no token)."""
+    token = app.users[login].new_api_token(note="test") if login else None
+    headers = {"Authorization": f"token {token}"} if token else {}
+    url = service_url(app, "api/" + path)
+    return await asyncio.to_thread(requests.request, method, url, headers=headers, timeout=60, **kwargs)
+
+
+def home(login):
+    return pwd.getpwnam(login).pw_dir
+
+
+def write_tree(owner, folder, files):
+    """*files* {relative path: text} under *folder*, all owned by *owner*."""
+    for rel, text in files.items():
+        path = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    subprocess.run(["chown", "-R", f"{owner}:", folder], check=True)
+    return folder
+
+
+def material(owner, files):
+    """A new folder in *owner*'s home with *files*, theirs."""
+    return write_tree(owner, os.path.join(home(owner), "m-" + secrets.token_hex(3)), files)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()

@@ -1,0 +1,184 @@
+"""Schemathesis against the classroom service's own OpenAPI document.
+
+The real hub, proxy, managed service and system users of test_service.py
+(its fixtures, users and roster; the two modules run one after the other).
+The document is loaded from the running service and every operation is
+called with generated data (valid and invalid) with an instructor's and a
+student's token: no answer may be a 5xx, and every answer must be one the
+document declares, with the declared content type and body schema.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+from jupyterhub.tests.utils import public_url
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+import test_service
+from service_hub import service_url
+from test_service import (  # noqa: F401  (fixtures)
+    INES,
+    ROSTER,
+    SAM,
+    accounts,
+    cleanup_after,
+    home,
+    material,
+    pytestmark,
+    ready,
+    release,
+    stop_service,
+)
+
+MAX_EXAMPLES = 25
+# a release the fuzzer manages to make is read as the instructor and copied
+# into two homes: keep any one small
+MAX_RELEASE_BYTES = 1_000_000
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def HUB_CONFIG(c):
+    test_service.HUB_CONFIG(c)
+    (service,) = c.JupyterHub.services
+    service["command"] = [*service["command"], f"--ClassroomService.max_release_bytes={MAX_RELEASE_BYTES}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home():
+    """Hypothesis's caches in a temporary folder, not in .hypothesis/ here."""
+    folder = tempfile.mkdtemp(prefix="classroomhub-hypothesis-")
+    set_hypothesis_home_dir(folder)
+    try:
+        yield
+    finally:
+        set_hypothesis_home_dir(None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def harmless(case):
+    """Whether the case's release body (if any) only names what cannot hurt:
+    no existing folder but the instructor's own (generated text is rarely one,
+    but "/" is text too: a release of it is walked as the instructor, up to
+    100,000 entries, and delivered to every student), no network repository."""
+    body = case.body if isinstance(case.body, dict) else {}
+    source, git = body.get("source"), body.get("git")
+    if isinstance(source, str):
+        try:
+            if os.path.lexists(source) and not os.path.realpath(source).startswith(home(INES) + "/"):
+                return False
+        except (ValueError, OSError):
+            pass  # NUL bytes, unencodable text: the service must refuse it too
+    if isinstance(git, str) and ":" in git:
+        return False
+    return True
+
+
+def fuzz(base_url, operation, strategy, token, checks):
+    """Run *checks* on up to MAX_EXAMPLES generated calls of *operation* (blocking: run it in a thread)."""
+    session = requests.Session()
+    headers = {"Authorization": f"token {token}"}
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,  # no example database kept between runs
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy.filter(harmless))
+    def run(case):
+        case.call_and_validate(base_url=base_url, session=session, headers=headers, checks=checks, timeout=60)
+
+    try:
+        run()
+    finally:
+        session.close()
+
+
+@pytest.fixture
+async def released(app, ready):
+    """One real release, so that the generated calls can also find something."""
+    src = material(INES, {"hw.ipynb": "hw\n"})
+    r = await release(app, INES, "week1", source=src, wait=True)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")  # schemathesis' own strategies
+@pytest.mark.parametrize("who", [INES, SAM], ids=["instructor", "student"])
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
+async def test_schemathesis_finds_no_server_error(app, released, who, mode):
+    token = app.users[who].new_api_token(note="schemathesis")
+    schema = await asyncio.to_thread(schemathesis.openapi.from_url, service_url(app, "api/openapi.json"), timeout=30)
+    base_url = public_url(app) + "services/classroom"
+    checks = CHECKS + ([negative_data_rejection] if mode == GenerationMode.NEGATIVE else [])
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+    for operation in operations:
+        strategies = [operation.as_strategy(mode)]
+        names = {p.name for p in operation.path_parameters}
+        if "course" in names:
+            # generated course names are hardly ever real: also ask about the real one
+            fixed = {"course": "data101"}
+            if "material" in names and operation.method.upper() == "GET":
+                fixed["material"] = "week1"
+            if "version" in names:
+                fixed["version"] = 1
+            strategies.append(operation.as_strategy(mode, path_parameters=fixed))
+        for strategy in strategies:
+            await asyncio.to_thread(fuzz, base_url, operation, strategy, token, checks)
+
+
+
+async def test_release_bodies_that_reach_the_importer(app, released):
+    """Bodies random text seldom finds, each one checked as above: every answer
+    a declared 2xx or 4xx with a JSON body."""
+    odd = os.path.join(home(INES).encode(), b"odd-\xff-name")  # not UTF-8
+    os.makedirs(os.path.join(odd, b"sub"))
+    with open(os.path.join(odd, b"sub", b"f.txt"), "w") as f:
+        f.write("x\n")
+    subprocess.run(["chown", "-R", f"{INES}:{INES}", odd], check=True)
+    src = material(INES, {"a.txt": "a\n", "sub/b.txt": "b\n"})
+    bodies = {
+        "plain": ({"source": src}, 202),
+        "shared, waited for": ({"source": src, "shared": True, "wait": True}, 201),
+        "restore_deleted": ({"source": src, "restore_deleted": True, "wait": True}, 201),
+        "NUL in the path": ({"source": src + "\x00"}, 400),
+        "lone surrogate": ({"source": "/\ud800"}, 400),
+        "a file": ({"source": os.path.join(src, "a.txt")}, 400),
+        "an unreadable folder": ({"source": "/root"}, 400),
+        "a missing folder": ({"source": src + "-missing"}, 400),
+        "both": ({"source": src, "git": src}, 400),
+        "neither": ({"wait": True}, 400),
+        "an option as repository": ({"git": "--upload-pack=true"}, 400),
+        "an option as ref": ({"git": src, "ref": "--upload-pack=x"}, 400),
+        "NUL in the ref": ({"git": src, "ref": "\x00"}, 400),
+        "not a repository": ({"git": src}, 400),
+        # a folder whose name is not UTF-8 (given as JSON's \udcXX escape)
+        "non-UTF-8 folder": ({"source": os.fsdecode(odd)}, 202),
+        "non-UTF-8 repository": ({"git": os.fsdecode(odd)}, 400),  # a folder, not a repository
+    }
+    token = app.users[INES].new_api_token(note="schemathesis")
+    schema = await asyncio.to_thread(schemathesis.openapi.from_url, service_url(app, "api/openapi.json"), timeout=30)
+    operation = schema["/api/courses/{course}/materials/{material}/releases"]["POST"]
+    base_url = public_url(app) + "services/classroom"
+    for name, (body, status) in bodies.items():
+        case = operation.Case(path_parameters={"course": "data101", "material": "edge"}, body=body)
+        r = await asyncio.to_thread(
+            case.call_and_validate, base_url=base_url, headers={"Authorization": f"token {token}"}, checks=CHECKS, timeout=60
+        )
+        assert r.status_code == status, (name, r.status_code, r.text)
