@@ -216,3 +216,42 @@ async def test_openapi_document_and_state_survive_a_restart(app, ready):
             pass
         await asyncio.sleep(0.2)
     assert [x["version"] for x in r.json()["releases"]] == [1]
+
+
+async def test_release_and_status_commands(app, ready, capsys):
+    from jupyterhub.tests.utils import public_url
+
+    from classroomhub import cli
+
+    hub_url = public_url(app).rstrip("/")
+    token = app.users[INES].new_api_token(note="cli")
+    src = material(INES, {"one.ipynb": "1\n", "two.ipynb": "2\n"})
+    argv = ["release", "data101", "cli-week", "--from", src, "--hub-url", hub_url, "--token", token]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "data101/cli-week version 1: 2 files" in out
+    assert "2/2 students" in out
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith(SAM)] == [[SAM, "2"]]
+    assert read(os.path.join(home(SUE), "data101", "cli-week", "two.ipynb")) == "2\n"
+
+    # a student's edit is kept (not a failure): the command lists it
+    with open(os.path.join(home(SAM), "data101", "cli-week", "one.ipynb"), "w") as f:
+        f.write("sam\n")
+    with open(os.path.join(src, "one.ipynb"), "w") as f:
+        f.write("1 v2\n")
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    captured = capsys.readouterr()
+    assert "version 2" in captured.out
+    assert f"{SAM}: one.ipynb: kept: changed by its owner; the new version is one.release-2.ipynb" in captured.err
+
+    assert await asyncio.to_thread(cli.main, ["status", "data101", "--hub-url", hub_url, "--token", token]) == 0
+    out = capsys.readouterr().out
+    assert "course data101: 2 students" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("cli-week"))
+    assert (row[1], row[3], row[4], row[5]) == ("2", "2", "2", "0")
+
+    # refusals: the service's message, exit status 1
+    student = app.users[SAM].new_api_token(note="cli")
+    argv = ["release", "data101", "x", "--from", src, "--hub-url", hub_url, "--token", student]
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    assert "Only instructors of 'data101'" in capsys.readouterr().err
