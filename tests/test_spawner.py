@@ -531,6 +531,34 @@ async def test_memory_pressure_culls_idlest_first_then_refuses(app, synced, sett
                 await stop(app, name)
 
 
+async def test_a_start_under_pressure_waits_for_a_stop_in_flight(app, synced, settings, tmp_path):
+    """A cull has just begun (the monitor saw the pressure first): the start
+    waits for that memory instead of stopping a second server."""
+    from classroomhub.servers import stop_server
+
+    meminfo = tmp_path / "meminfo"
+    plenty, scarce = "MemAvailable: 8000000 kB\n", "MemAvailable: 100000 kB\n"
+    meminfo.write_text(plenty)
+    for name in (STUDENT, STUDENT2, OTHER):
+        settings(name, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0)
+    culled = await start(app, STUDENT)
+    other = await start(app, STUDENT2)
+    try:
+        culled.post_stop_hook = lambda spawner: meminfo.write_text(plenty)
+        meminfo.write_text(scarce)
+        cull = asyncio.ensure_future(stop_server(app.users[STUDENT], "", app.log, "test: memory pressure"))
+        while culled.pending != "stop":
+            await asyncio.sleep(0.01)
+        third = await start(app, OTHER)
+        await cull
+        assert not culled.active and other.active and third.active
+    finally:
+        culled.post_stop_hook = None
+        for name in (STUDENT2, OTHER):
+            if app.users[name].spawner.active:
+                await stop(app, name)
+
+
 @pytest.mark.parametrize(
     "backend, logged",
     [("cgroup-v1", "cgroup v1 under"), ("psutil", "psutil watchdog"), ("none", "no limits are enforced")],

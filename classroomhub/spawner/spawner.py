@@ -681,8 +681,16 @@ class ClassroomSpawner(LocalProcessSpawner):
         available = mem_available(self.meminfo_path)
         if available >= self.memory_reserve:
             return
-        if not spawning and any(s.pending == "stop" for s in list(RUNNING)):
+        stopping = [s for s in list(RUNNING) if s.pending == "stop"]
+        if stopping and not spawning:
             return  # memory is about to be freed: do not stop a second server for it
+        if stopping:
+            # a start waits for those stops (a cull may have just begun one)
+            # before it judges whether another server must go
+            await asyncio.wait([asyncio.ensure_future(_stopped(s)) for s in stopping], timeout=30)
+            available = mem_available(self.meminfo_path)
+            if available >= self.memory_reserve:
+                return
         for victim in idlest_first(list(RUNNING), now):
             self.log.warning(
                 "Memory pressure (%s available, %s reserved): stopping idle %s",
@@ -715,6 +723,11 @@ class ClassroomSpawner(LocalProcessSpawner):
             **self.usage,
             "oom_kills": self.oom_kills,
         }
+
+
+async def _stopped(spawner, poll=0.05):
+    while spawner.pending == "stop":
+        await asyncio.sleep(poll)
 
 
 def _timestamp(dt):
