@@ -20,6 +20,8 @@ from traitlets.config import Application
 
 from .._version import __version__
 from .api import api_handlers
+from .assignments import assignment_handlers
+from .collect import Collector
 from .hub import HubClient
 from .models import open_database
 from .pages import page_handlers
@@ -76,6 +78,22 @@ class ClassroomService(Application):
     max_release_bytes = Integer(
         10 * 1024**3,
         help="Largest total size of one release; a bigger folder is refused with a message.",
+    ).tag(config=True)
+
+    collect_interval = Float(
+        30.0,
+        help="""Longest sleep of the collection scheduler between looks at due
+        dates (it wakes at each due date, and when one is set).""",
+    ).tag(config=True)
+
+    max_collect_bytes = Integer(
+        1024**3,
+        help="Most bytes collected from one student's assignment folder; the rest is left out with a note.",
+    ).tag(config=True)
+
+    max_collect_file_bytes = Integer(
+        100 * 1024**2,
+        help="Files larger than this are not collected (a note says so): datasets and outputs, not work.",
     ).tag(config=True)
 
     hub_cache_seconds = Float(
@@ -137,7 +155,18 @@ class ClassroomService(Application):
             timeout=self.worker_timeout,
             max_bytes=self.max_release_bytes,
         )
+        self.collector = Collector(
+            self.sessions,
+            self.store,
+            self.hub,
+            self.log,
+            max_bytes=self.max_collect_bytes,
+            max_file_bytes=self.max_collect_file_bytes,
+            timeout=self.worker_timeout,
+            concurrency=self.concurrency or None,
+        )
         self._tasks = set()
+        self._wake = None
 
     def keep(self, task):
         """Hold a background task until it is done (and log its failure)."""
@@ -150,9 +179,19 @@ class ClassroomService(Application):
 
         task.add_done_callback(done)
 
+    def wake_scheduler(self):
+        """A due date changed: the collection scheduler looks again now."""
+        if self._wake is not None:
+            self._wake.set()
+
     def make_app(self):
         prefix = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-        handlers = [(prefix + "oauth_callback", HubOAuthCallbackHandler), *page_handlers(prefix), *api_handlers(prefix)]
+        handlers = [
+            (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            *page_handlers(prefix),
+            *assignment_handlers(prefix),
+            *api_handlers(prefix),  # ends with the API's catch-all 404
+        ]
         return web.Application(
             handlers,
             classroom=self,
@@ -169,6 +208,9 @@ class ClassroomService(Application):
         app = self.make_app()
         server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
         self.log.info("classroomhub service %s listening on %s%s", __version__, self.bind_url, self.base_url)
+        self._wake = asyncio.Event()
+        # collects whatever came due while the service was down, then each due date
+        self.keep(asyncio.ensure_future(self.collector.run(self.collect_interval, self._wake)))
         try:
             await asyncio.Event().wait()
         finally:

@@ -127,6 +127,88 @@ class DeliveryReport(Base):
         return data
 
 
+class Assignment(Base):
+    """A released material with a due date: collected at each student's deadline."""
+
+    __tablename__ = "assignments"
+
+    course: Mapped[str] = mapped_column(String(255), primary_key=True)
+    material: Mapped[str] = mapped_column(String(255), primary_key=True)
+    due: Mapped[datetime] = mapped_column(UTCDateTime)
+    late_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    set_by: Mapped[str] = mapped_column(String(255))
+    updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self):
+        return {
+            "course": self.course,
+            "material": self.material,
+            "due": self.due.isoformat(),
+            "late_seconds": self.late_seconds,
+            "set_by": self.set_by,
+            "updated": self.updated.isoformat() if self.updated else None,
+        }
+
+
+class Extension(Base):
+    """One student's own due date for an assignment."""
+
+    __tablename__ = "extensions"
+
+    course: Mapped[str] = mapped_column(String(255), primary_key=True)
+    material: Mapped[str] = mapped_column(String(255), primary_key=True)
+    student: Mapped[str] = mapped_column(String(255), primary_key=True)
+    due: Mapped[datetime] = mapped_column(UTCDateTime)
+    set_by: Mapped[str] = mapped_column(String(255))
+
+
+class Submission(Base):
+    """An immutable snapshot of a student's assignment folder, timestamped by the service.
+
+    ``deadline`` is set on the snapshot taken at a due date (one per
+    student and due date: the unique constraint makes a collection that is
+    interrupted and run again add no duplicates); submissions a student
+    makes themselves have none.
+    """
+
+    __tablename__ = "submissions"
+    __table_args__ = (UniqueConstraint("course", "material", "student", "deadline"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    course: Mapped[str] = mapped_column(String(255), index=True)
+    material: Mapped[str] = mapped_column(String(255))
+    student: Mapped[str] = mapped_column(String(255))
+    taken: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))  # deadline | submitted | collected
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    # collected after its deadline because the service was not running then
+    caught_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    files: Mapped[dict] = mapped_column(JSON, default=dict)
+    skipped: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+    def to_dict(self, files=False):
+        data = {
+            "id": self.id,
+            "course": self.course,
+            "material": self.material,
+            "student": self.student,
+            "taken": self.taken.isoformat() if self.taken else None,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+            "kind": self.kind,
+            "late": self.late,
+            "caught_up": self.caught_up,
+            "n_files": len(self.files),
+            "size": sum(f["size"] for f in self.files.values()),
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "error": self.error,
+        }
+        if files:
+            data["files"] = [{"path": p, **meta} for p, meta in sorted(self.files.items())]
+        return data
+
+
 def open_database(url, echo=False):
     """A session factory for *url*, with the tables created if missing."""
     kwargs = {}

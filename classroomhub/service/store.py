@@ -138,6 +138,26 @@ def _export_to_store(store, account, job, max_bytes, timeout):
     return files, skipped
 
 
+async def snapshot_folder(
+    store, account, base, max_bytes=10 * 1024**3, max_file_bytes=None, max_entries=100_000, skip_top=(), timeout=600
+):
+    """Store what lies in ``~/<base...>`` of *account*, read as them.
+
+    The folder is reached from the home without following links; below it
+    the same walker and limits as an import apply. Returns (files, skipped).
+    """
+    job = {
+        "home": account.home,
+        "base": list(base),
+        "skip": list(SKIP_NAMES),
+        "skip_top": list(skip_top),
+        "max_bytes": max_bytes,
+        "max_file_bytes": max_file_bytes,
+        "max_entries": max_entries,
+    }
+    return await asyncio.to_thread(_export_to_store, store, account, job, max_bytes, timeout)
+
+
 async def import_folder(store, account, path, max_bytes=10 * 1024**3, max_entries=100_000, timeout=600):
     """Import the folder *path* as *account* would read it.
 

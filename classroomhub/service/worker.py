@@ -330,7 +330,7 @@ def describe_error(e):
 # -- export: the one walker over a tree someone else controls ----------------------
 
 
-def walk(root_fd, limits, skip=()):
+def walk(root_fd, limits, skip=(), skip_top=()):
     """Yield (relative path, dir fd, name, lstat) of regular files below *root_fd*.
 
     Depth-first through directory fds, never following a link; only the
@@ -341,10 +341,10 @@ def walk(root_fd, limits, skip=()):
     """
     limits.setdefault("skipped", [])
     limits["seen"] = 0
-    yield from _walk(root_fd, "", 0, limits, set(skip))
+    yield from _walk(root_fd, "", 0, limits, set(skip), set(skip_top))
 
 
-def _walk(fd, prefix, depth, limits, skip):
+def _walk(fd, prefix, depth, limits, skip, skip_top=frozenset()):
     with os.scandir(fd) as entries:
         names = sorted(e.name for e in entries)
     for name in names:
@@ -353,7 +353,7 @@ def _walk(fd, prefix, depth, limits, skip):
             if limits["seen"] == limits["entries"] + 1:
                 limits["skipped"].append((prefix + name, f"over the limit of {limits['entries']} entries"))
             return
-        if name in skip:
+        if name in skip or (not prefix and name in skip_top):
             continue
         rel = prefix + name
         st = lstat_at(fd, name)
@@ -393,15 +393,40 @@ class _Exactly:
         return data
 
 
+def open_export_root(job):
+    """The folder to export: ``path`` as given (an instructor's own choice of
+    source), or ``base`` below ``home`` reached without following any link
+    (a student's work, collected)."""
+    if "path" in job:
+        return os.open(job["path"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    home_fd = os.open(job["home"], DIR_FLAGS)
+    try:
+        return open_path(home_fd, split_relpath("/".join(job["base"])), create=False)
+    finally:
+        os.close(home_fd)
+
+
 def export(job, out):
-    """Write the regular files below ``job["path"]`` to *out* as a tar stream."""
+    """Write the regular files below the job's folder to *out* as a tar stream.
+
+    Leaves out names in ``skip`` (anywhere) and ``skip_top`` (directly in
+    the folder), files over ``max_file_bytes``, and everything once
+    ``max_bytes`` are taken; the last member lists what was left out and why.
+    """
     limits = {"entries": job.get("max_entries", 100_000), "depth": job.get("max_depth", 64)}
     max_bytes = job.get("max_bytes", 10 * 1024**3)
+    max_file = job.get("max_file_bytes") or max_bytes
     total = 0
-    root_fd = os.open(job["path"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's own choice
+    try:
+        root_fd = open_export_root(job)
+    except Refused as e:
+        raise OSError(errno.ENOTDIR, str(e)) from None
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for rel, dir_fd, name, st in walk(root_fd, limits, skip=set(job.get("skip", ()))):
+            for rel, dir_fd, name, st in walk(root_fd, limits, job.get("skip", ()), job.get("skip_top", ())):
+                if st.st_size > max_file:
+                    limits.setdefault("skipped", []).append((rel, f"larger than {max_file} bytes; skipped"))
+                    continue
                 if total + st.st_size > max_bytes:
                     limits.setdefault("over", []).append(rel)
                     continue

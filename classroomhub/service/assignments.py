@@ -1,0 +1,203 @@
+"""REST API of due dates, collection and submissions (see ``openapi.yaml``).
+
+Same rules as the rest of the API (``api.BaseHandler``): a course's
+instructors (and the admin and root tiers) set due dates and extensions and
+collect; instructors and TAs read every submission; a student reads and
+makes their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from tornado import web
+
+from .api import BaseHandler
+from .collect import aware, graded_choice
+
+ASSIGNMENT_KEYS = {"due": str, "late_seconds": int}
+EXTENSION_KEYS = {"due": str}
+COLLECT_KEYS = {"wait": bool}
+
+
+def parse_due(text):
+    """An ISO 8601 date-time with its time zone (``2026-12-01T17:00:00+01:00``), as UTC."""
+    try:
+        due = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPError(400, f"'due' is not an ISO 8601 date-time: {text!r}") from None
+    if due.tzinfo is None:
+        raise web.HTTPError(400, f"'due' needs a time zone, e.g. {text}+01:00 or {text}Z")
+    return due.astimezone(timezone.utc)
+
+
+def status_of(submissions, due, has_extension):
+    """on time / late / missing, and whether a personal due date applies."""
+    valid = [s for s in submissions if not s.error and s.files]
+    if not valid:
+        label = "missing"
+    elif any(s.kind == "deadline" or not s.late for s in valid):
+        label = "on time"
+    else:
+        label = "late"
+    return f"{label} (extension)" if has_extension else label
+
+
+class AssignmentBase(BaseHandler):
+    @property
+    def collector(self):
+        return self.service.collector
+
+    def assignment_or_404(self, course_id, material):
+        self.release_or_404(course_id, material)  # a due date belongs to a released material
+        assignment = self.collector.assignment(course_id, material)
+        if assignment is None:
+            raise web.HTTPError(404, f"{material!r} of course {course_id!r} has no due date")
+        return assignment
+
+    def check_instructor(self, person, course_id):
+        if not person.can_release(course_id):
+            raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can do this")
+
+
+class AssignmentsHandler(AssignmentBase):
+    async def get(self, course_id):
+        person = await self.person()
+        await self.course(course_id, person)
+        items = []
+        for release in self.service.releases.latest_releases([course_id]):
+            assignment = self.collector.assignment(course_id, release.material)
+            if assignment is None:
+                continue
+            data = assignment.to_dict()
+            if not person.can_see_reports(course_id):
+                data["your_due"] = self.collector.due_of(assignment, person.name).isoformat()
+            items.append(data)
+        self.write_json({"assignments": items})
+
+
+class AssignmentHandler(AssignmentBase):
+    async def get(self, course_id, material):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.write_json(self.assignment_or_404(course_id, material).to_dict())
+
+    async def put(self, course_id, material):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.release_or_404(course_id, material)
+        body = self.json_body(ASSIGNMENT_KEYS)
+        if "due" not in body:
+            raise web.HTTPError(400, "'due' is required")
+        late = body.get("late_seconds", 0)
+        if not 0 <= late <= 366 * 24 * 3600:
+            raise web.HTTPError(400, "'late_seconds' must be between 0 and a year")
+        row = self.collector.set_due(course_id, material, parse_due(body["due"]), late, person.name)
+        self.service.wake_scheduler()
+        self.write_json(row.to_dict())
+
+
+class ExtensionHandler(AssignmentBase):
+    async def put(self, course_id, material, student):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.assignment_or_404(course_id, material)
+        if student not in members["student"]:
+            raise web.HTTPError(404, f"{student!r} is not a student of {course_id!r}")
+        due = parse_due(self.json_body(EXTENSION_KEYS).get("due") or "")
+        self.collector.set_extension(course_id, material, student, due, person.name)
+        self.service.wake_scheduler()
+        self.write_json({"student": student, "due": due.isoformat()})
+
+    async def delete(self, course_id, material, student):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.assignment_or_404(course_id, material)
+        self.collector.set_extension(course_id, material, student, None, person.name)
+        self.set_status(204)
+        self.finish()
+
+
+class CollectHandler(AssignmentBase):
+    """Collect now, from every student (an instructor's button)."""
+
+    async def post(self, course_id, material):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.release_or_404(course_id, material)
+        body = self.json_body(COLLECT_KEYS)
+        task = asyncio.ensure_future(self.collector.collect(course_id, material, members["student"]))
+        self.service.keep(task)
+        if body.get("wait"):
+            rows = await task
+            self.write_json({"submissions": [r.to_dict() for r in rows]}, status=201)
+        else:
+            self.write_json({"progress": self.collector.progress[(course_id, material)]}, status=202)
+
+
+class SubmitHandler(AssignmentBase):
+    """A student hands in their work now (early, or late within the window)."""
+
+    async def post(self, course_id, material):
+        person = await self.person()
+        await self.course(course_id, person)
+        if person.courses.get(course_id) != "student":
+            raise web.HTTPError(403, f"Only students of {course_id!r} hand in work")
+        assignment = self.assignment_or_404(course_id, material)
+        self.json_body({})
+        due = self.collector.due_of(assignment, person.name)
+        now = datetime.now(timezone.utc)
+        closes = due + timedelta(seconds=assignment.late_seconds)
+        if now > closes:
+            raise web.HTTPError(403, f"Submissions closed at {closes.isoformat()}")
+        row = await self.collector.snapshot(course_id, material, person.name, "submitted", late=now > due)
+        if row.error:
+            raise web.HTTPError(400, row.error)
+        self.write_json(row.to_dict(), status=201)
+
+
+class SubmissionsHandler(AssignmentBase):
+    async def get(self, course_id, material):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        assignment = self.assignment_or_404(course_id, material)
+        everyone = person.can_see_reports(course_id)
+        students = members["student"] if everyone else [person.name]
+        extensions = self.collector.extensions(course_id, material)
+        rows = {}
+        for row in self.collector.submissions(course_id, material, None if everyone else person.name):
+            rows.setdefault(row.student, []).append(row)
+        table = []
+        for student in sorted(set(students) | set(rows) if everyone else students):
+            mine = rows.get(student, [])
+            due = extensions.get(student, aware(assignment.due))
+            graded = graded_choice(mine, due)
+            table.append(
+                {
+                    "student": student,
+                    "due": due.isoformat(),
+                    "status": status_of(mine, due, student in extensions),
+                    "graded": graded.id if graded else None,
+                    "submissions": [r.to_dict() for r in mine],
+                }
+            )
+        self.write_json({"assignment": assignment.to_dict(), "students": table})
+
+
+def assignment_handlers(prefix):
+    api = prefix + "api/"
+    name = r"([^/]+)"
+    base = api + f"courses/{name}/assignments"
+    return [
+        (base, AssignmentsHandler),
+        (base + f"/{name}", AssignmentHandler),
+        (base + f"/{name}/extensions/{name}", ExtensionHandler),
+        (base + f"/{name}/collect", CollectHandler),
+        (base + f"/{name}/submit", SubmitHandler),
+        (base + f"/{name}/submissions", SubmissionsHandler),
+    ]

@@ -1,0 +1,235 @@
+"""Due dates and collection: the service snapshots students' work itself.
+
+At each student's effective due date (the assignment's, or their
+extension's) the scheduler snapshots ``~/<course>/<material>/`` as the
+student (the same export walker as releases: no link followed, special
+files and oversized files left out with a note) into the store. The time is
+the service's, never the student's. A due date that passed while the service
+was down is collected at start-up and marked ``caught_up``; one snapshot per
+student and due date, whatever is interrupted and run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from . import runas
+from .models import Assignment, Extension, Submission, utcnow
+from .store import SourceError, snapshot_folder
+
+#: folders in the assignment folder that are not the student's work
+FEEDBACK_FOLDER = "feedback"
+
+
+def aware(dt):
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def graded_choice(submissions, due):
+    """The submission that counts: the last one on time, else the first late one."""
+    on_time = [s for s in submissions if not s.error and not s.late and aware(s.taken) <= aware(due) + timedelta(seconds=60)]
+    on_time += [s for s in submissions if not s.error and s.kind == "deadline"]
+    if on_time:
+        return max(on_time, key=lambda s: (aware(s.taken), s.id))
+    late = [s for s in submissions if not s.error]
+    return min(late, key=lambda s: (aware(s.taken), s.id)) if late else None
+
+
+class Collector:
+    def __init__(self, sessions, store, hub, log, max_bytes, max_file_bytes, timeout=600, concurrency=None):
+        self.sessions = sessions
+        self.store = store
+        self.hub = hub
+        self.log = log
+        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.timeout = timeout
+        self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
+        self.progress = {}  # (course, material) -> {"total", "done", "running"}
+        self.started = datetime.now(timezone.utc)
+
+    # -- due dates ----------------------------------------------------------------------
+
+    def assignment(self, course, material):
+        with self.sessions() as db:
+            return db.get(Assignment, (course, material))
+
+    def extensions(self, course, material):
+        with self.sessions() as db:
+            rows = db.scalars(select(Extension).where(Extension.course == course, Extension.material == material))
+            return {row.student: aware(row.due) for row in rows}
+
+    def set_due(self, course, material, due, late_seconds, by):
+        with self.sessions() as db:
+            row = db.get(Assignment, (course, material)) or Assignment(course=course, material=material)
+            row.due, row.late_seconds, row.set_by, row.updated = due, late_seconds, by, utcnow()
+            db.add(row)
+            db.commit()
+            return row
+
+    def set_extension(self, course, material, student, due, by):
+        with self.sessions() as db:
+            if due is None:
+                row = db.get(Extension, (course, material, student))
+                if row is not None:
+                    db.delete(row)
+            else:
+                db.merge(Extension(course=course, material=material, student=student, due=due, set_by=by))
+            db.commit()
+
+    def due_of(self, assignment, student, extensions=None):
+        extensions = self.extensions(assignment.course, assignment.material) if extensions is None else extensions
+        return extensions.get(student, aware(assignment.due))
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    async def snapshot(self, course, material, student, kind, deadline=None, late=False, caught_up=False):
+        """Take one snapshot and record it; a deadline snapshot only once."""
+        taken = utcnow()
+        files, skipped, error = {}, [], ""
+        async with self.limit:
+            try:
+                account = runas.Account.of(student)
+                files, skipped = await snapshot_folder(
+                    self.store,
+                    account,
+                    [course, material],
+                    max_bytes=self.max_bytes,
+                    max_file_bytes=self.max_file_bytes,
+                    skip_top=[FEEDBACK_FOLDER],
+                    timeout=self.timeout,
+                )
+            except (LookupError, SourceError, runas.WorkerError, OSError) as e:
+                error = f"nothing collected: {e}"
+        row = Submission(
+            course=course,
+            material=material,
+            student=student,
+            taken=taken,
+            deadline=deadline,
+            kind=kind,
+            late=late,
+            caught_up=caught_up,
+            files=files,
+            skipped=[list(s) for s in skipped],
+            error=error,
+        )
+        with self.sessions() as db:
+            db.add(row)
+            try:
+                db.commit()
+            except IntegrityError:  # this deadline was collected meanwhile
+                db.rollback()
+                return db.scalars(
+                    select(Submission).where(
+                        Submission.course == course,
+                        Submission.material == material,
+                        Submission.student == student,
+                        Submission.deadline == deadline,
+                    )
+                ).one()
+        return row
+
+    async def collect(self, course, material, students, kind="collected"):
+        """Snapshot every student now (an instructor's "collect now")."""
+        progress = self.progress[(course, material)] = {"total": len(students), "done": 0, "running": True}
+
+        async def one(student):
+            row = await self.snapshot(course, material, student, kind)
+            progress["done"] += 1
+            return row
+
+        try:
+            return list(await asyncio.gather(*(one(s) for s in students)))
+        finally:
+            progress["running"] = False
+
+    def submissions(self, course, material, student=None):
+        with self.sessions() as db:
+            query = select(Submission).where(Submission.course == course, Submission.material == material)
+            if student is not None:
+                query = query.where(Submission.student == student)
+            return db.scalars(query.order_by(Submission.student, Submission.taken, Submission.id)).all()
+
+    # -- the scheduler ------------------------------------------------------------------
+
+    async def pending(self, now):
+        """(assignment, student, due) whose due date has passed without a deadline snapshot."""
+        with self.sessions() as db:
+            assignments = db.scalars(select(Assignment)).all()
+            done = {
+                (s.course, s.material, s.student, aware(s.deadline))
+                for s in db.scalars(select(Submission).where(Submission.deadline.isnot(None)))
+            }
+        if not assignments:
+            return []
+        courses = await self.hub.courses()
+        found = []
+        for assignment in assignments:
+            students = courses.get(assignment.course, {}).get("student", [])
+            extensions = self.extensions(assignment.course, assignment.material)
+            for student in students:
+                due = self.due_of(assignment, student, extensions)
+                if due <= now and (assignment.course, assignment.material, student, due) not in done:
+                    found.append((assignment, student, due))
+        return found
+
+    async def collect_due(self, now=None):
+        """Collect every passed deadline not collected yet; returns the new snapshots.
+
+        One that passed before this service started was missed while it was
+        down (or cut off): it is marked ``caught_up``.
+        """
+        now = now or datetime.now(timezone.utc)
+        todo = await self.pending(now)
+        rows = await asyncio.gather(
+            *(
+                self.snapshot(a.course, a.material, student, "deadline", deadline=due, caught_up=due < self.started)
+                for a, student, due in todo
+            )
+        )
+        for row in rows:
+            self.log.info(
+                "Collected %s/%s of %s at its due date%s: %s files%s",
+                row.course,
+                row.material,
+                row.student,
+                " (caught up after a stop)" if row.caught_up else "",
+                len(row.files),
+                f"; {row.error}" if row.error else "",
+            )
+        return rows
+
+    async def next_due(self, now):
+        """Seconds until the next due date of any student, or None."""
+        with self.sessions() as db:
+            dues = [aware(a.due) for a in db.scalars(select(Assignment))]
+            dues += [aware(e.due) for e in db.scalars(select(Extension))]
+        future = [(d - now).total_seconds() for d in dues if d > now]
+        return min(future) if future else None
+
+    async def run(self, interval=30.0, wake=None):
+        """Collect at each due date (and whatever was missed) until cancelled.
+
+        Sleeps until the next due date, at most *interval* seconds; setting
+        the event *wake* (a due date changed) makes it look again at once.
+        """
+        wake = wake or asyncio.Event()
+        while True:
+            try:
+                await self.collect_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("Collection at due dates failed; trying again in %s s", interval)
+            wait = await self.next_due(datetime.now(timezone.utc))
+            try:
+                await asyncio.wait_for(wake.wait(), interval if wait is None else max(0.05, min(wait + 0.01, interval)))
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()

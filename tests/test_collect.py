@@ -1,0 +1,236 @@
+"""Due dates and collection for real: the managed service snapshots students'
+folders itself at their due dates (as each student, never following a
+link), catches up after a stop, and never records a deadline twice."""
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from jupyterhub.utils import random_port
+from sqlalchemy import create_engine, text
+
+from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+    call,
+    cleanup_after,
+    data_dir,
+    home,
+    hub_config,
+    material,
+    read,
+    ready,
+    service_world,
+    stop_service,
+    write_tree,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+
+TAG = "co" + secrets.token_hex(2)
+INES, TARA, SAM, SUE, BEA, IVAN = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "ivan"))
+PEOPLE = [INES, TARA, SAM, SUE, BEA, IVAN]
+PORT = random_port()
+DATA_DIR = data_dir(TAG)
+MAX_FILE = 100_000
+
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+courses:
+  data101:
+    instructors: [{INES}]
+    tas: [{TARA}]
+    students: [{SAM}, {SUE}]
+  bio202:
+    instructors: [{IVAN}]
+    students: [{BEA}]
+"""
+
+
+def HUB_CONFIG(c):
+    hub_config(
+        c,
+        DATA_DIR,
+        PORT,
+        f"--ClassroomService.max_collect_file_bytes={MAX_FILE}",
+        "--ClassroomService.collect_interval=1",
+        "--ClassroomService.concurrency=1",
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    with service_world(PEOPLE, DATA_DIR):
+        yield
+
+
+def iso(dt):
+    return dt.isoformat()
+
+
+def soon(seconds):
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+
+
+def rows(sql, **params):
+    """Read the service's own database (SQLite in its data folder)."""
+    engine = create_engine(f"sqlite:///{DATA_DIR}/classroom.sqlite")
+    try:
+        with engine.connect() as db:
+            return db.execute(text(sql), params).all()
+    finally:
+        engine.dispose()
+
+
+async def released(app, name, files=None):
+    """Release *name* to data101 (so students have ~/data101/<name>/) and wait."""
+    src = material(INES, files or {"hw.ipynb": "{}\n"})
+    r = await call(app, INES, "POST", f"courses/data101/materials/{name}/releases", json={"source": src, "wait": True})
+    assert r.status_code == 201, r.text
+
+
+async def set_due(app, name, due, late_seconds=0, who=INES):
+    return await call(
+        app, who, "PUT", f"courses/data101/assignments/{name}", json={"due": iso(due), "late_seconds": late_seconds}
+    )
+
+
+async def wait_for(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+def deadline_snapshots(name):
+    return rows(
+        "SELECT student, kind, late, caught_up, files, skipped, error, taken, deadline FROM submissions"
+        " WHERE material = :m AND kind = 'deadline' ORDER BY student",
+        m=name,
+    )
+
+
+async def test_due_dates_are_validated(app, ready):
+    await released(app, "hw0")
+    now = datetime.now(timezone.utc)
+    r = await call(app, INES, "PUT", "courses/data101/assignments/hw0", json={"due": "2030-01-01T17:00:00"})
+    assert r.status_code == 400 and "needs a time zone" in r.json()["message"]
+    r = await call(app, INES, "PUT", "courses/data101/assignments/hw0", json={"due": "next friday"})
+    assert r.status_code == 400 and "ISO 8601" in r.json()["message"]
+    r = await call(app, INES, "PUT", "courses/data101/assignments/nothing", json={"due": iso(now)})
+    assert r.status_code == 404
+    r = await set_due(app, "hw0", now + timedelta(days=7), who=SAM)
+    assert r.status_code == 403
+    r = await set_due(app, "hw0", now + timedelta(days=7), who=IVAN)
+    assert r.status_code == 403  # an instructor of another course
+    r = await call(app, INES, "PUT", "courses/data101/assignments/hw0", json={"due": "2030-01-01T17:00:00+01:00"})
+    assert r.status_code == 200, r.text
+    assert r.json()["due"] == "2030-01-01T16:00:00+00:00"  # kept in UTC
+
+
+async def test_collected_at_the_due_date_as_the_student(app, ready):
+    await released(app, "hw1")
+    work = os.path.join(home(SAM), "data101", "hw1")
+    write_tree(SAM, work, {"hw.ipynb": "sam's answer\n", "big.bin": "x" * (MAX_FILE + 1), "feedback/old.txt": "f"})
+    os.symlink("/etc/shadow", os.path.join(work, "shadow"))
+    os.mkfifo(os.path.join(work, "pipe"))
+    subprocess.run(["chown", "-h", f"{SAM}:", os.path.join(work, "shadow"), os.path.join(work, "pipe")], check=True)
+    due = soon(2)
+    assert (await set_due(app, "hw1", due)).status_code == 200
+    await wait_for(lambda: len(deadline_snapshots("hw1")) == 2)
+    (sam, sue) = deadline_snapshots("hw1")
+    assert sam.student == SAM and sue.student == SUE
+    assert '"hw.ipynb"' in sam.files and "big.bin" not in sam.files and "feedback" not in sam.files
+    skipped = dict(tuple(x) for x in json.loads(sam.skipped))
+    assert skipped["shadow"] == "is a symbolic link; skipped"
+    assert skipped["pipe"] == "is a FIFO; skipped"
+    assert "larger than" in skipped["big.bin"]
+    assert not sam.late and not sam.caught_up
+    taken = datetime.fromisoformat(str(sam.taken)).replace(tzinfo=timezone.utc)
+    assert taken >= due.replace(microsecond=0) - timedelta(seconds=1)
+    # the submission is the service's copy: later edits do not change it
+    with open(os.path.join(work, "hw.ipynb"), "w") as f:
+        f.write("changed after the deadline\n")
+    r = await call(app, TARA, "GET", "courses/data101/assignments/hw1/submissions")
+    table = {row["student"]: row for row in r.json()["students"]}
+    assert table[SAM]["status"] == "on time"
+    assert table[SAM]["graded"] == table[SAM]["submissions"][0]["id"]
+
+
+async def test_extensions_students_and_late_window(app, ready):
+    await released(app, "hw2")
+    write_tree(SUE, os.path.join(home(SUE), "data101", "hw2"), {"hw.ipynb": "sue\n"})
+    due = soon(1.5)
+    assert (await set_due(app, "hw2", due, late_seconds=3600)).status_code == 200
+    r = await call(app, INES, "PUT", f"courses/data101/assignments/hw2/extensions/{SUE}", json={"due": iso(soon(3600))})
+    assert r.status_code == 200, r.text
+    r = await call(app, INES, "PUT", f"courses/data101/assignments/hw2/extensions/{BEA}", json={"due": iso(soon(60))})
+    assert r.status_code == 404  # not a student of data101
+    # an early submission, then the deadline: Sam is collected, Sue (extension) is not
+    r = await call(app, SAM, "POST", "courses/data101/assignments/hw2/submit")
+    assert r.status_code == 201 and r.json()["late"] is False
+    await wait_for(lambda: len(deadline_snapshots("hw2")) == 1)
+    assert deadline_snapshots("hw2")[0].student == SAM
+    # after the due date, within the late window: a late submission
+    r = await call(app, SAM, "POST", "courses/data101/assignments/hw2/submit")
+    assert r.status_code == 201 and r.json()["late"] is True
+    r = await call(app, TARA, "POST", "courses/data101/assignments/hw2/submit")
+    assert r.status_code == 403
+    r = await call(app, SAM, "GET", "courses/data101/assignments/hw2/submissions")
+    (mine,) = r.json()["students"]
+    assert mine["student"] == SAM and len(mine["submissions"]) == 3
+    kinds = [s["kind"] for s in mine["submissions"]]
+    assert kinds == ["submitted", "deadline", "submitted"]
+    # graded: the last one on time (the deadline snapshot), not the late one
+    assert mine["graded"] == mine["submissions"][1]["id"]
+    r = await call(app, INES, "GET", "courses/data101/assignments/hw2/submissions")
+    table = {row["student"]: row for row in r.json()["students"]}
+    assert table[SUE]["status"] == "missing (extension)"
+    r = await call(app, IVAN, "GET", "courses/data101/assignments/hw2/submissions")
+    assert r.status_code == 403
+
+
+async def test_late_window_closes(app, ready):
+    await released(app, "hw3")
+    assert (await set_due(app, "hw3", soon(-10), late_seconds=1)).status_code == 200
+    r = await call(app, SAM, "POST", "courses/data101/assignments/hw3/submit")
+    assert r.status_code == 403 and "closed" in r.json()["message"]
+
+
+async def test_collect_now(app, ready):
+    await released(app, "hw4")
+    r = await call(app, INES, "POST", "courses/data101/assignments/hw4/collect", json={"wait": True})
+    assert r.status_code == 201, r.text
+    assert sorted(s["student"] for s in r.json()["submissions"]) == sorted([SAM, SUE])
+    assert all(s["kind"] == "collected" and s["n_files"] == 1 for s in r.json()["submissions"])
+    r = await call(app, TARA, "POST", "courses/data101/assignments/hw4/collect", json={})
+    assert r.status_code == 403
+
+
+async def test_a_deadline_missed_while_stopped_is_collected_once_at_start(app, ready):
+    """SIGKILL in the middle of a deadline collection, restart: every student
+    has exactly one snapshot for that deadline."""
+    many = {f"f/{i:05d}.txt": "x" for i in range(3000)}  # slow enough to be cut off
+    await released(app, "hw5", many)
+    service = app._service_map["classroom"]
+    assert (await set_due(app, "hw5", soon(1))).status_code == 200
+    await wait_for(lambda: len(rows("SELECT 1 FROM submissions WHERE material='hw5'")) >= 1, timeout=30)
+    service.spawner.stop_polling()
+    os.kill(service.spawner.pid, signal.SIGKILL)
+    await service.spawner.stop(now=True)
+    before = len(deadline_snapshots("hw5"))
+    print("deadline snapshots before the restart:", before)
+    await asyncio.sleep(1.5)
+    await service.start()
+    await wait_for(lambda: len(deadline_snapshots("hw5")) == 2, timeout=60)
+    await asyncio.sleep(2.5)  # two more scheduler rounds: still no duplicate
+    snaps = deadline_snapshots("hw5")
+    assert [s.student for s in snaps] == sorted([SAM, SUE])
+    assert all(s.files.count('"f/') == 3000 for s in snaps)
+    if before < 2:
+        assert any(s.caught_up for s in snaps)
