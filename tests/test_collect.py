@@ -3,15 +3,18 @@ folders itself at their due dates (as each student, never following a
 link), catches up after a stop, and never records a deadline twice."""
 
 import asyncio
+import io
 import json
 import os
 import secrets
 import signal
 import subprocess
 import time
+import zipfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 from jupyterhub.utils import random_port
 from sqlalchemy import create_engine, text
 
@@ -234,3 +237,69 @@ async def test_a_deadline_missed_while_stopped_is_collected_once_at_start(app, r
     assert all(s.files.count('"f/') == 3000 for s in snaps)
     if before < 2:
         assert any(s.caught_up for s in snaps)
+
+
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Sam's analysis"},
+        {
+            "cell_type": "code",
+            "execution_count": 1,
+            "metadata": {},
+            "source": "print('hi')",
+            "outputs": [
+                {"output_type": "stream", "name": "stdout", "text": "hi\n"},
+                {"output_type": "display_data", "metadata": {}, "data": {"text/html": "<script>alert(1)</script><b>ok</b>"}},
+            ],
+        },
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 4,
+}
+
+
+async def test_graders_read_submissions_and_everything_is_audited(app, ready):
+    from jupyterhub.tests.utils import public_url
+
+    await released(app, "hw6")
+    write_tree(SAM, os.path.join(home(SAM), "data101", "hw6"), {"hw.ipynb": json.dumps(NOTEBOOK), "notes.txt": "n\n"})
+    r = await call(app, INES, "POST", "courses/data101/assignments/hw6/collect", json={"wait": True})
+    assert r.status_code == 201, r.text
+    sam_id = next(s["id"] for s in r.json()["submissions"] if s["student"] == SAM)
+    base = f"courses/data101/assignments/hw6/submissions/{sam_id}/file?path="
+
+    r = await call(app, TARA, "GET", base + "notes.txt")
+    assert r.status_code == 200 and r.content == b"n\n"
+    assert (await call(app, SAM, "GET", base + "notes.txt")).status_code == 200  # their own
+    assert (await call(app, SUE, "GET", base + "notes.txt")).status_code == 403
+    assert (await call(app, IVAN, "GET", base + "notes.txt")).status_code == 403
+    assert (await call(app, TARA, "GET", base + "../../etc/passwd")).status_code == 404
+
+    r = await call(app, INES, "GET", "courses/data101/assignments/hw6/submissions.zip")
+    assert r.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert f"{SAM}/hw.ipynb" in names and f"{SAM}/notes.txt" in names
+    assert (await call(app, SAM, "GET", "courses/data101/assignments/hw6/submissions.zip")).status_code == 403
+
+    # the rendered notebook: the page carries the strict policy and no script
+    token = app.users[TARA].new_api_token(note="view")
+    url = public_url(app) + f"services/classroom/courses/data101/assignments/hw6/submissions/{sam_id}/view?path=hw.ipynb"
+    r = await asyncio.to_thread(requests.get, url, headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert "sandbox" in r.headers["Content-Security-Policy"] and "<script" not in r.text.lower()
+    assert "Sam&#39;s analysis" in r.text or "Sam's analysis" in r.text
+    r = await asyncio.to_thread(
+        requests.get, url.replace("hw.ipynb", "notes.txt"), headers={"Authorization": f"token {token}"}, timeout=30
+    )
+    assert r.status_code == 400 and "cannot be shown" in r.text
+
+    r = await call(app, INES, "GET", "courses/data101/audit")
+    events = [(e["actor"], e["action"], e["student"]) for e in r.json()["events"]]
+    assert (TARA, "download", SAM) in events and (SAM, "download", SAM) in events
+    assert (TARA, "view", SAM) in events and (INES, "collect", "") in events
+    assert (SUE, "download", SAM) not in events  # refused requests are not access
+    r = await call(app, INES, "GET", "courses/data101/audit?format=csv")
+    assert r.text.splitlines()[0] == "at,actor,action,course,material,student,detail"
+    assert (await call(app, TARA, "GET", "courses/data101/audit")).status_code == 403
+    assert (await call(app, IVAN, "GET", "courses/data101/audit")).status_code == 403

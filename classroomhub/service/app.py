@@ -22,6 +22,7 @@ from .._version import __version__
 from .api import api_handlers
 from .assignments import assignment_handlers
 from .collect import Collector
+from .grading import grading_handlers
 from .hub import HubClient
 from .models import open_database
 from .pages import page_handlers
@@ -188,6 +189,7 @@ class ClassroomService(Application):
         prefix = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
         handlers = [
             (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            *grading_handlers(prefix),
             *page_handlers(prefix),
             *assignment_handlers(prefix),
             *api_handlers(prefix),  # ends with the API's catch-all 404

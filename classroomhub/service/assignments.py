@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from tornado import web
 
 from .api import BaseHandler
+from .audit import record
 from .collect import aware, graded_choice
 
 ASSIGNMENT_KEYS = {"due": str, "late_seconds": int}
@@ -95,6 +96,7 @@ class AssignmentHandler(AssignmentBase):
         if not 0 <= late <= 366 * 24 * 3600:
             raise web.HTTPError(400, "'late_seconds' must be between 0 and a year")
         row = self.collector.set_due(course_id, material, parse_due(body["due"]), late, person.name)
+        record(self.service, person, "set-due", course_id, material, "", f"due {row.due.isoformat()}, late window {late} s")
         self.service.wake_scheduler()
         self.write_json(row.to_dict())
 
@@ -109,6 +111,7 @@ class ExtensionHandler(AssignmentBase):
             raise web.HTTPError(404, f"{student!r} is not a student of {course_id!r}")
         due = parse_due(self.json_body(EXTENSION_KEYS).get("due") or "")
         self.collector.set_extension(course_id, material, student, due, person.name)
+        record(self.service, person, "extension", course_id, material, student, f"due {due.isoformat()}")
         self.service.wake_scheduler()
         self.write_json({"student": student, "due": due.isoformat()})
 
@@ -133,6 +136,7 @@ class CollectHandler(AssignmentBase):
         body = self.json_body(COLLECT_KEYS)
         task = asyncio.ensure_future(self.collector.collect(course_id, material, members["student"]))
         self.service.keep(task)
+        record(self.service, person, "collect", course_id, material, "", f"{len(members['student'])} students")
         if body.get("wait"):
             rows = await task
             self.write_json({"submissions": [r.to_dict() for r in rows]}, status=201)

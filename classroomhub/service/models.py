@@ -209,6 +209,26 @@ class Submission(Base):
         return data
 
 
+class AuditEvent(Base):
+    """Who looked at, took or returned whose work, and when."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))
+    course: Mapped[str] = mapped_column(String(255), index=True)
+    material: Mapped[str] = mapped_column(String(255), default="")
+    student: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    FIELDS = ("at", "actor", "action", "course", "material", "student", "detail")
+
+    def to_dict(self):
+        return {f: (self.at.isoformat() if f == "at" else getattr(self, f)) for f in self.FIELDS}
+
+
 def open_database(url, echo=False):
     """A session factory for *url*, with the tables created if missing."""
     kwargs = {}

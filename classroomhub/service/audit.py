@@ -1,0 +1,13 @@
+"""The audit log: who set, collected, viewed, downloaded or returned what, and when."""
+
+from __future__ import annotations
+
+from .models import AuditEvent
+
+
+def record(service, person, action, course, material="", student="", detail=""):
+    with service.sessions() as db:
+        db.add(
+            AuditEvent(actor=person.name, action=action, course=course, material=material, student=student, detail=detail)
+        )
+        db.commit()

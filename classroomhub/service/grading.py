@@ -1,0 +1,138 @@
+"""Grading access: submitted files for a course's graders, and the audit log.
+
+Instructors and TAs of the course (and the admin and root tiers) download a
+submission's files (one, or a zip of every student's graded submission) and
+read notebooks rendered without any script (``render.py``); a student gets
+their own. Every view and download is written to the audit log, which the
+course's instructors and the admin and root tiers can read, also as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+
+from sqlalchemy import select
+from tornado import web
+
+from .assignments import AssignmentBase
+from .audit import record
+from .collect import aware, graded_choice
+from .models import AuditEvent, Submission
+from .pages import PageHandler
+from .render import CONTENT_SECURITY_POLICY, render_notebook
+
+
+async def submission_file(handler, course_id, material, submission_id):
+    """(person, submission, path) for a request, with the course's rules applied."""
+    person = await handler.person()
+    await handler.course(course_id, person)
+    handler.release_or_404(course_id, material)
+    with handler.service.sessions() as db:
+        row = db.get(Submission, int(submission_id))
+    if row is None or (row.course, row.material) != (course_id, material):
+        raise web.HTTPError(404, f"No submission {submission_id} of {material!r} in course {course_id!r}")
+    if row.student != person.name and not person.can_see_reports(course_id):
+        raise web.HTTPError(403, "Only the course's instructors and TAs see other students' work")
+    path = handler.get_argument("path", "")
+    if path not in row.files:
+        raise web.HTTPError(404, f"Submission {row.id} has no file {path!r}")
+    return person, row, path
+
+
+class SubmissionFileHandler(AssignmentBase):
+    """GET …/submissions/<id>/file?path=…: the file as submitted."""
+
+    async def get(self, course_id, material, submission_id):
+        person, row, path = await submission_file(self, course_id, material, submission_id)
+        record(self.service, person, "download", course_id, material, row.student, f"submission {row.id}: {path}")
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
+        with open(self.service.store.object_path(row.files[path]["sha256"]), "rb") as f:
+            while chunk := f.read(1 << 20):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+class SubmissionsZipHandler(AssignmentBase):
+    """GET …/submissions.zip: every student's graded submission, one folder each."""
+
+    async def get(self, course_id, material):
+        person = await self.person()
+        await self.course(course_id, person)
+        if not person.can_see_reports(course_id):
+            raise web.HTTPError(403, "Only the course's instructors and TAs download everyone's work")
+        assignment = self.collector.assignment(course_id, material)
+        extensions = self.collector.extensions(course_id, material)
+        by_student = {}
+        for row in self.collector.submissions(course_id, material):
+            by_student.setdefault(row.student, []).append(row)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for student, rows in sorted(by_student.items()):
+                due = extensions.get(student, aware(assignment.due)) if assignment else None
+                chosen = graded_choice(rows, due) if due else max(rows, key=lambda r: (aware(r.taken), r.id))
+                if chosen is None:
+                    continue
+                for path, meta in sorted(chosen.files.items()):
+                    archive.write(self.service.store.object_path(meta["sha256"]), f"{student}/{path}")
+        record(self.service, person, "download", course_id, material, "", f"all graded submissions ({len(by_student)} students)")
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", f'attachment; filename="{course_id}-{material}.zip"')
+        self.finish(buffer.getvalue())
+
+
+class NotebookPage(PageHandler):
+    """A submitted notebook rendered for reading; no script of the student's can run."""
+
+    @web.authenticated
+    async def get(self, course_id, material, submission_id):
+        person, row, path = await submission_file(self, course_id, material, submission_id)
+        with open(self.service.store.object_path(row.files[path]["sha256"]), "rb") as f:
+            data = f.read()
+        try:
+            page = render_notebook(data, f"{row.student}: {path}")
+        except ValueError as e:
+            raise web.HTTPError(400, f"{path} cannot be shown: {e}") from None
+        record(self.service, person, "view", course_id, material, row.student, f"submission {row.id}: {path}")
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(page)
+
+
+class AuditHandler(AssignmentBase):
+    """GET /api/courses/<course>/audit (``?format=csv`` for a spreadsheet)."""
+
+    async def get(self, course_id):
+        person = await self.person()
+        await self.course(course_id, person)
+        if not person.can_release(course_id):
+            raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) read its audit log")
+        with self.service.sessions() as db:
+            events = db.scalars(select(AuditEvent).where(AuditEvent.course == course_id).order_by(AuditEvent.id)).all()
+        if self.get_argument("format", "json") == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(AuditEvent.FIELDS)
+            for event in events:
+                writer.writerow(event.to_dict().values())
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", f'attachment; filename="{course_id}-audit.csv"')
+            self.finish(out.getvalue())
+        else:
+            self.write_json({"events": [e.to_dict() for e in events]})
+
+
+def grading_handlers(prefix):
+    """List before the pages' and the API's catch-alls."""
+    name = r"([^/]+)"
+    sub = f"courses/{name}/assignments/{name}/submissions"
+    return [
+        (prefix + "api/" + sub + r"/([0-9]{1,9})/file", SubmissionFileHandler),
+        (prefix + "api/" + sub + r"\.zip", SubmissionsZipHandler),
+        (prefix + f"api/courses/{name}/audit", AuditHandler),
+        (prefix + sub + r"/([0-9]{1,9})/view", NotebookPage),
+    ]
