@@ -7,6 +7,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -303,3 +304,51 @@ async def test_graders_read_submissions_and_everything_is_audited(app, ready):
     assert r.text.splitlines()[0] == "at,actor,action,course,material,student,detail"
     assert (await call(app, TARA, "GET", "courses/data101/audit")).status_code == 403
     assert (await call(app, IVAN, "GET", "courses/data101/audit")).status_code == 403
+
+
+async def test_copy_for_grading_and_return_feedback(app, ready):
+    await released(app, "hw7")
+    write_tree(SAM, os.path.join(home(SAM), "data101", "hw7"), {"hw.ipynb": "sam's work\n"})
+    r = await call(app, INES, "POST", "courses/data101/assignments/hw7/collect", json={"wait": True})
+    sam_id = next(s["id"] for s in r.json()["submissions"] if s["student"] == SAM)
+
+    # the TA copies it into their own home, as themselves
+    r = await call(app, TARA, "POST", f"courses/data101/assignments/hw7/submissions/{sam_id}/copy")
+    assert r.status_code == 200, r.text
+    assert r.json()["folder"] == f"~/grading/data101/hw7/{SAM}"
+    copy = os.path.join(home(TARA), "grading", "data101", "hw7", SAM)
+    assert read(os.path.join(copy, "hw.ipynb")) == "sam's work\n"
+    assert os.stat(os.path.join(copy, "hw.ipynb")).st_uid == os.stat(home(TARA)).st_uid
+    assert (await call(app, SUE, "POST", f"courses/data101/assignments/hw7/submissions/{sam_id}/copy")).status_code == 403
+
+    # annotate, plant a link to /etc/shadow, and return it
+    write_tree(TARA, copy, {"comments.md": "good work\n"})
+    os.symlink("/etc/shadow", os.path.join(copy, "shadow"))
+    r = await call(app, TARA, "POST", f"courses/data101/assignments/hw7/feedback/{SAM}")
+    assert r.status_code == 201, r.text
+    assert r.json()["files"] == ["comments.md", "hw.ipynb"]
+    assert {"path": "shadow", "reason": "is a symbolic link; skipped"} in r.json()["skipped"]
+    returned = os.path.join(home(SAM), "data101", "hw7", "feedback")
+    assert read(os.path.join(returned, "comments.md")) == "good work\n"
+    assert os.stat(os.path.join(returned, "comments.md")).st_uid == os.stat(home(SAM)).st_uid
+    assert not os.path.exists(os.path.join(returned, "shadow"))
+
+    r = await call(app, SAM, "GET", "courses/data101/assignments/hw7/feedback")
+    assert [(f["student"], f["grader"], f["files"]) for f in r.json()["feedback"]] == [(SAM, TARA, ["comments.md", "hw.ipynb"])]
+    assert (await call(app, SUE, "GET", "courses/data101/assignments/hw7/feedback")).json()["feedback"] == []
+    assert (await call(app, IVAN, "GET", "courses/data101/assignments/hw7/feedback")).status_code == 403
+    assert (await call(app, TARA, "POST", f"courses/data101/assignments/hw7/feedback/{BEA}")).status_code == 404
+    assert (await call(app, SAM, "POST", f"courses/data101/assignments/hw7/feedback/{SAM}")).status_code == 403
+
+    # the student replaced their feedback folder with a link to /etc: nothing lands there
+    shutil.rmtree(returned)
+    os.symlink("/etc", returned)
+    r = await call(app, TARA, "POST", f"courses/data101/assignments/hw7/feedback/{SAM}")
+    assert r.status_code == 201
+    assert {x["status"] for x in r.json()["results"]} == {"failed"}
+    assert not os.path.exists("/etc/comments.md")
+    os.unlink(returned)
+
+    r = await call(app, INES, "GET", "courses/data101/audit")
+    actions = {(e["actor"], e["action"], e["student"]) for e in r.json()["events"]}
+    assert {(TARA, "copy", SAM), (TARA, "return", SAM)} <= actions

@@ -28,10 +28,12 @@ class Release:
     files: dict  # {path: {sha256, size, mode}}
     restore_deleted: bool = False
     shared: bool = False
+    #: the folder in the home, if not ``<course>/<material>`` (feedback, a grader's copy)
+    folder: tuple = ()
 
     @property
     def base(self):
-        return [self.course, self.material]
+        return list(self.folder) or [self.course, self.material]
 
 
 @dataclass

@@ -17,15 +17,19 @@ import zipfile
 from sqlalchemy import select
 from tornado import web
 
+from . import runas
 from .assignments import AssignmentBase
 from .audit import record
-from .collect import aware, graded_choice
-from .models import AuditEvent, Submission
+from .collect import FEEDBACK_FOLDER, aware, graded_choice
+from .delivery import Release, deliver_to
+from .models import AuditEvent, Feedback, Submission
+from .releases import TAKEN
+from .store import SourceError, snapshot_folder
 from .pages import PageHandler
 from .render import CONTENT_SECURITY_POLICY, render_notebook
 
 
-async def submission_file(handler, course_id, material, submission_id):
+async def submission_file(handler, course_id, material, submission_id, any_path=False):
     """(person, submission, path) for a request, with the course's rules applied."""
     person = await handler.person()
     await handler.course(course_id, person)
@@ -37,7 +41,7 @@ async def submission_file(handler, course_id, material, submission_id):
     if row.student != person.name and not person.can_see_reports(course_id):
         raise web.HTTPError(403, "Only the course's instructors and TAs see other students' work")
     path = handler.get_argument("path", "")
-    if path not in row.files:
+    if not any_path and path not in row.files:
         raise web.HTTPError(404, f"Submission {row.id} has no file {path!r}")
     return person, row, path
 
@@ -126,6 +130,89 @@ class AuditHandler(AssignmentBase):
             self.write_json({"events": [e.to_dict() for e in events]})
 
 
+def grading_folder(course, material, student):
+    """Where a grader's copy of a student's work goes, in the grader's home."""
+    return ["grading", course, material, student]
+
+
+class CopyHandler(AssignmentBase):
+    """POST …/submissions/<id>/copy: the submission into ``~/grading/…`` of the grader, as the grader."""
+
+    async def post(self, course_id, material, submission_id):
+        person, row, _ = await submission_file(self, course_id, material, submission_id, any_path=True)
+        if not person.can_see_reports(course_id):
+            raise web.HTTPError(403, "Only the course's instructors and TAs copy students' work")
+        self.json_body({})
+        folder = grading_folder(course_id, material, row.student)
+        job = Release(course_id, material, row.id, row.files, folder=tuple(folder))
+        report = await deliver_to(self.service.store, person.name, job, timeout=self.service.worker_timeout, runner=self.service.runner)
+        record(self.service, person, "copy", course_id, material, row.student, f"submission {row.id} to ~/{'/'.join(folder)}")
+        self.write_json({"folder": "~/" + "/".join(folder), "error": report.error, "results": report.results})
+
+
+class FeedbackHandler(AssignmentBase):
+    """GET …/feedback: returned feedback (graders: all; a student: theirs).
+    POST …/feedback/<student>: return the grader's ``~/grading/<course>/<material>/<student>/``."""
+
+    async def get(self, course_id, material, student=None):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.release_or_404(course_id, material)
+        everyone = person.can_see_reports(course_id)
+        with self.service.sessions() as db:
+            query = select(Feedback).where(Feedback.course == course_id, Feedback.material == material)
+            if not everyone:
+                query = query.where(Feedback.student == person.name)
+            rows = db.scalars(query.order_by(Feedback.id)).all()
+        self.write_json({"feedback": [r.to_dict() for r in rows]})
+
+    async def post(self, course_id, material, student=None):
+        person = await self.person()
+        members = await self.course(course_id, person)
+        self.release_or_404(course_id, material)
+        if not person.can_see_reports(course_id):
+            raise web.HTTPError(403, "Only the course's instructors and TAs return feedback")
+        if student not in members["student"]:
+            raise web.HTTPError(404, f"{student!r} is not a student of {course_id!r}")
+        self.json_body({})
+        folder = grading_folder(course_id, material, student)
+        try:
+            files, skipped = await snapshot_folder(
+                self.service.store, runas.Account.of(person.name), folder, max_bytes=self.service.max_collect_bytes
+            )
+        except (LookupError, SourceError, runas.WorkerError) as e:
+            raise web.HTTPError(400, f"Nothing to return from ~/{'/'.join(folder)}: {e}") from None
+        if not files:
+            raise web.HTTPError(400, f"~/{'/'.join(folder)} has no files to return")
+        with self.service.sessions() as db:
+            earlier = db.scalars(
+                select(Feedback)
+                .where(Feedback.course == course_id, Feedback.material == material, Feedback.student == student)
+                .order_by(Feedback.id.desc())
+            ).first()
+        previous = {}
+        if earlier is not None:
+            previous = {
+                r["path"]: {**earlier.files[r["path"]], "stamp": r.get("stamp")}
+                for r in earlier.results
+                if r["status"] in TAKEN and r["path"] in earlier.files
+            }
+        version = (earlier.id if earlier else 0) + 1
+        job = Release(course_id, material, version, files, folder=(course_id, material, FEEDBACK_FOLDER))
+        report = await deliver_to(self.service.store, student, job, previous, self.service.worker_timeout, self.service.runner)
+        row = Feedback(
+            course=course_id, material=material, student=student, grader=person.name, files=files, results=report.results
+        )
+        with self.service.sessions() as db:
+            db.add(row)
+            db.commit()
+        record(self.service, person, "return", course_id, material, student, f"{len(files)} files")
+        data = row.to_dict()
+        data["error"] = report.error
+        data["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
+        self.write_json(data, status=201)
+
+
 def grading_handlers(prefix):
     """List before the pages' and the API's catch-alls."""
     name = r"([^/]+)"
@@ -133,6 +220,8 @@ def grading_handlers(prefix):
     return [
         (prefix + "api/" + sub + r"/([0-9]{1,9})/file", SubmissionFileHandler),
         (prefix + "api/" + sub + r"\.zip", SubmissionsZipHandler),
+        (prefix + "api/" + sub + r"/([0-9]{1,9})/copy", CopyHandler),
+        (prefix + f"api/courses/{name}/assignments/{name}/feedback(?:/{name})?", FeedbackHandler),
         (prefix + f"api/courses/{name}/audit", AuditHandler),
         (prefix + sub + r"/([0-9]{1,9})/view", NotebookPage),
     ]

@@ -209,6 +209,33 @@ class Submission(Base):
         return data
 
 
+class Feedback(Base):
+    """Files a grader returned to a student (into ``~/<course>/<material>/feedback/``)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    course: Mapped[str] = mapped_column(String(255), index=True)
+    material: Mapped[str] = mapped_column(String(255))
+    student: Mapped[str] = mapped_column(String(255))
+    grader: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    files: Mapped[dict] = mapped_column(JSON, default=dict)
+    results: Mapped[list] = mapped_column(JSON, default=list)
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "course": self.course,
+            "material": self.material,
+            "student": self.student,
+            "grader": self.grader,
+            "at": self.at.isoformat() if self.at else None,
+            "files": sorted(self.files),
+            "results": self.results,
+        }
+
+
 class AuditEvent(Base):
     """Who looked at, took or returned whose work, and when."""
 
