@@ -206,6 +206,42 @@ def cmd_status(args):
     return 0
 
 
+def cmd_collect(args):
+    path = _service_path(args, f"courses/{args.course}/assignments/{args.assignment}/collect")
+    print(f"collecting {args.course}/{args.assignment} from every student ...", flush=True)
+    answer, rc = _hub_request(args, "POST", path, {"wait": True})
+    if answer is None or "submissions" not in answer:
+        if answer is not None:
+            print(answer.get("message", answer), file=sys.stderr)
+        return rc or 1
+    rows = answer["submissions"]
+    print(_progress_bar(len(rows), len(rows)))
+    failed = [r for r in rows if r["error"]]
+    for r in sorted(rows, key=lambda r: r["student"]):
+        print(f"{r['student']:<24} {r['n_files']:>6} files {r['size']:>12} bytes  {r['error'] or 'ok'}")
+        for skipped in r["skipped"]:
+            print(f"{r['student']}: not collected: {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_submissions(args):
+    path = _service_path(args, f"courses/{args.course}/assignments/{args.assignment}/submissions")
+    answer, rc = _hub_request(args, "GET", path)
+    if answer is None or "students" not in answer:
+        if answer is not None:
+            print(answer.get("message", answer), file=sys.stderr)
+        return rc or 1
+    print(f"{args.course}/{args.assignment}: due {answer['assignment']['due']}")
+    print(f"{'STUDENT':<24} {'STATUS':<20} {'SUBMISSIONS':>11} {'GRADED':>7}  {'TAKEN (graded)':<25}")
+    for row in answer["students"]:
+        graded = next((s for s in row["submissions"] if s["id"] == row["graded"]), None)
+        print(
+            f"{row['student']:<24} {row['status']:<20} {len(row['submissions']):>11} "
+            f"{row['graded'] or '-':>7}  {(graded or {}).get('taken') or '-':<25}"
+        )
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -263,6 +299,18 @@ def build_parser():
     status.add_argument("course")
     _service_args(status)
     status.set_defaults(func=cmd_status)
+
+    collect = sub.add_parser("collect", help="collect an assignment from every student of a course now")
+    collect.add_argument("course")
+    collect.add_argument("assignment", help="a released material (~/COURSE/ASSIGNMENT in each home)")
+    _service_args(collect)
+    collect.set_defaults(func=cmd_collect)
+
+    submissions = sub.add_parser("submissions", help="who handed in an assignment, on time or late")
+    submissions.add_argument("course")
+    submissions.add_argument("assignment")
+    _service_args(submissions)
+    submissions.set_defaults(func=cmd_submissions)
 
     demo = sub.add_parser("demo", help="run a local classroom hub with demo users")
     demo.add_argument("--port", type=int, default=8000)

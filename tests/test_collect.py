@@ -352,3 +352,30 @@ async def test_copy_for_grading_and_return_feedback(app, ready):
     r = await call(app, INES, "GET", "courses/data101/audit")
     actions = {(e["actor"], e["action"], e["student"]) for e in r.json()["events"]}
     assert {(TARA, "copy", SAM), (TARA, "return", SAM)} <= actions
+
+
+async def test_collect_and_submissions_commands(app, ready, capsys):
+    from jupyterhub.tests.utils import public_url
+
+    from classroomhub import cli
+
+    await released(app, "hw8")
+    write_tree(SAM, os.path.join(home(SAM), "data101", "hw8"), {"a.txt": "a\n"})
+    hub_url = public_url(app).rstrip("/")
+    token = app.users[INES].new_api_token(note="cli")
+    assert (await set_due(app, "hw8", soon(3600))).status_code == 200
+    argv = ["collect", "data101", "hw8", "--hub-url", hub_url, "--token", token]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "2/2 students" in out
+    assert next(line for line in out.splitlines() if line.startswith(SAM)).split()[1] == "2"  # a.txt + the release's hw.ipynb
+
+    argv = ["submissions", "data101", "hw8", "--hub-url", hub_url, "--token", token]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows[SAM][1:4] == ["on", "time", "1"]
+
+    student = app.users[SAM].new_api_token(note="cli")
+    argv = ["collect", "data101", "hw8", "--hub-url", hub_url, "--token", student]
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    assert "Only instructors" in capsys.readouterr().err
