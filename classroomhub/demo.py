@@ -41,9 +41,19 @@ courses:
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """*n* distinct free ports: held open together, so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def proxy_command():
@@ -61,10 +71,13 @@ def demo_config(c, state_dir, ip, port, system_users):
     """Fill the traitlets config *c* for the demo hub (used by the generated
     jupyterhub_config.py, so `jupyterhub -f` sees exactly this)."""
     bin_dir = os.path.dirname(sys.executable)
+    # distinct ports: a service that got the hub's own port would fail to
+    # start, and the hub, finding an HTTP server there (itself), route to it
+    hub_port, proxy_api_port, service_port = [p for p in free_ports(4) if p != port][:3]
     c.JupyterHub.bind_url = f"http://{ip}:{port}"
     c.JupyterHub.hub_ip = "127.0.0.1"
-    c.JupyterHub.hub_port = free_port()
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{free_port()}"
+    c.JupyterHub.hub_port = hub_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
     c.ConfigurableHTTPProxy.command = [proxy_command()]
     c.ConfigurableHTTPProxy.pid_file = os.path.join(state_dir, "proxy.pid")
     c.JupyterHub.db_url = "sqlite:///" + os.path.join(state_dir, "jupyterhub.sqlite")
@@ -79,7 +92,7 @@ def demo_config(c, state_dir, ip, port, system_users):
         # the classroom service writes into homes as their owners: root only
         from .service.hubconfig import add_classroom_service
 
-        add_classroom_service(c, data_dir=os.path.join(state_dir, "classroom"), port=free_port())
+        add_classroom_service(c, data_dir=os.path.join(state_dir, "classroom"), port=service_port)
     else:
         # Not root: no users to switch to. Every server runs as us, in its
         # own folder; fine for a demo, never for a real class.

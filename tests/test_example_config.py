@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from classroomhub.demo import free_port
+from classroomhub.demo import free_ports
 from fake_github import FakeGitHub
 
 EXAMPLE = Path(__file__).parent.parent / "jupyterhub_config.example.py"
@@ -28,7 +28,7 @@ def github():
 
 @pytest.fixture
 def hub(tmp_path, github):
-    port = free_port()
+    port, hub_port, proxy_api_port, service_port = free_ports(4)
     url = f"http://127.0.0.1:{port}/"
     roster = tmp_path / "roster.yaml"
     roster.write_text("users:\n  alice: {tier: root}\ncourses:\n  data101:\n    students: [dave]\n")
@@ -37,10 +37,10 @@ def hub(tmp_path, github):
         CLASSROOMHUB_STATE_DIR=str(tmp_path),
         CLASSROOMHUB_ROSTER=str(roster),
         CLASSROOMHUB_BIND_URL=url.rstrip("/"),
-        CLASSROOMHUB_HUB_PORT=str(free_port()),
-        CLASSROOMHUB_PROXY_API_URL=f"http://127.0.0.1:{free_port()}",
+        CLASSROOMHUB_HUB_PORT=str(hub_port),
+        CLASSROOMHUB_PROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
         CLASSROOMHUB_SERVICE_DIR=str(tmp_path / "classroom"),
-        CLASSROOMHUB_SERVICE_PORT=str(free_port()),
+        CLASSROOMHUB_SERVICE_PORT=str(service_port),
         GITHUB_URL=github.url,
         GITHUB_CLIENT_ID=github.client_id,
         GITHUB_CLIENT_SECRET=github.client_secret,
