@@ -30,7 +30,14 @@ def parse_due(text):
         raise web.HTTPError(400, f"'due' is not an ISO 8601 date-time: {text!r}") from None
     if due.tzinfo is None:
         raise web.HTTPError(400, f"'due' needs a time zone, e.g. {text}+01:00 or {text}Z")
-    return due.astimezone(timezone.utc)
+    try:
+        due = due.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        due = None
+    # room after it for a year's late window (datetime ends with year 9999)
+    if due is None or due.year > 9998:
+        raise web.HTTPError(400, f"'due' is out of range (year 1 to 9998 in UTC): {text!r}")
+    return due
 
 
 def status_of(submissions, due, has_extension):
@@ -93,7 +100,7 @@ class AssignmentHandler(AssignmentBase):
         if "due" not in body:
             raise web.HTTPError(400, "'due' is required")
         late = body.get("late_seconds", 0)
-        if not 0 <= late <= 366 * 24 * 3600:
+        if isinstance(late, bool) or not 0 <= late <= 366 * 24 * 3600:  # JSON true is no integer
             raise web.HTTPError(400, "'late_seconds' must be between 0 and a year")
         row = self.collector.set_due(course_id, material, parse_due(body["due"]), late, person.name)
         record(self.service, person, "set-due", course_id, material, "", f"due {row.due.isoformat()}, late window {late} s")
@@ -141,7 +148,9 @@ class CollectHandler(AssignmentBase):
             rows = await task
             self.write_json({"submissions": [r.to_dict() for r in rows]}, status=201)
         else:
-            self.write_json({"progress": self.collector.progress[(course_id, material)]}, status=202)
+            # the task sets the progress once it runs; until then nobody is done
+            starting = {"total": len(members["student"]), "done": 0, "running": True}
+            self.write_json({"progress": self.collector.progress.get((course_id, material), starting)}, status=202)
 
 
 class SubmitHandler(AssignmentBase):
