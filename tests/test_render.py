@@ -15,16 +15,8 @@ from tornado.netutil import bind_sockets
 
 from classroomhub.service.render import CONTENT_SECURITY_POLICY, render_notebook
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from browser import browser  # noqa: F401  (the fixture)
+
 TIMEOUT_MS = 30_000
 
 # a 1x1 PNG
@@ -166,26 +158,6 @@ def test_invalid_input_is_a_value_error(data, message):
 
 
 # -- in the browser -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def browser():
-    if not os.path.exists(CHROMIUM):
-        message = f"{CHROMIUM} is missing: `./dev setup` installs Debian's chromium (as root)"
-        if os.geteuid() != 0:
-            pytest.skip(message)
-        pytest.fail(message)
-    from playwright.async_api import async_playwright
-
-    playwright = await async_playwright().start()
-    try:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-    finally:
-        await playwright.stop()
 
 
 class PageHandler(web.RequestHandler):

@@ -12,6 +12,7 @@ import pytest
 import requests
 from jupyterhub.utils import random_port
 
+from browser import browser  # noqa: F401  (the fixture)
 from conftest import PASSWORD
 from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
     cleanup_after,
@@ -28,19 +29,6 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
 
-CHROMIUM = "/usr/bin/chromium"
-# as the machine's notes say: no sandbox as root, and no background traffic
-# (this machine's network is closed); Playwright gives every launch a new,
-# empty profile (--user-data-dir) and removes it on close
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 60_000
 
 TAG = "pg" + secrets.token_hex(2)
@@ -70,28 +58,6 @@ def HUB_CONFIG(c):
 def accounts():
     with service_world(PEOPLE, DATA_DIR):
         yield
-
-
-@pytest.fixture(scope="module")
-async def browser():
-    """Debian's Chromium, headless, driven by Playwright's asyncio API in the
-    test's own event loop (where the hub runs too: nothing here blocks it)."""
-    if not os.path.exists(CHROMIUM):
-        message = f"{CHROMIUM} is missing: `./dev setup` installs Debian's chromium (as root)"
-        if os.geteuid() != 0:
-            pytest.skip(message)
-        pytest.fail(message)
-    from playwright.async_api import async_playwright
-
-    playwright = await async_playwright().start()
-    try:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-    finally:
-        await playwright.stop()
 
 
 @pytest.fixture(scope="module")
