@@ -248,8 +248,26 @@ def test_v2_usage_reads_the_files(v2):
         "oom_kills": 2,
         "procs": 7,
     }
-    os.unlink(f"{folder}/memory.peak")  # Linux < 5.19
-    assert v2.backend.usage("alice").mem_peak_bytes == 100 * MiB
+    # the files stay open between samples: a new value is read from the same fd
+    with open(f"{folder}/memory.current", "w") as f:
+        f.write("1048576")
+    assert v2.backend.usage("alice").mem_bytes == MiB
+    # Linux < 5.19 has no memory.peak: the current value stands in
+    v2.backend.create("bob", Limits())
+    with open(os.path.join(v2.own, "classroomhub", "bob", "memory.current"), "w") as f:
+        f.write("4096")
+    assert v2.backend.usage("bob").mem_peak_bytes == 4096
+    # past its fd budget it reads without keeping files open
+    v2.backend.files.forget(folder)
+    v2.backend.files.limit = len(v2.backend.files._fds)
+    with open(f"{folder}/pids.current", "w") as f:
+        f.write("9")
+    assert v2.backend.usage("alice").procs == 9
+    assert not [p for p in v2.backend.files._fds if "/alice/" in p]
+    v2.backend.files.limit = 4096
+    # removing a group closes its files
+    asyncio.run(v2.backend.destroy("alice"))
+    assert not [p for p in v2.backend.files._fds if "/alice/" in p]
 
 
 def test_v2_detection_from_mountinfo(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import time
 from .enforcement import (
     Enforcement,
     EnforcementUnavailable,
+    OpenFiles,
     Usage,
     read_int,
     read_keyed,
@@ -94,6 +95,10 @@ def _attach_writer(procs_files):
 class _CgroupBackend(Enforcement):
     enforcing = True
 
+    def __init__(self, log=None):
+        super().__init__(log=log)
+        self.files = OpenFiles()  # usage files of live groups, kept open
+
     #: how to make a cgroup directory (mkdir -p; the kernel adds the interface files)
     make_dir = staticmethod(_make_dirs)
     #: how to remove an empty cgroup directory (a plain rmdir on cgroupfs)
@@ -132,6 +137,7 @@ class _CgroupBackend(Enforcement):
             await asyncio.sleep(0.02)
             self._kill_group(key)  # catch forks that raced the first kill
         for folder in folders:
+            self.files.forget(folder)
             while True:
                 try:
                     self.remove_dir(folder)
@@ -252,14 +258,15 @@ class CgroupV2(_CgroupBackend):
 
     def usage(self, key):
         folder = os.path.join(self.base, key)
-        current = read_int(os.path.join(folder, "memory.current"))
+        read = self.files.read
+        current = read_int(os.path.join(folder, "memory.current"), read=read)
         return Usage(
             mem_bytes=current,
             # memory.peak needs Linux 5.19; the caller keeps its own maximum too
-            mem_peak_bytes=read_int(os.path.join(folder, "memory.peak"), current),
-            cpu_seconds=read_keyed(os.path.join(folder, "cpu.stat")).get("usage_usec", 0) / 1e6,
-            oom_kills=read_keyed(os.path.join(folder, "memory.events")).get("oom_kill", 0),
-            procs=read_int(os.path.join(folder, "pids.current")),
+            mem_peak_bytes=read_int(os.path.join(folder, "memory.peak"), current, read=read),
+            cpu_seconds=read_keyed(os.path.join(folder, "cpu.stat"), read=read).get("usage_usec", 0) / 1e6,
+            oom_kills=read_keyed(os.path.join(folder, "memory.events"), read=read).get("oom_kill", 0),
+            procs=read_int(os.path.join(folder, "pids.current"), read=read),
         )
 
     def _kill_group(self, key):
@@ -345,14 +352,15 @@ class CgroupV1(_CgroupBackend):
 
     def usage(self, key):
         mem_dir = self._dir("memory", key)
+        read = self.files.read
         procs = 0
         if "pids" in self.bases:
-            procs = read_int(os.path.join(self._dir("pids", key), "pids.current"))
+            procs = read_int(os.path.join(self._dir("pids", key), "pids.current"), read=read)
         return Usage(
-            mem_bytes=read_int(os.path.join(mem_dir, "memory.usage_in_bytes")),
-            mem_peak_bytes=read_int(os.path.join(mem_dir, "memory.max_usage_in_bytes")),
-            cpu_seconds=read_int(os.path.join(self._dir("cpuacct", key), "cpuacct.usage")) / 1e9,
+            mem_bytes=read_int(os.path.join(mem_dir, "memory.usage_in_bytes"), read=read),
+            mem_peak_bytes=read_int(os.path.join(mem_dir, "memory.max_usage_in_bytes"), read=read),
+            cpu_seconds=read_int(os.path.join(self._dir("cpuacct", key), "cpuacct.usage"), read=read) / 1e9,
             # oom_kill in memory.oom_control needs Linux 4.13
-            oom_kills=read_keyed(os.path.join(mem_dir, "memory.oom_control")).get("oom_kill", 0),
+            oom_kills=read_keyed(os.path.join(mem_dir, "memory.oom_control"), read=read).get("oom_kill", 0),
             procs=procs,
         )
