@@ -85,6 +85,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 raise web.HTTPError(400, f"Field {key!r} must be a {kind.__name__}")
         return body
 
+    def check_query(self, *allowed):
+        """400 for query arguments this endpoint does not take."""
+        unknown = sorted(set(self.request.query_arguments) - set(allowed))
+        if unknown:
+            raise web.HTTPError(400, f"Unknown query argument(s): {', '.join(unknown)}")
+
     async def course(self, course_id, person):
         """The members of *course_id*, if it exists and *person* may see it."""
         try:

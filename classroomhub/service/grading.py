@@ -40,6 +40,7 @@ async def submission_file(handler, course_id, material, submission_id, any_path=
         raise web.HTTPError(404, f"No submission {submission_id} of {material!r} in course {course_id!r}")
     if row.student != person.name and not person.can_see_reports(course_id):
         raise web.HTTPError(403, "Only the course's instructors and TAs see other students' work")
+    handler.check_query("path")
     path = handler.get_argument("path", "")
     if not any_path and path not in row.files:
         raise web.HTTPError(404, f"Submission {row.id} has no file {path!r}")
@@ -69,6 +70,7 @@ class SubmissionsZipHandler(AssignmentBase):
         await self.course(course_id, person)
         if not person.can_see_reports(course_id):
             raise web.HTTPError(403, "Only the course's instructors and TAs download everyone's work")
+        self.release_or_404(course_id, material)
         assignment = self.collector.assignment(course_id, material)
         extensions = self.collector.extensions(course_id, material)
         by_student = {}
@@ -117,7 +119,11 @@ class AuditHandler(AssignmentBase):
             raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) read its audit log")
         with self.service.sessions() as db:
             events = db.scalars(select(AuditEvent).where(AuditEvent.course == course_id).order_by(AuditEvent.id)).all()
-        if self.get_argument("format", "json") == "csv":
+        self.check_query("format")
+        kind = self.get_argument("format", "json")
+        if kind not in ("json", "csv"):
+            raise web.HTTPError(400, f"format must be json or csv, not {kind!r}")
+        if kind == "csv":
             out = io.StringIO()
             writer = csv.writer(out)
             writer.writerow(AuditEvent.FIELDS)
