@@ -63,6 +63,37 @@ def _hub_request(args, method, path, body=None):
         return None, 1
 
 
+def _hub_download(args, path, out):
+    """Save the answer of a GET to the file *out* (written whole or not at all): exit status."""
+    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        print("no API token: pass --token or set JUPYTERHUB_API_TOKEN", file=sys.stderr)
+        return 2
+    url = args.hub_url.rstrip("/") + path
+    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    partial = f"{out}.part"
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp, open(partial, "wb") as f:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+        os.replace(partial, out)
+        return 0
+    except urllib.error.HTTPError as e:
+        body = e.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            message = f"{url}: HTTP {e.code}: {body[:500]}"
+        print(message, file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(f"{url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
 def cmd_roster_sync(args):
     status, rc = _hub_request(args, "POST", "/hub/api/classroom/roster")
     if status is None:
@@ -242,6 +273,21 @@ def cmd_submissions(args):
     return 0
 
 
+def cmd_export(args):
+    import zipfile
+
+    path = _service_path(args, f"courses/{args.course}/assignments/{args.assignment}/nbgrader.zip")
+    rc = _hub_download(args, path, args.nbgrader)
+    if rc:
+        return rc
+    with zipfile.ZipFile(args.nbgrader) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/timestamp.txt")]
+        students = {n.split("/")[1] for n in archive.namelist()}
+    print(f"{args.nbgrader}: {len(students)} students, {len(names)} files in submitted/<student>/{args.assignment}/")
+    print(f"unzip it in your nbgrader course directory, then: nbgrader autograde {args.assignment}")
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -311,6 +357,18 @@ def build_parser():
     submissions.add_argument("assignment")
     _service_args(submissions)
     submissions.set_defaults(func=cmd_submissions)
+
+    export = sub.add_parser("export", help="download every student's graded submission, laid out for nbgrader")
+    export.add_argument("course")
+    export.add_argument("assignment")
+    export.add_argument(
+        "--nbgrader",
+        required=True,
+        metavar="OUT.zip",
+        help="write submitted/<student>/<assignment>/ (with timestamp.txt) here",
+    )
+    _service_args(export)
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="run a local classroom hub with demo users")
     demo.add_argument("--port", type=int, default=8000)

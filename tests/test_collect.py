@@ -6,12 +6,16 @@ import asyncio
 import io
 import json
 import os
+import pwd
+import re
 import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -28,8 +32,10 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     material,
     read,
     ready,
+    service_url,
     service_world,
     stop_service,
+    system_users,
     write_tree,
 )
 
@@ -38,6 +44,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates s
 TAG = "co" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA, IVAN = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "ivan"))
 PEOPLE = [INES, TARA, SAM, SUE, BEA, IVAN]
+# students of their own course (their system users exist only during their test)
+CROWD = [f"{TAG}-c{i:03d}" for i in range(150)]
 PORT = random_port()
 DATA_DIR = data_dir(TAG)
 MAX_FILE = 100_000
@@ -53,6 +61,9 @@ courses:
   bio202:
     instructors: [{IVAN}]
     students: [{BEA}]
+  crowd:
+    instructors: [{INES}]
+    students: [{", ".join(CROWD)}]
 """
 
 
@@ -379,3 +390,185 @@ async def test_collect_and_submissions_commands(app, ready, capsys):
     argv = ["collect", "data101", "hw8", "--hub-url", hub_url, "--token", student]
     assert await asyncio.to_thread(cli.main, argv) == 1
     assert "Only instructors" in capsys.readouterr().err
+
+
+def nbgrader_time(taken):
+    """A submission's time as nbgrader writes timestamp.txt."""
+    return datetime.fromisoformat(taken).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+
+
+async def test_instructors_choose_the_graded_submission_and_export_for_nbgrader(app, ready):
+    await released(app, "hw9")
+    work = os.path.join(home(SAM), "data101", "hw9")
+    assert (await set_due(app, "hw9", soon(3600))).status_code == 200
+    write_tree(SAM, work, {"hw.ipynb": "first\n", "timestamp.txt": "1999-01-01 00:00:00 UTC"})
+    first = (await call(app, SAM, "POST", "courses/data101/assignments/hw9/submit")).json()
+    write_tree(SAM, work, {"hw.ipynb": "second\n"})
+    second = (await call(app, SAM, "POST", "courses/data101/assignments/hw9/submit")).json()
+    write_tree(SUE, os.path.join(home(SUE), "data101", "hw9"), {"hw.ipynb": "sue\n"})
+    sue = (await call(app, SUE, "POST", "courses/data101/assignments/hw9/submit")).json()
+
+    async def table():
+        r = await call(app, TARA, "GET", "courses/data101/assignments/hw9/submissions")
+        return {row["student"]: row for row in r.json()["students"]}
+
+    async def nbgrader_zip(who=TARA):
+        r = await call(app, who, "GET", "courses/data101/assignments/hw9/nbgrader.zip")
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == "application/zip"
+        archive = zipfile.ZipFile(io.BytesIO(r.content))
+        return {name: archive.read(name).decode() for name in archive.namelist()}
+
+    rows = await table()
+    assert rows[SAM]["graded"] == second["id"] and rows[SAM]["override"] is None  # the rule: the last on time
+
+    graded = f"courses/data101/assignments/hw9/graded/{SAM}"
+    assert (await call(app, TARA, "PUT", graded, json={"submission": first["id"]})).status_code == 403  # TAs cannot
+    assert (await call(app, SAM, "PUT", graded, json={"submission": first["id"]})).status_code == 403
+    assert (await call(app, IVAN, "PUT", graded, json={"submission": first["id"]})).status_code == 403
+    r = await call(app, INES, "PUT", graded, json={"submission": sue["id"]})  # not Sam's
+    assert r.status_code == 400 and "not one of" in r.json()["message"]
+    for body in ({}, {"submission": True}, {"submission": "1"}, {"submission": 10**20}, {"submission": first["id"], "x": 1}):
+        assert (await call(app, INES, "PUT", graded, json=body)).status_code == 400, body
+    r = await call(app, INES, "PUT", f"courses/data101/assignments/hw9/graded/{BEA}", json={"submission": first["id"]})
+    assert r.status_code == 404  # no submission of hw9
+    r = await call(app, INES, "PUT", f"courses/data101/assignments/hw8x/graded/{SAM}", json={"submission": first["id"]})
+    assert r.status_code == 404
+
+    r = await call(app, INES, "PUT", graded, json={"submission": first["id"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["graded"] == first["id"] and r.json()["override"]["by"] == INES
+    rows = await table()
+    assert rows[SAM]["graded"] == first["id"] and rows[SAM]["override"]["submission"] == first["id"]
+    assert rows[SUE]["graded"] == sue["id"] and rows[SUE]["override"] is None
+    r = await call(app, INES, "GET", "courses/data101/assignments/hw9/submissions.zip")
+    assert zipfile.ZipFile(io.BytesIO(r.content)).read(f"{SAM}/hw.ipynb") == b"first\n"
+
+    # nbgrader's layout, with the service's time of the chosen submission, never the student's timestamp.txt
+    files = await nbgrader_zip()
+    assert sorted(files) == sorted(
+        f"submitted/{who}/hw9/{name}" for who in (SAM, SUE) for name in ("hw.ipynb", "timestamp.txt")
+    )
+    assert files[f"submitted/{SAM}/hw9/hw.ipynb"] == "first\n"
+    stamp = files[f"submitted/{SAM}/hw9/timestamp.txt"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} UTC", stamp), stamp
+    assert stamp == nbgrader_time(first["taken"])
+    from dateutil.parser import parse  # what nbgrader reads it with (utils.parse_utc)
+
+    assert parse(stamp) == datetime.fromisoformat(first["taken"])
+    assert files[f"submitted/{SUE}/hw9/timestamp.txt"] == nbgrader_time(sue["taken"])
+    assert (await call(app, SAM, "GET", "courses/data101/assignments/hw9/nbgrader.zip")).status_code == 403
+    assert (await call(app, IVAN, "GET", "courses/data101/assignments/hw9/nbgrader.zip")).status_code == 403
+    assert (await call(app, TARA, "GET", "courses/data101/assignments/hw9/nbgrader.zip?x=1")).status_code == 400
+    assert (await call(app, TARA, "GET", "courses/data101/assignments/nothing/nbgrader.zip")).status_code == 404
+
+    # back to the rule
+    assert (await call(app, TARA, "DELETE", graded)).status_code == 403
+    assert (await call(app, INES, "DELETE", graded)).status_code == 204
+    assert (await call(app, INES, "DELETE", graded)).status_code == 204  # nothing to take back: fine
+    rows = await table()
+    assert rows[SAM]["graded"] == second["id"] and rows[SAM]["override"] is None
+    files = await nbgrader_zip()
+    assert files[f"submitted/{SAM}/hw9/hw.ipynb"] == "second\n"
+    assert files[f"submitted/{SAM}/hw9/timestamp.txt"] == nbgrader_time(second["taken"])
+
+    r = await call(app, INES, "GET", "courses/data101/audit")
+    events = [(e["actor"], e["action"], e["student"], e["detail"]) for e in r.json()["events"] if e["material"] == "hw9"]
+    overrides = [e for e in events if e[1] == "override"]
+    assert overrides == [
+        (INES, "override", SAM, f"graded: submission {first['id']}"),
+        (INES, "override", SAM, "graded: back to the rule"),
+    ]
+    assert (TARA, "download", "", "nbgrader export (2 students)") in events
+
+
+async def test_export_command(app, ready, capsys, tmp_path):
+    from jupyterhub.tests.utils import public_url
+
+    from classroomhub import cli
+
+    await released(app, "hw10")
+    work = write_tree(SAM, os.path.join(home(SAM), "data101", "hw10"), {"a.txt": "a\n"})
+    odd = os.path.join(os.fsencode(work), b"odd-\xff.txt")  # a name that is not UTF-8
+    with open(odd, "w") as f:
+        f.write("odd\n")
+    os.chown(odd, pwd.getpwnam(SAM).pw_uid, pwd.getpwnam(SAM).pw_gid)
+    r = await call(app, INES, "POST", "courses/data101/assignments/hw10/collect", json={"wait": True})
+    assert r.status_code == 201, r.text
+    hub_url = public_url(app).rstrip("/")
+    out = tmp_path / "hw10.zip"
+    token = app.users[TARA].new_api_token(note="cli")
+    argv = ["export", "data101", "hw10", "--nbgrader", str(out), "--hub-url", hub_url, "--token", token]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert "2 students, 4 files" in capsys.readouterr().out  # Sam: a.txt, odd, hw.ipynb; Sue: hw.ipynb
+    names = zipfile.ZipFile(out).namelist()
+    assert f"submitted/{SAM}/hw10/a.txt" in names and f"submitted/{SUE}/hw10/timestamp.txt" in names
+    assert f"submitted/{SAM}/hw10/odd-\ufffd.txt" in names
+
+    student = app.users[SAM].new_api_token(note="cli")
+    argv = ["export", "data101", "hw10", "--nbgrader", str(tmp_path / "no.zip"), "--hub-url", hub_url, "--token", student]
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    assert "Only the course's instructors and TAs" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["hw10.zip"]  # nothing half-written
+
+
+async def test_150_students_submit_in_the_same_second(app, ready):
+    """150 real students hand in at once: each submission is recorded exactly once."""
+    began = time.monotonic()
+    # made and removed (even on failure) in a thread: the hub in this event loop keeps answering
+    users = system_users(CROWD)
+    await asyncio.to_thread(users.__enter__)
+    try:
+        print(f"150 users made in {time.monotonic() - began:.1f} s")
+        src = material(INES, {"hw.ipynb": "{}\n"})
+        r = await call(app, INES, "POST", "courses/crowd/materials/rush/releases", json={"source": src, "wait": True})
+        assert r.status_code == 201, r.text
+        assert all(report["ok"] for report in r.json()["reports"]), r.text
+        r = await call(app, INES, "PUT", "courses/crowd/assignments/rush", json={"due": iso(soon(3600))})
+        assert r.status_code == 200, r.text
+        for login in CROWD:
+            path = os.path.join(home(login), "crowd", "rush", "answer.txt")
+            with open(path, "w") as f:
+                f.write(f"{login}\n")
+            entry = pwd.getpwnam(login)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        tokens = {login: app.users[login].new_api_token(note="rush") for login in CROWD}
+        print(f"released, folders and tokens ready after {time.monotonic() - began:.1f} s")
+        url = service_url(app, "api/courses/crowd/assignments/rush/submit")
+        start = threading.Barrier(len(CROWD))
+        sent = {}
+
+        def submit(login):
+            session = requests.Session()
+            try:
+                start.wait(30)
+                sent[login] = time.monotonic()
+                return login, session.post(url, headers={"Authorization": f"token {tokens[login]}"}, timeout=60)
+            finally:
+                session.close()
+
+        began = time.monotonic()
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(len(CROWD)) as pool:
+            answers = await asyncio.gather(*(loop.run_in_executor(pool, submit, login) for login in CROWD))
+        took = time.monotonic() - began
+        print(f"150 submissions in {took:.1f} s (sent within {max(sent.values()) - min(sent.values()):.3f} s)")
+        assert max(sent.values()) - min(sent.values()) < 1
+        failed = {login: (r.status_code, r.text[:200]) for login, r in answers if r.status_code != 201}
+        assert not failed
+        assert all(r.json()["student"] == login and r.json()["n_files"] == 2 for login, r in answers)
+        taken = sorted(datetime.fromisoformat(r.json()["taken"]) for _, r in answers)
+        print(f"all 150 timestamped by the service within {(taken[-1] - taken[0]).total_seconds():.1f} s")
+
+        snaps = rows("SELECT student, files, error FROM submissions WHERE course = 'crowd' AND material = 'rush'")
+        assert len(snaps) == len(CROWD)
+        assert sorted(s.student for s in snaps) == sorted(CROWD)  # exactly one each
+        for snap in snaps:
+            files = json.loads(snap.files)
+            assert not snap.error and sorted(files) == ["answer.txt", "hw.ipynb"], snap
+            assert files["answer.txt"]["size"] == len(snap.student) + 1  # their own file
+        r = await call(app, INES, "GET", "courses/crowd/assignments/rush/submissions")
+        table = r.json()["students"]
+        assert len(table) == len(CROWD) and all(row["status"] == "on time" and row["graded"] for row in table)
+    finally:
+        await asyncio.to_thread(users.__exit__, None, None, None)

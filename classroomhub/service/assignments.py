@@ -15,11 +15,13 @@ from tornado import web
 
 from .api import BaseHandler
 from .audit import record
-from .collect import aware, graded_choice
+from .collect import aware, graded_of
 
 ASSIGNMENT_KEYS = {"due": str, "late_seconds": int}
 EXTENSION_KEYS = {"due": str}
 COLLECT_KEYS = {"wait": bool}
+GRADED_KEYS = {"submission": int}
+MAX_ID = 999_999_999
 
 
 def parse_due(text):
@@ -182,6 +184,7 @@ class SubmissionsHandler(AssignmentBase):
         everyone = person.can_see_reports(course_id)
         students = members["student"] if everyone else [person.name]
         extensions = self.collector.extensions(course_id, material)
+        overrides = self.collector.overrides(course_id, material)
         rows = {}
         for row in self.collector.submissions(course_id, material, None if everyone else person.name):
             rows.setdefault(row.student, []).append(row)
@@ -189,17 +192,55 @@ class SubmissionsHandler(AssignmentBase):
         for student in sorted(set(students) | set(rows) if everyone else students):
             mine = rows.get(student, [])
             due = extensions.get(student, aware(assignment.due))
-            graded = graded_choice(mine, due)
+            override = overrides.get(student)
+            graded = graded_of(mine, due, override)
+            chosen = override is not None and graded is not None and graded.id == override.submission_id
             table.append(
                 {
                     "student": student,
                     "due": due.isoformat(),
                     "status": status_of(mine, due, student in extensions),
                     "graded": graded.id if graded else None,
+                    "override": override.to_dict() if chosen else None,
                     "submissions": [r.to_dict() for r in mine],
                 }
             )
         self.write_json({"assignment": assignment.to_dict(), "students": table})
+
+
+class GradedHandler(AssignmentBase):
+    """PUT/DELETE …/graded/<student>: an instructor chooses the submission that counts."""
+
+    async def put(self, course_id, material, student):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.release_or_404(course_id, material)
+        body = self.json_body(GRADED_KEYS)
+        chosen = body.get("submission")
+        if chosen is None or isinstance(chosen, bool):  # JSON true is no integer
+            raise web.HTTPError(400, "'submission' (the id of one of the student's submissions) is required")
+        mine = self.collector.submissions(course_id, material, student)
+        if not mine:
+            raise web.HTTPError(404, f"{student!r} has no submission of {material!r} in course {course_id!r}")
+        row = next((r for r in mine if r.id == chosen), None) if 0 < chosen <= MAX_ID else None
+        if row is None:
+            raise web.HTTPError(400, f"Submission {chosen} is not one of {student}'s submissions of {material!r}")
+        if row.error:
+            raise web.HTTPError(400, f"Submission {chosen} has nothing collected: {row.error}")
+        choice = self.collector.set_graded(course_id, material, student, row.id, person.name)
+        record(self.service, person, "override", course_id, material, student, f"graded: submission {row.id}")
+        self.write_json({"student": student, "graded": row.id, "override": choice.to_dict()})
+
+    async def delete(self, course_id, material, student):
+        person = await self.person()
+        await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.release_or_404(course_id, material)
+        if self.collector.set_graded(course_id, material, student, None, person.name) is not None:
+            record(self.service, person, "override", course_id, material, student, "graded: back to the rule")
+        self.set_status(204)
+        self.finish()
 
 
 def assignment_handlers(prefix):
@@ -213,4 +254,5 @@ def assignment_handlers(prefix):
         (base + f"/{name}/collect", CollectHandler),
         (base + f"/{name}/submit", SubmitHandler),
         (base + f"/{name}/submissions", SubmissionsHandler),
+        (base + f"/{name}/graded/{name}", GradedHandler),
     ]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import runas
-from .models import Assignment, Extension, Submission, utcnow
+from .models import Assignment, Extension, GradedChoice, Submission, utcnow
 from .store import SourceError, snapshot_folder
 
 #: folders in the assignment folder that are not the student's work
@@ -38,6 +38,20 @@ def graded_choice(submissions, due):
         return max(on_time, key=lambda s: (aware(s.taken), s.id))
     late = [s for s in submissions if not s.error]
     return min(late, key=lambda s: (aware(s.taken), s.id)) if late else None
+
+
+def graded_of(submissions, due, override=None):
+    """The submission that counts for one student: the instructor's choice
+    (*override*, a GradedChoice) if it is one of *submissions*; else the rule
+    (:func:`graded_choice`) with a due date, the latest without one."""
+    if override is not None:
+        chosen = next((s for s in submissions if s.id == override.submission_id), None)
+        if chosen is not None:
+            return chosen
+    if due is not None:
+        return graded_choice(submissions, due)
+    valid = [s for s in submissions if not s.error]
+    return max(valid, key=lambda s: (aware(s.taken), s.id)) if valid else None
 
 
 class Collector:
@@ -155,6 +169,47 @@ class Collector:
             if student is not None:
                 query = query.where(Submission.student == student)
             return db.scalars(query.order_by(Submission.student, Submission.taken, Submission.id)).all()
+
+    # -- which submission counts ------------------------------------------------------
+
+    def overrides(self, course, material):
+        """{student: GradedChoice} of an assignment."""
+        with self.sessions() as db:
+            rows = db.scalars(select(GradedChoice).where(GradedChoice.course == course, GradedChoice.material == material))
+            return {row.student: row for row in rows}
+
+    def set_graded(self, course, material, student, submission_id, by):
+        """Make *submission_id* the one that counts for *student* (returns the
+        choice); None: back to the rule (returns the choice taken back, if any)."""
+        with self.sessions() as db:
+            if submission_id is None:
+                row = db.get(GradedChoice, (course, material, student))
+                if row is not None:
+                    db.delete(row)
+                db.commit()
+                return row
+            choice = GradedChoice(
+                course=course, material=material, student=student, submission_id=submission_id, by=by, at=utcnow()
+            )
+            row = db.merge(choice)
+            db.commit()
+            return row
+
+    def graded(self, course, material):
+        """{student: (their submissions, the one that counts or None, GradedChoice or None)}
+        for every student with a submission of the material."""
+        assignment = self.assignment(course, material)
+        extensions = self.extensions(course, material)
+        overrides = self.overrides(course, material)
+        by_student = {}
+        for row in self.submissions(course, material):
+            by_student.setdefault(row.student, []).append(row)
+        table = {}
+        for student, rows in by_student.items():
+            due = extensions.get(student, aware(assignment.due)) if assignment else None
+            override = overrides.get(student)
+            table[student] = (rows, graded_of(rows, due, override), override)
+        return table
 
     # -- the scheduler ------------------------------------------------------------------
 

@@ -9,10 +9,13 @@ course's instructors and the admin and root tiers can read, also as CSV.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
+import tempfile
 import zipfile
+from datetime import timezone
 
 from sqlalchemy import select
 from tornado import web
@@ -20,7 +23,7 @@ from tornado import web
 from . import runas
 from .assignments import AssignmentBase
 from .audit import record
-from .collect import FEEDBACK_FOLDER, aware, graded_choice
+from .collect import FEEDBACK_FOLDER, aware
 from .delivery import Release, deliver_to
 from .models import AuditEvent, Feedback, Submission
 from .releases import TAKEN
@@ -62,33 +65,89 @@ class SubmissionFileHandler(AssignmentBase):
         self.finish()
 
 
-class SubmissionsZipHandler(AssignmentBase):
-    """GET …/submissions.zip: every student's graded submission, one folder each."""
+#: how nbgrader writes a submission's time (``Exchange.timestamp_format``, in UTC)
+NBGRADER_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f %Z"
 
-    async def get(self, course_id, material):
+
+def nbgrader_timestamp(taken):
+    """``2026-11-25 16:00:00.123456 UTC``, as ``nbgrader submit`` writes timestamp.txt."""
+    return aware(taken).astimezone(timezone.utc).strftime(NBGRADER_TIMESTAMP)
+
+
+def write_graded_zip(store, chosen, out, name, extra=None):
+    """Write the files of each student's submission that counts into the zip *out*.
+
+    *chosen*: ``{student: submission}``; ``name(student, path)`` gives a
+    file's name in the archive (None: left out); ``extra(student, submission)``
+    more files ``{name: bytes}``. Blocking: run it in a thread. A name that
+    is not UTF-8 (kept as ``\\udcXX`` escapes) gets U+FFFD for its bad bytes:
+    zip names are UTF-8.
+    """
+
+    def utf8(arcname):
+        return os.fsencode(arcname).decode("utf-8", "replace")
+
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for student, row in sorted(chosen.items()):
+            for path, meta in sorted(row.files.items()):
+                arcname = name(student, path)
+                if arcname is not None:
+                    archive.write(store.object_path(meta["sha256"]), utf8(arcname))
+            for arcname, data in (extra(student, row) if extra else {}).items():
+                archive.writestr(utf8(arcname), data)
+
+
+class GradedZipBase(AssignmentBase):
+    """A zip of every student's graded submission (the instructor's choice, else the rule)."""
+
+    async def send_graded_zip(self, course_id, material, filename, what, name, extra=None):
         person = await self.person()
         await self.course(course_id, person)
         if not person.can_see_reports(course_id):
             raise web.HTTPError(403, "Only the course's instructors and TAs download everyone's work")
         self.release_or_404(course_id, material)
-        assignment = self.collector.assignment(course_id, material)
-        extensions = self.collector.extensions(course_id, material)
-        by_student = {}
-        for row in self.collector.submissions(course_id, material):
-            by_student.setdefault(row.student, []).append(row)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for student, rows in sorted(by_student.items()):
-                due = extensions.get(student, aware(assignment.due)) if assignment else None
-                chosen = graded_choice(rows, due) if due else max(rows, key=lambda r: (aware(r.taken), r.id))
-                if chosen is None:
-                    continue
-                for path, meta in sorted(chosen.files.items()):
-                    archive.write(self.service.store.object_path(meta["sha256"]), f"{student}/{path}")
-        record(self.service, person, "download", course_id, material, "", f"all graded submissions ({len(by_student)} students)")
-        self.set_header("Content-Type", "application/zip")
-        self.set_header("Content-Disposition", f'attachment; filename="{course_id}-{material}.zip"')
-        self.finish(buffer.getvalue())
+        self.check_query()
+        chosen = {s: graded for s, (_, graded, _) in self.collector.graded(course_id, material).items() if graded}
+        out = tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=self.service.store.tmp)
+        try:
+            await asyncio.to_thread(write_graded_zip, self.service.store, chosen, out, name, extra)
+            record(self.service, person, "download", course_id, material, "", f"{what} ({len(chosen)} students)")
+            self.set_header("Content-Type", "application/zip")
+            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            out.seek(0)
+            while chunk := out.read(1 << 20):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            out.close()
+        self.finish()
+
+
+class SubmissionsZipHandler(GradedZipBase):
+    """GET …/submissions.zip: every student's graded submission, one folder each."""
+
+    async def get(self, course_id, material):
+        filename = f"{course_id}-{material}.zip"
+        await self.send_graded_zip(
+            course_id, material, filename, "all graded submissions", lambda student, path: f"{student}/{path}"
+        )
+
+
+class NbgraderZipHandler(GradedZipBase):
+    """GET …/nbgrader.zip: the graded submissions as nbgrader's ``submitted/<student>/<assignment>/``,
+    each with the ``timestamp.txt`` nbgrader writes (the service's time of the submission)."""
+
+    async def get(self, course_id, material):
+        def name(student, path):
+            # nbgrader's own timestamp.txt is the service's time, never the student's file
+            return None if path == "timestamp.txt" else f"submitted/{student}/{material}/{path}"
+
+        def extra(student, row):
+            return {f"submitted/{student}/{material}/timestamp.txt": nbgrader_timestamp(row.taken)}
+
+        await self.send_graded_zip(
+            course_id, material, f"{course_id}-{material}-nbgrader.zip", "nbgrader export", name, extra
+        )
 
 
 class NotebookPage(PageHandler):
@@ -226,6 +285,7 @@ def grading_handlers(prefix):
     return [
         (prefix + "api/" + sub + r"/([0-9]{1,9})/file", SubmissionFileHandler),
         (prefix + "api/" + sub + r"\.zip", SubmissionsZipHandler),
+        (prefix + f"api/courses/{name}/assignments/{name}/nbgrader\\.zip", NbgraderZipHandler),
         (prefix + "api/" + sub + r"/([0-9]{1,9})/copy", CopyHandler),
         (prefix + f"api/courses/{name}/assignments/{name}/feedback(?:/{name})?", FeedbackHandler),
         (prefix + f"api/courses/{name}/audit", AuditHandler),

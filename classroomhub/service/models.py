@@ -200,6 +200,7 @@ class Submission(Base):
             "late": self.late,
             "caught_up": self.caught_up,
             "n_files": len(self.files),
+            "paths": sorted(self.files),
             "size": sum(f["size"] for f in self.files.values()),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "error": self.error,
@@ -207,6 +208,23 @@ class Submission(Base):
         if files:
             data["files"] = [{"path": p, **meta} for p, meta in sorted(self.files.items())]
         return data
+
+
+class GradedChoice(Base):
+    """An instructor's choice of the submission that counts for one student
+    (instead of the rule: the last one on time, else the first late one)."""
+
+    __tablename__ = "graded_choices"
+
+    course: Mapped[str] = mapped_column(String(255), primary_key=True)
+    material: Mapped[str] = mapped_column(String(255), primary_key=True)
+    student: Mapped[str] = mapped_column(String(255), primary_key=True)
+    submission_id: Mapped[int] = mapped_column(Integer)
+    by: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self):
+        return {"submission": self.submission_id, "by": self.by, "at": self.at.isoformat() if self.at else None}
 
 
 class Feedback(Base):
