@@ -5,7 +5,11 @@ import os
 
 import pytest
 
+from conftest import PASSWORD
+from service_hub import service_url
+
 CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 60_000
 # as the machine's notes say: no sandbox as root, and no background traffic
 # (this machine's network is closed); Playwright gives every launch a new,
 # empty profile (--user-data-dir) and removes it on close
@@ -40,3 +44,30 @@ async def browser():
             await chromium.close()
     finally:
         await playwright.stop()
+
+
+@pytest.fixture(scope="module")
+async def sessions(browser):
+    """One browser context (cookie jar) per person, logged in on first use."""
+    contexts = {}
+    yield contexts
+    for context in contexts.values():
+        await context.close()
+
+
+async def open_as(app, browser, sessions, login, path=""):
+    """A page of *login*'s at the service's *path*; the first time, through
+    the hub's login form: service -> hub OAuth -> hub login -> back."""
+    context = sessions.get(login)
+    if context is None:
+        context = sessions[login] = await browser.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    response = await page.goto(service_url(app, path))
+    if "/hub/login" in page.url:
+        await page.fill("#username_input", login)
+        await page.fill("#password_input", PASSWORD)
+        async with page.expect_navigation(url=lambda url: "/services/classroom/" in url):
+            await page.click("#login_submit")
+        response = await page.reload()  # the status of the page itself, after the redirects
+    return page, response

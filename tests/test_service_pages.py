@@ -12,8 +12,7 @@ import pytest
 import requests
 from jupyterhub.utils import random_port
 
-from browser import browser  # noqa: F401  (the fixture)
-from conftest import PASSWORD
+from browser import TIMEOUT_MS, browser, open_as, sessions  # noqa: F401  (fixtures)
 from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
     cleanup_after,
     data_dir,
@@ -29,7 +28,6 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
 
-TIMEOUT_MS = 60_000
 
 TAG = "pg" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea"))
@@ -58,33 +56,6 @@ def HUB_CONFIG(c):
 def accounts():
     with service_world(PEOPLE, DATA_DIR):
         yield
-
-
-@pytest.fixture(scope="module")
-async def sessions(browser):
-    """One browser context (cookie jar) per person, logged in on first use."""
-    contexts = {}
-    yield contexts
-    for context in contexts.values():
-        await context.close()
-
-
-async def open_as(app, browser, sessions, login, path=""):
-    """A page of *login*'s at the service's *path*; the first time, through
-    the hub's login form: service -> hub OAuth -> hub login -> back."""
-    context = sessions.get(login)
-    if context is None:
-        context = sessions[login] = await browser.new_context()
-        context.set_default_timeout(TIMEOUT_MS)
-    page = await context.new_page()
-    response = await page.goto(service_url(app, path))
-    if "/hub/login" in page.url:
-        await page.fill("#username_input", login)
-        await page.fill("#password_input", PASSWORD)
-        async with page.expect_navigation(url=lambda url: "/services/classroom/" in url):
-            await page.click("#login_submit")
-        response = await page.reload()  # the status of the page itself, after the redirects
-    return page, response
 
 
 async def report_rows(page):

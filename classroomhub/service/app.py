@@ -23,6 +23,7 @@ from .api import api_handlers
 from .assignments import assignment_handlers
 from .collect import Collector
 from .grading import grading_handlers
+from .grading_pages import assignment_page_handlers
 from .hub import HubClient
 from .models import open_database
 from .pages import page_handlers
@@ -190,6 +191,7 @@ class ClassroomService(Application):
         handlers = [
             (prefix + "oauth_callback", HubOAuthCallbackHandler),
             *grading_handlers(prefix),
+            *assignment_page_handlers(prefix),
             *page_handlers(prefix),
             *assignment_handlers(prefix),
             *api_handlers(prefix),  # ends with the API's catch-all 404

@@ -114,6 +114,7 @@ class PageHandler(BaseHandler):
             "created": when(release.created),
             "size": size(sum(f["size"] for f in release.files.values())),
             "url": self.release_url(release),
+            "assignment_url": self.url("courses", release.course, "assignments", release.material),
         }
 
 
