@@ -48,10 +48,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import concurrent.futures
 import glob
-import json
 import logging
 import os
 import random
@@ -68,9 +66,8 @@ from classroomhub.service import runas
 from classroomhub.service.collect import Collector
 from classroomhub.service.models import open_database
 from classroomhub.service.store import ReleaseStore, snapshot_folder
-from classroomhub.spawner.users import ensure_system_user
+from _common import Users, make_notebook, ms, secs
 
-COMMENT = "classroomhub benchmark user"
 COURSE, ASSIGNMENT = "data101", "hw1"
 NOTEBOOK = "hw1.ipynb"
 NOTEBOOK_KB = (45, 90)  # a target: the last cell overshoots it (50-100 KiB as written)
@@ -84,57 +81,9 @@ TARGET_CP = 1.2  # collection <= 1.2 x the cp -r baseline
 
 BASELINE_SCRIPT = 'mkdir -p "$2" && cp -r "$1" "$2/{a}"'.format(a=ASSIGNMENT)
 
-WORDS = (
-    "the data frame column index value mean median variance sample model fit predict "
-    "train test split plot figure axis label legend import numpy pandas matplotlib "
-    "return def for in if else while print len range list dict tuple set string "
-    "regression classification cluster feature vector matrix gradient loss error "
-    "exercise question answer hint note solution week lecture homework students"
-).split()
 
 
 # -- the students' work ------------------------------------------------------------------
-
-
-def words(rng, n):
-    return " ".join(rng.choices(WORDS, k=n))
-
-
-def make_cell(rng, number):
-    kind = rng.random()
-    if kind < 0.35:
-        lines = [f"## {words(rng, 4).title()}\n"] + [words(rng, rng.randint(8, 25)) + "\n" for _ in range(rng.randint(2, 12))]
-        return {"cell_type": "markdown", "id": f"c{number:04d}", "metadata": {}, "source": lines}
-    source = [f"{words(rng, 1)}_{i} = {words(rng, 1)}({rng.random():.6f})\n" for i in range(rng.randint(2, 15))]
-    cell = {"cell_type": "code", "execution_count": number, "id": f"c{number:04d}", "metadata": {}, "source": source}
-    if kind < 0.85:
-        text = [f"{rng.random():.8f} {words(rng, 6)}\n" for _ in range(rng.randint(1, 40))]
-        cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": text}]
-    else:  # a figure: base64 of incompressible bytes, as a PNG would be
-        png = base64.b64encode(rng.randbytes(rng.randint(2_000, 12_000))).decode()
-        cell["outputs"] = [
-            {
-                "data": {"image/png": png, "text/plain": ["<Figure size 640x480 with 1 Axes>"]},
-                "metadata": {},
-                "output_type": "display_data",
-            }
-        ]
-    return cell
-
-
-def make_notebook(rng, target_bytes):
-    cells, size = [], 0
-    while size < target_bytes:
-        cell = make_cell(rng, len(cells) + 1)
-        size += len(json.dumps(cell, indent=1))
-        cells.append(cell)
-    nb = {
-        "cells": cells,
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    return json.dumps(nb, indent=1) + "\n"
 
 
 def folder_of(account):
@@ -154,7 +103,7 @@ def make_work(account, seed, number, big=None):
     for path in (os.path.dirname(folder), folder):
         os.makedirs(path, mode=0o755, exist_ok=True)
         os.chown(path, account.uid, account.gid)
-    text = make_notebook(rng, rng.uniform(*NOTEBOOK_KB) * 1024).encode()
+    text = make_notebook(rng, rng.uniform(*NOTEBOOK_KB) * 1024, figure_bytes=(2_000, 12_000)).encode()
     write_owned(os.path.join(folder, NOTEBOOK), text, account)
     write_owned(os.path.join(folder, BIG_NAME), big if big is not None else rng.randbytes(BIG_BYTES), account)
     return {NOTEBOOK: len(text), BIG_NAME: BIG_BYTES}
@@ -169,29 +118,6 @@ def check_tree(folder, expected):
 
 
 # -- users ----------------------------------------------------------------------------------
-
-
-class Users:
-    """System users this run created (only those are ever removed)."""
-
-    def __init__(self):
-        self.made = []
-
-    def create(self, login):
-        entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-        if not created:
-            raise RuntimeError(f"{login} already exists; not ours to use")
-        self.made.append(login)
-        return entry
-
-    def remove_all(self):
-        for login in reversed(self.made):
-            # processes of a user this run created (a worker or nbgrader cut off by Ctrl-C)
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            result = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True)
-            if result.returncode != 0 and "does not exist" not in result.stderr:
-                print(f"   cleanup: userdel {login}: {result.stderr.strip()}", file=sys.stderr)
-        self.made.clear()
 
 
 def as_user(account, cwd, venv):
@@ -276,14 +202,6 @@ class Venv:
 
 
 # -- timing ---------------------------------------------------------------------------------
-
-
-def ms(seconds):
-    return f"{seconds * 1e3:9.1f}"
-
-
-def secs(seconds):
-    return f"{seconds:8.2f}"
 
 
 class Bench:

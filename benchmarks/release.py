@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import io
 import json
 import math
@@ -53,9 +52,8 @@ import time
 from classroomhub.service import runas
 from classroomhub.service.delivery import Release, deliver_all
 from classroomhub.service.store import ReleaseStore, import_folder
-from classroomhub.spawner.users import ensure_system_user
+from _common import WORDS, Users, make_notebook, ms, secs
 
-COMMENT = "classroomhub benchmark user"
 COURSE, MATERIAL, DATASET = "data101", "week1", "dataset"
 NOTEBOOKS = 100
 NOTEBOOK_KB = (20, 200)
@@ -68,57 +66,9 @@ TARGET_SHARED = 0.01  # shared dataset <= 1 % of its size per student
 
 BASELINE_SCRIPT = 'mkdir -p "$1/{c}" && cp -r "$2" "$1/{c}/{m}" && chown -R "$3": "$1/{c}"'.format(c=COURSE, m=MATERIAL)
 
-WORDS = (
-    "the data frame column index value mean median variance sample model fit predict "
-    "train test split plot figure axis label legend import numpy pandas matplotlib "
-    "return def for in if else while print len range list dict tuple set string "
-    "regression classification cluster feature vector matrix gradient loss error "
-    "exercise question answer hint note solution week lecture homework students"
-).split()
 
 
 # -- the material ------------------------------------------------------------------------
-
-
-def words(rng, n):
-    return " ".join(rng.choices(WORDS, k=n))
-
-
-def make_cell(rng, number):
-    kind = rng.random()
-    if kind < 0.35:
-        lines = [f"## {words(rng, 4).title()}\n"] + [words(rng, rng.randint(8, 25)) + "\n" for _ in range(rng.randint(2, 12))]
-        return {"cell_type": "markdown", "id": f"c{number:04d}", "metadata": {}, "source": lines}
-    source = [f"{words(rng, 1)}_{i} = {words(rng, 1)}({rng.random():.6f})\n" for i in range(rng.randint(2, 15))]
-    cell = {"cell_type": "code", "execution_count": number, "id": f"c{number:04d}", "metadata": {}, "source": source}
-    if kind < 0.85:
-        text = [f"{rng.random():.8f} {words(rng, 6)}\n" for _ in range(rng.randint(1, 40))]
-        cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": text}]
-    else:  # a figure: base64 of incompressible bytes, as a PNG would be
-        png = base64.b64encode(rng.randbytes(rng.randint(2_000, 40_000))).decode()
-        cell["outputs"] = [
-            {
-                "data": {"image/png": png, "text/plain": ["<Figure size 640x480 with 1 Axes>"]},
-                "metadata": {},
-                "output_type": "display_data",
-            }
-        ]
-    return cell
-
-
-def make_notebook(rng, target_bytes):
-    cells, size = [], 0
-    while size < target_bytes:
-        cell = make_cell(rng, len(cells) + 1)
-        size += len(json.dumps(cell, indent=1))
-        cells.append(cell)
-    nb = {
-        "cells": cells,
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    return json.dumps(nb, indent=1) + "\n"
 
 
 def make_material(folder, account, seed):
@@ -161,29 +111,6 @@ def remembered(files, report):
 # -- users, homes -----------------------------------------------------------------------------
 
 
-class Users:
-    """System users this run created (only those are ever removed)."""
-
-    def __init__(self):
-        self.made = []
-
-    def create(self, login):
-        entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-        if not created:
-            raise RuntimeError(f"{login} already exists; not ours to use")
-        self.made.append(login)
-        return entry
-
-    def remove_all(self):
-        for login in reversed(self.made):
-            # processes of a user this run created (a worker cut off by Ctrl-C)
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            result = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True)
-            if result.returncode != 0 and "does not exist" not in result.stderr:
-                print(f"   cleanup: userdel {login}: {result.stderr.strip()}", file=sys.stderr)
-        self.made.clear()
-
-
 def wipe(homes, name=COURSE):
     """Remove ~/<name> from every home and flush the file system (untimed)."""
     subprocess.run(["rm", "-rf", "--one-file-system", *(os.path.join(h, name) for h in homes)], check=True)
@@ -210,14 +137,6 @@ def check_tree(account, files):
 
 
 # -- timing ---------------------------------------------------------------------------------
-
-
-def ms(seconds):
-    return f"{seconds * 1e3:9.1f}"
-
-
-def secs(seconds):
-    return f"{seconds:8.2f}"
 
 
 def expect(reports, **counts):
