@@ -57,7 +57,7 @@ def roster_file(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-async def app(request, roster_file):
+async def app(request, roster_file, tmp_path_factory):
     """jupyterhub's MockHub (real hub, real proxy, mock single-user servers)
     with ClassroomPasswordAuthenticator on the module's roster."""
     cfg = Config()
@@ -66,6 +66,8 @@ async def app(request, roster_file):
     cfg.ClassroomPasswordAuthenticator.roster_path = str(roster_file)
     cfg.ClassroomPasswordAuthenticator.user_password = PASSWORD
     cfg.ClassroomPasswordAuthenticator.roster_poll_interval = 0.2
+    # MockHub's spawner works in /tmp/{username} by default and leaves it there
+    cfg.SimpleLocalProcessSpawner.home_dir_template = str(tmp_path_factory.mktemp("homes") / "{username}")
     extra = getattr(request.module, "HUB_CONFIG", None)
     if extra:
         extra(cfg)
