@@ -24,6 +24,9 @@ import urllib.request
 #: never confused with real accounts and can be removed safely.
 DEMO_MARKER = "classroomhub demo user"
 
+#: the demo's own folder of server cgroups, removed when the demo ends
+DEMO_CGROUP_PARENT = "classroomhub-demo"
+
 DEMO_ROSTER = """\
 # classroomhub demo roster. Edit it while the hub runs: changes apply within
 # a few seconds (try removing demo-student2, or making demo-researcher admin).
@@ -89,6 +92,7 @@ def demo_config(c, state_dir, ip, port, system_users):
     c.Spawner.http_timeout = 60
     if system_users:
         c.JupyterHub.spawner_class = "classroom"
+        c.ClassroomSpawner.cgroup_parent = DEMO_CGROUP_PARENT
         # the classroom service writes into homes as their owners: root only
         from .service.hubconfig import add_classroom_service
 
@@ -168,6 +172,17 @@ def remove_demo_users(record):
             subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
             print(f"removed demo user {login}")
     os.unlink(record)
+
+
+def remove_demo_cgroups():
+    """The hub stopped its servers (and their cgroups); remove the folder holding them."""
+    from .spawner.enforcement import EnforcementUnavailable, detect
+
+    try:
+        backend, _ = detect("auto", DEMO_CGROUP_PARENT)
+    except EnforcementUnavailable:
+        return
+    backend.remove_parent()
 
 
 def _wait_for_hub(url, proc, timeout=60):
@@ -259,3 +274,5 @@ def run_demo(args):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if system_users:
+            remove_demo_cgroups()

@@ -17,7 +17,8 @@ import psutil
 import pytest
 import requests
 
-from classroomhub.demo import DEMO_MARKER, free_port
+from classroomhub.demo import DEMO_CGROUP_PARENT, DEMO_MARKER, free_port
+from classroomhub.spawner import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the demo creates system users")
 
@@ -143,3 +144,12 @@ def test_demo_end_to_end(demo):
     demo["proc"].wait(timeout=60)
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+    # and removes the folder that held the servers' cgroups
+    leftovers = [
+        os.path.join(mount, own.lstrip("/"), DEMO_CGROUP_PARENT)
+        for mount, fstype, _ in cgroups._mountinfo()
+        if fstype == "cgroup"
+        for controller, own in cgroups._own_cgroups().items()
+        if controller and controller in os.path.basename(mount).split(",")
+    ]
+    assert leftovers and not [d for d in leftovers if os.path.exists(d)]

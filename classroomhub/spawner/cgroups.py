@@ -107,6 +107,10 @@ class _CgroupBackend(Enforcement):
     def group_dirs(self, key):
         raise NotImplementedError
 
+    def parent_dirs(self):
+        """The folders (``cgroup_parent`` in each hierarchy) holding the groups."""
+        raise NotImplementedError
+
     def pids(self, key):
         seen = set()
         for folder in self.group_dirs(key):
@@ -118,6 +122,19 @@ class _CgroupBackend(Enforcement):
             return sorted(e.name for e in os.scandir(self.primary_base) if e.is_dir())
         except FileNotFoundError:
             return []
+
+    def remove_parent(self):
+        """Remove the (empty) folders holding the groups, e.g. when a demo ends.
+
+        A hub leaves them for its next start; one that still holds a group is kept.
+        """
+        for folder in self.parent_dirs():
+            try:
+                self.remove_dir(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.log.info("cgroup: keeping %s: %s", folder, e.strerror)
 
     def _kill_group(self, key):
         _kill_all(self.pids(key))
@@ -197,6 +214,9 @@ class CgroupV2(_CgroupBackend):
 
     def group_dirs(self, key):
         return [os.path.join(self.base, key)]
+
+    def parent_dirs(self):
+        return [self.base]
 
     def _enable_controllers(self, folder):
         with open(os.path.join(folder, "cgroup.controllers")) as f:
@@ -326,6 +346,9 @@ class CgroupV1(_CgroupBackend):
 
     def group_dirs(self, key):
         return sorted({self._dir(c, key) for c in self.bases})
+
+    def parent_dirs(self):
+        return sorted(set(self.bases.values()))
 
     def create(self, key, limits):
         for folder in self.group_dirs(key):

@@ -95,6 +95,9 @@ class Enforcement:
         """Keys of groups that exist now (for the stale sweep after a restart)."""
         return []
 
+    def remove_parent(self):
+        """Remove whatever holds the groups, if it is empty (nothing to do here)."""
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 # a dash at either end of a part or next to another dash
