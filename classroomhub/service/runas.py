@@ -9,7 +9,6 @@ or FIFO meets the kernel's permission checks and cannot hang the service.
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
 import os
 import pwd
@@ -44,9 +43,6 @@ class Account:
         groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
-    @property
-    def group_name(self):
-        return grp.getgrgid(self.gid).gr_name
 
 
 def worker_command(mode):
