@@ -10,6 +10,7 @@ error is a JSON body ``{"status": ..., "message": ...}`` with a 4xx status.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 
@@ -255,13 +256,19 @@ class SyncHandler(BaseHandler):
         )
 
 
+@functools.cache
+def openapi_json(base_url):
+    """The OpenAPI document as served (read and converted once per process)."""
+    with open(OPENAPI) as f:
+        spec = yaml.safe_load(f)
+    spec["servers"] = [{"url": base_url.rstrip("/")}]
+    return json.dumps(spec)
+
+
 class OpenAPIHandler(web.RequestHandler):
     def get(self):
-        with open(OPENAPI) as f:
-            spec = yaml.safe_load(f)
-        spec["servers"] = [{"url": self.settings["classroom"].base_url.rstrip("/")}]
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(spec))
+        self.finish(openapi_json(self.settings["classroom"].base_url))
 
 
 class NotFoundHandler(BaseHandler):

@@ -219,9 +219,14 @@ class Collector:
         """(assignment, student, due) whose due date has passed without a deadline snapshot."""
         with self.sessions() as db:
             assignments = db.scalars(select(Assignment)).all()
+            # only the keys: every round would otherwise load every snapshot's file list
             done = {
-                (s.course, s.material, s.student, aware(s.deadline))
-                for s in db.scalars(select(Submission).where(Submission.deadline.isnot(None)))
+                (course, material, student, aware(deadline))
+                for course, material, student, deadline in db.execute(
+                    select(Submission.course, Submission.material, Submission.student, Submission.deadline).where(
+                        Submission.deadline.isnot(None)
+                    )
+                )
             }
         if not assignments:
             return []
