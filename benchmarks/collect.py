@@ -8,9 +8,10 @@ once, so identical files would flatter us; that case is measured apart, d.).
 The folder is collected, all in the same run, from the same homes:
 
 a. ours: ``Collector.collect`` (what "collect now" runs): one export worker
-   per student, running as that student, streams the folder's regular files
-   as a tar into the content-addressed store, and one ``Submission`` row per
-   student is written; at its default concurrency (2 x CPUs) and one student
+   per student, forked by the service's fork server and running as that
+   student, opens the folder's regular files and passes their descriptors
+   to the service, which copies them into the content-addressed store in the
+   kernel and hashes its copy; one ``Submission`` row per student is written; at its default concurrency (2 x CPUs) and one student
    at a time, each run into an empty store and database.
 b. nbgrader (pip-installed into a virtualenv of its own, default exchange,
    laid out by ``nbgrader release_assignment`` as the instructor):
@@ -214,6 +215,7 @@ class Bench:
         self.default_concurrency = 2 * (os.cpu_count() or 1)  # Collector's default
         self.log = logging.getLogger("classroomhub.benchmarks.collect")
         self.runs = 0
+        self.runner = None  # the service's worker fork server, started by run()
         # nbgrader's layout
         self.exchange = os.path.join(root, "exchange")
         self.course = os.path.join(instructor.home, COURSE)
@@ -237,6 +239,7 @@ class Bench:
             max_file_bytes=MAX_FILE_BYTES,
             concurrency=concurrency,
         )
+        collector.runner = self.runner
         os.sync()
         tic = time.perf_counter()
         rows = await collector.collect(COURSE, ASSIGNMENT, students)
@@ -256,7 +259,8 @@ class Bench:
         return seconds, used, objects
 
     async def fixed_cost(self, login, repeat=20):
-        """One snapshot of an empty folder (a worker, no data): (snapshot_folder, Collector.snapshot) medians."""
+        """One snapshot of an empty folder (a worker, no data), medians:
+        (snapshot_folder with a new process, the same with the fork server, Collector.snapshot)."""
         account = self.accounts[login]
         empty = os.path.join(account.home, COURSE, "empty")
         os.makedirs(empty)
@@ -265,20 +269,23 @@ class Bench:
         store = ReleaseStore(os.path.join(where, "store"))
         sessions = open_database(f"sqlite:///{where}/b.sqlite")
         collector = Collector(sessions, store, None, self.log, max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES)
-        worker, row = [], []
+        collector.runner = self.runner
+        process, forked, row = [], [], []
         try:
             for _ in range(repeat):
-                tic = time.perf_counter()
-                files, _ = await snapshot_folder(store, account, [COURSE, "empty"], max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES)
-                worker.append(time.perf_counter() - tic)
+                for runner, times in ((runas.Subprocesses, process), (self.runner, forked)):
+                    tic = time.perf_counter()
+                    files, _ = await snapshot_folder(store, account, [COURSE, "empty"], max_bytes=MAX_BYTES, runner=runner)
+                    times.append(time.perf_counter() - tic)
+                    assert not files
                 tic = time.perf_counter()
                 got = await collector.snapshot(COURSE, "empty", login, "collected")
                 row.append(time.perf_counter() - tic)
-                assert not files and not got.error and not got.files, got.error
+                assert not got.error and not got.files, got.error
         finally:
             sessions.kw["bind"].dispose()
             remove(where, empty)
-        return statistics.median(worker), statistics.median(row)
+        return statistics.median(process), statistics.median(forked), statistics.median(row)
 
     # c. the seed's loop
 
@@ -359,8 +366,11 @@ class Bench:
 async def bench_size(bench, students, repeat, submit_repeat, seed):
     n = len(students)
     c = bench.default_concurrency
-    worker, row = await bench.fixed_cost(students[0])
-    print(f"one snapshot of an empty folder (median of 20): {ms(worker).strip()} ms the export worker alone, {ms(row).strip()} ms with its row (Collector.snapshot)")
+    process, forked, row = await bench.fixed_cost(students[0])
+    print(
+        f"one snapshot of an empty folder (median of 20): export worker {ms(process).strip()} ms as a new process,"
+        f" {ms(forked).strip()} ms forked by the fork server; {ms(row).strip()} ms with its row (Collector.snapshot)"
+    )
     print(f"\n{n} students (median of {repeat}; nbgrader submit: {submit_repeat})")
     runs = {"ours": [], "ours1": [], "base": [], "nbc": [], "nbs": []}
     per_submit = []
@@ -505,7 +515,12 @@ def main(argv=None):
 
 
 async def run(args, bench, logins, repeat, submit_repeat, started):
-    res = await bench_size(bench, logins, repeat, submit_repeat, args.seed)
+    bench.runner = runas.ForkServer(os.path.join(bench.root, "run"))  # as the service runs (fork_server=True)
+    await bench.runner.start()
+    try:
+        res = await bench_size(bench, logins, repeat, submit_repeat, args.seed)
+    finally:
+        await bench.runner.stop()
     med, n = res["med"], len(logins)
     c = bench.default_concurrency
     print(f"\nruntime {time.perf_counter() - started:.0f} s")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
 import os
@@ -339,7 +338,7 @@ async def run(args, sizes, repeats, root, teacher, src, texts, accounts, started
 
     # version 2: one notebook changed
     changed = sorted(texts)[NOTEBOOKS // 2]
-    sha, size = store.add_file(io.BytesIO(changed_notebook(texts[changed]).encode()), 1 << 30)
+    sha, size = store.add_bytes(changed_notebook(texts[changed]).encode())
     files_b = {**files, changed: {**files[changed], "sha256": sha, "size": size}}
     bench = Bench(store, src, files, files_b, accounts)
 

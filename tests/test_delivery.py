@@ -7,7 +7,6 @@ home, nothing may hang, and the report must say what failed.
 
 import asyncio
 import hashlib
-import io
 import os
 import secrets
 import shutil
@@ -133,7 +132,7 @@ def release(files, store, version=1, **kw):
     """A Release of {relpath: text}, its objects put into *store* directly."""
     manifest = {}
     for rel, text in files.items():
-        digest, size = store.add_file(io.BytesIO(text.encode()), 1 << 30)
+        digest, size = store.add_bytes(text.encode())
         manifest[rel] = {"sha256": digest, "size": size, "mode": 0o644}
     return Release("data101", "week1", version, manifest, **kw)
 

@@ -208,7 +208,7 @@ class ClassroomService(Application):
         if self.fork_server:
             self.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log)
             await self.runner.start()
-            self.releases.runner = self.runner
+            self.releases.runner = self.collector.runner = self.runner
         app = self.make_app()
         server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
         self.log.info("classroomhub service %s listening on %s%s", __version__, self.bind_url, self.base_url)

@@ -66,6 +66,7 @@ class Collector:
         self.max_file_bytes = max_file_bytes
         self.timeout = timeout
         self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
+        self.runner = None  # how workers start (see runas); None: a process per home
         self.progress = {}  # (course, material) -> {"total", "done", "running"}
         self.started = datetime.now(timezone.utc)
 
@@ -119,6 +120,7 @@ class Collector:
                     max_file_bytes=self.max_file_bytes,
                     skip_top=[FEEDBACK_FOLDER],
                     timeout=self.timeout,
+                    runner=self.runner,
                 )
             except (LookupError, SourceError, runas.WorkerError, OSError) as e:
                 error = f"nothing collected: {e}"

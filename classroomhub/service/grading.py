@@ -243,7 +243,11 @@ class FeedbackHandler(AssignmentBase):
         folder = grading_folder(course_id, material, student)
         try:
             files, skipped = await snapshot_folder(
-                self.service.store, runas.Account.of(person.name), folder, max_bytes=self.service.max_collect_bytes
+                self.service.store,
+                runas.Account.of(person.name),
+                folder,
+                max_bytes=self.service.max_collect_bytes,
+                runner=self.service.runner,
             )
         except (LookupError, SourceError, runas.WorkerError) as e:
             raise web.HTTPError(400, f"Nothing to return from ~/{'/'.join(folder)}: {e}") from None

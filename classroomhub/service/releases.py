@@ -71,7 +71,7 @@ class Releases:
         if source:
             if not os.path.isabs(source):
                 raise ValueError(f"source must be an absolute path, not {source!r}")
-            files, skipped = await import_folder(self.store, account, source, max_bytes=self.max_bytes)
+            files, skipped = await import_folder(self.store, account, source, max_bytes=self.max_bytes, runner=self.runner)
             # a folder name need not be UTF-8; the database and the API want text
             origin = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         else:
@@ -134,7 +134,7 @@ class Releases:
                 raise SourceError(f"git clone of {url} took more than {self.git_timeout} s") from None
             if result.returncode != 0:
                 raise SourceError(f"git clone of {url} failed: {result.stderr.strip().splitlines()[-1:] or ''}")
-            return await import_folder(self.store, account, clone, max_bytes=self.max_bytes)
+            return await import_folder(self.store, account, clone, max_bytes=self.max_bytes, runner=self.runner)
         finally:
             # removed as the account: the clone is theirs
             await asyncio.to_thread(subprocess.run, ["rm", "-rf", "--", clone], **runas.popen_options(account))

@@ -9,17 +9,23 @@ or FIFO meets the kernel's permission checks and cannot hang the service.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import pwd
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from . import worker
 
 WORKER = os.path.abspath(worker.__file__)
+# files an export's worker is told about at once (it waits when worker.WINDOW are in flight)
+ACK_EVERY = worker.WINDOW // 4
 
 
 class WorkerError(RuntimeError):
@@ -134,7 +140,9 @@ class ForkServer:
             self.proc.kill()
             await self.proc.wait()
 
-    async def run_json(self, account, mode, job, timeout):
+    @staticmethod
+    def request(account, mode, job):
+        """The line that asks the server for *mode* with *job* as *account*."""
         request = {
             "uid": account.uid,
             "gid": account.gid,
@@ -143,10 +151,13 @@ class ForkServer:
             "mode": mode,
             "job": job,
         }
+        return json.dumps(request).encode() + b"\n"
+
+    async def run_json(self, account, mode, job, timeout):
         reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 26)
         pid = None
         try:
-            writer.write(json.dumps(request).encode() + b"\n")
+            writer.write(self.request(account, mode, job))
             await writer.drain()
             deadline = asyncio.get_running_loop().time() + timeout
             pid = int(await asyncio.wait_for(reader.readline(), timeout))
@@ -169,29 +180,148 @@ class ForkServer:
             raise WorkerError(f"worker for {account.name} failed: {answer['error']}")
         return answer["result"]
 
+    def open_export(self, account, job, timeout):
+        """Start an export as *account* (see :class:`Export`); blocking, for a thread."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self.path)
+            sock.sendall(self.request(account, "export", job))
+            export = Export(sock, account, timeout)
+            export.pid = int(export.line())
+            return export
+        except BaseException:
+            sock.close()
+            raise
+
 
 class Subprocesses:
     """The runner without a fork server: one new worker process per job."""
 
     run_json = staticmethod(run_json)
 
+    @staticmethod
+    def open_export(account, job, timeout):
+        """Start an export as *account* (see :class:`Export`); blocking, for a thread."""
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [*worker_command("export"), str(theirs.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+                **popen_options(account),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            proc.stdin.write(json.dumps(job).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once: the end of its socket says so below
+        return Export(ours, account, timeout, proc)
 
-def open_export(account, job):
-    """Start an export as *account*; returns the Popen whose stdout is the tar stream.
 
-    Synchronous on purpose: the caller reads the stream with tarfile in a thread.
+class Export:
+    """The service's end of an export: messages from a worker, each with the
+    descriptor of a file it opened as *account*, or none.
+
+    Descriptors arrive in the order of the messages that carry them, however
+    the kernel splits the stream. Every wait is bounded by *timeout* seconds
+    from the start; past it the worker's process group is killed.
     """
-    proc = subprocess.Popen(
-        worker_command("export"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **popen_options(account),
-    )
-    proc.stdin.write(json.dumps(job).encode())
-    proc.stdin.close()
-    return proc
 
+    def __init__(self, sock, account, timeout, proc=None):
+        self.sock, self.account, self.proc = sock, account, proc
+        self.pid = proc.pid if proc is not None else None
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.data = bytearray()
+        self.fds = collections.deque()
+        self.unacknowledged = 0
+        sock.setblocking(False)  # waits are polls, bounded by the deadline
+        self.poll = select.poll()
+        self.poll.register(sock, select.POLLIN)
 
-def kill_export(proc):
-    _kill_group(proc.pid)
+    def _receive(self):
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:  # a worker that keeps sending is stopped too
+                self.kill()
+                raise WorkerError(f"gave up after {self.timeout:g} s in the home of {self.account.name}")
+            try:
+                data, fds, flags, _ = socket.recv_fds(self.sock, 1 << 16, 8, socket.MSG_CMSG_CLOEXEC)
+                break
+            except BlockingIOError:
+                self._acknowledge()  # before waiting: the worker may be waiting for these
+                self.poll.poll(left * 1000)
+        self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise WorkerError(f"worker for {self.account.name} passed more files at once than it may")
+        if not data:
+            raise WorkerError(f"worker for {self.account.name} ended without finishing{self._stderr()}")
+        self.data += data
+
+    def _stderr(self):
+        if self.proc is None:
+            return ""
+        self.proc.wait()
+        last = self.proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        return f": {last[0]}" if last else f" (exit status {self.proc.returncode})"
+
+    def line(self):
+        while b"\n" not in self.data:
+            self._receive()
+        line, _, rest = bytes(self.data).partition(b"\n")
+        self.data[:] = rest
+        return line
+
+    def message(self):
+        """The next ``(message, fd or None)``; *fd* is the caller's to close."""
+        while len(self.data) < worker.FRAME.size:
+            self._receive()
+        (length,) = worker.FRAME.unpack_from(self.data)
+        end = worker.FRAME.size + length
+        while len(self.data) < end:
+            self._receive()
+        message = json.loads(self.data[worker.FRAME.size : end])
+        del self.data[:end]
+        if "path" not in message:
+            return message, None
+        if not isinstance(message["path"], str):
+            raise WorkerError(f"worker for {self.account.name} sent a malformed message")
+        if not self.fds:
+            raise WorkerError(f"worker for {self.account.name} sent a file without its descriptor")
+        return message, self.fds.popleft()
+
+    def done_with_one(self):
+        """One more file is copied: the worker keeps a bounded number in flight
+        and is told in batches (one byte a file)."""
+        self.unacknowledged += 1
+        if self.unacknowledged >= ACK_EVERY:
+            self._acknowledge()
+
+    def _acknowledge(self):
+        if self.unacknowledged:
+            try:  # never more than WINDOW bytes: they fit in the socket's buffer
+                self.sock.send(b"." * self.unacknowledged)
+            except OSError:
+                pass  # it has finished and gone
+            self.unacknowledged = 0
+
+    def kill(self):
+        if self.pid:
+            _kill_group(self.pid)
+
+    def close(self):
+        while self.fds:
+            os.close(self.fds.popleft())
+        self.sock.close()
+        if self.proc is not None:
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stderr.close()

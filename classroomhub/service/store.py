@@ -11,24 +11,30 @@ its job and can find no others. Shared datasets are materialized once under
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
-import json
+import mmap
 import os
 import secrets
 import shutil
-import tarfile
-import threading
+import stat
 
 from . import runas
-from .worker import EXPORT_NOTES, Refused, split_relpath
+from .worker import Refused, kind_of, split_relpath
 
-CHUNK = 1 << 20
+# files up to this size are read into memory (hashed before anything is written)
+SMALL_FILE = 1 << 20
 # folders and files an import never takes from a source folder or repository
 SKIP_NAMES = (".git", ".ipynb_checkpoints", "__pycache__", ".DS_Store")
 
 
 class SourceError(ValueError):
     """The source could not be imported; the message says why (shown to the instructor)."""
+
+
+class TooLarge(SourceError):
+    """A file past the size limit it was copied under."""
 
 
 class ReleaseStore:
@@ -44,57 +50,104 @@ class ReleaseStore:
     def object_path(self, sha256):
         return os.path.join(self.objects, sha256[:2], sha256[2:])
 
-    def add_file(self, fileobj, size_limit):
-        """Copy *fileobj* into the store; returns (sha256, size)."""
-        digest = hashlib.sha256()
+    def add_bytes(self, data):
+        """Keep *data* in the store; returns (sha256, size). Content the store
+        holds already costs no write."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not os.path.exists(self.object_path(sha)):
+            with self._new_object() as (out, place):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                place(sha)
+        return sha, len(data)
+
+    def add_fd(self, fd, size_limit):
+        """Copy the regular file open as *fd* into the store.
+
+        A small file is read once (an unchanged copy of released material
+        then costs no write); a large one is copied in the kernel and the
+        hash taken of the store's copy. Either way a file changing meanwhile
+        is kept as it was read, its hash true. Returns (sha256, size);
+        :class:`TooLarge` past *size_limit*.
+        """
+        if os.fstat(fd).st_size <= SMALL_FILE:
+            fits = min(size_limit, SMALL_FILE)
+            data = os.pread(fd, fits + 1, 0)
+            if len(data) <= fits:
+                return self.add_bytes(data)
+            if len(data) > size_limit:
+                raise TooLarge(f"larger than the limit of {size_limit} bytes")
+            # it grew past SMALL_FILE meanwhile: copied as a large file below
+        with self._new_object() as (out, place):
+            size = copy_fd(fd, out, size_limit + 1)
+            if size > size_limit:
+                raise TooLarge(f"larger than the limit of {size_limit} bytes")
+            digest = hashlib.sha256()
+            if size:
+                with mmap.mmap(out, size, prot=mmap.PROT_READ) as copied:
+                    digest.update(copied)  # no copy into Python; the GIL is released
+            return place(digest.hexdigest()), size
+
+    @contextlib.contextmanager
+    def _new_object(self):
+        """A fresh root-only temporary file and ``place(sha256)`` that moves it
+        to its name (or drops it: the content is there already)."""
         tmp = os.path.join(self.tmp, secrets.token_hex(8))
-        size = 0
-        try:
-            with open(tmp, "xb") as out:
-                while chunk := fileobj.read(CHUNK):
-                    size += len(chunk)
-                    if size > size_limit:
-                        raise SourceError(f"larger than the limit of {size_limit} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-            sha = digest.hexdigest()
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+        def place(sha):
             final = self.object_path(sha)
             if os.path.exists(final):
                 os.unlink(tmp)
             else:
                 os.makedirs(os.path.dirname(final), mode=0o711, exist_ok=True)
-                os.chmod(tmp, 0o444)
+                os.fchmod(out, 0o444)
                 os.rename(tmp, final)
-            return sha, size
+            return sha
+
+        try:
+            yield out, place
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        finally:
+            os.close(out)
 
-    def add_tar_stream(self, stream, max_bytes):
-        """Import the regular files of an uncompressed tar stream.
+    def add_export(self, export, max_bytes, max_file_bytes=None):
+        """Copy what a worker's :class:`~.runas.Export` hands over.
 
-        Returns ``(files, skipped)``: the manifest and what the exporting
-        worker left out, as ``[(path, reason)]``.
+        Returns ``(files, skipped)``: the manifest and what was left out, as
+        ``[(path, reason)]`` (the worker's notes and the store's own: a file
+        that grew past a limit while it was copied).
         """
+        max_file_bytes = max_file_bytes or max_bytes
         files, skipped, total = {}, [], 0
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if member.name == EXPORT_NOTES:
-                    skipped += [tuple(s) for s in json.load(tar.extractfile(member))["skipped"]]
-                    continue
-                if not member.isfile():
-                    skipped.append((member.name, "not a regular file; skipped"))
-                    continue
-                try:
-                    split_relpath(member.name)
-                except Refused as e:
-                    skipped.append((member.name, str(e)))
-                    continue
-                sha, size = self.add_file(tar.extractfile(member), max_bytes - total)
+        while True:
+            message, fd = export.message()
+            if fd is None:
+                if "error" in message:
+                    raise SourceError(message["error"])
+                return files, skipped + [tuple(s) for s in message.get("skipped", [])]
+            rel, room = message["path"], max_bytes - total
+            try:
+                split_relpath(rel)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise Refused(f"is {kind_of(st.st_mode)}; skipped")
+                sha, size = self.add_fd(fd, min(max_file_bytes, room))
+            except Refused as e:
+                skipped.append((rel, str(e)))
+            except TooLarge:  # it grew after the worker looked
+                reason = f"over the limit of {max_bytes} bytes" if room < max_file_bytes else None
+                skipped.append((rel, reason or f"larger than {max_file_bytes} bytes; skipped"))
+            else:
                 total += size
-                files[member.name] = {"sha256": sha, "size": size, "mode": 0o755 if member.mode & 0o111 else 0o644}
-        return files, skipped
+                files[rel] = {"sha256": sha, "size": size, "mode": 0o755 if st.st_mode & 0o111 else 0o644}
+            finally:
+                os.close(fd)
+                export.done_with_one()
 
     def shared_tree(self, key, files):
         """A read-only tree of *files* under ``shared/<key>`` (hard links to the objects)."""
@@ -115,36 +168,55 @@ class ReleaseStore:
         return target
 
 
-def _export_to_store(store, account, job, max_bytes, timeout):
-    proc = runas.open_export(account, job)
-    timer = threading.Timer(timeout, runas.kill_export, (proc,))
-    timer.start()
+def copy_fd(source, out, count):
+    """Copy up to *count* bytes from the start of *source* to *out* in the
+    kernel (copy_file_range, else sendfile); returns the bytes copied."""
+    copied = 0
+    use_sendfile = False
+    while copied < count:
+        try:
+            if use_sendfile:
+                n = os.sendfile(out, source, copied, count - copied)
+            else:
+                n = os.copy_file_range(source, out, count - copied, copied)
+        except OSError as e:
+            if use_sendfile or e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            use_sendfile = True  # another file system, or one without copy_file_range
+            continue
+        if n == 0:
+            break
+        copied += n
+    return copied
+
+
+def _export_to_store(store, runner, account, job, max_bytes, max_file_bytes, timeout):
+    export = (runner or runas.Subprocesses).open_export(account, job, timeout)
     try:
-        files, skipped = store.add_tar_stream(proc.stdout, max_bytes)
-    except tarfile.TarError as e:
-        runas.kill_export(proc)
-        error = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-        raise SourceError(error[0] if error else f"unreadable export: {e}") from None
+        return store.add_export(export, max_bytes, max_file_bytes)
     except BaseException:
-        runas.kill_export(proc)
+        export.kill()
         raise
     finally:
-        timer.cancel()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-    if proc.returncode != 0:
-        raise SourceError(f"reading the folder as {account.name} failed (exit status {proc.returncode})")
-    return files, skipped
+        export.close()
 
 
 async def snapshot_folder(
-    store, account, base, max_bytes=10 * 1024**3, max_file_bytes=None, max_entries=100_000, skip_top=(), timeout=600
+    store,
+    account,
+    base,
+    max_bytes=10 * 1024**3,
+    max_file_bytes=None,
+    max_entries=100_000,
+    skip_top=(),
+    timeout=600,
+    runner=None,
 ):
     """Store what lies in ``~/<base...>`` of *account*, read as them.
 
     The folder is reached from the home without following links; below it
-    the same walker and limits as an import apply. Returns (files, skipped).
+    the same walker and limits as an import apply. *runner* starts the
+    worker (see :mod:`.runas`; default a new process). Returns (files, skipped).
     """
     job = {
         "home": account.home,
@@ -155,14 +227,14 @@ async def snapshot_folder(
         "max_file_bytes": max_file_bytes,
         "max_entries": max_entries,
     }
-    return await asyncio.to_thread(_export_to_store, store, account, job, max_bytes, timeout)
+    return await asyncio.to_thread(_export_to_store, store, runner, account, job, max_bytes, max_file_bytes, timeout)
 
 
-async def import_folder(store, account, path, max_bytes=10 * 1024**3, max_entries=100_000, timeout=600):
+async def import_folder(store, account, path, max_bytes=10 * 1024**3, max_entries=100_000, timeout=600, runner=None):
     """Import the folder *path* as *account* would read it.
 
     The folder is read by a worker with *account*'s privileges: a path they
     cannot read fails for them as it would in a terminal.
     """
     job = {"path": path, "skip": list(SKIP_NAMES), "max_bytes": max_bytes, "max_entries": max_entries}
-    return await asyncio.to_thread(_export_to_store, store, account, job, max_bytes, timeout)
+    return await asyncio.to_thread(_export_to_store, store, runner, account, job, max_bytes, None, timeout)

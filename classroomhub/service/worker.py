@@ -14,9 +14,11 @@ Modes:
     Place released files under ``HOME/<course>/<material>/`` without
     clobbering what the person changed (see :func:`deliver_file`).
 ``export``
-    Stream a folder as an uncompressed tar on stdout (regular files only,
-    with limits on entries, depth and bytes); the service imports releases
-    from an instructor's folder this way and, later, collects work.
+    Open the regular files of a folder and pass their descriptors to the
+    service over a Unix socket (with limits on entries, depth and bytes);
+    the service imports releases from an instructor's folder this way and
+    collects students' work. The files are opened as the person; the
+    service only copies from descriptors it was given.
 
 Only the standard library is imported: ``-I -S`` keeps the person's
 environment and site-packages out of a process the service relies on.
@@ -24,20 +26,22 @@ environment and site-packages out of a process the service relies on.
 
 import errno
 import hashlib
-import io
 import json
 import os
 import secrets
+import socket
 import stat
+import struct
 import sys
-import tarfile
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted under a file's name must not hang
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK = 1 << 20
-# last member of an export: what was left out and why
-EXPORT_NOTES = ".classroomhub-export.json"
+# an export's messages: a 4-byte length, then JSON (with an fd or not)
+FRAME = struct.Struct("!I")
+# files an export hands over before it waits for the service to finish one
+WINDOW = 64
 
 
 class Refused(Exception):
@@ -377,22 +381,6 @@ def _walk(fd, prefix, depth, limits, skip, skip_top=frozenset()):
                 os.close(child)
 
 
-class _Exactly:
-    """Read exactly *size* bytes from *f*: a file that grows or shrinks while
-    it is archived must not corrupt the tar stream (zero-padded or cut)."""
-
-    def __init__(self, f, size):
-        self.f, self.left = f, size
-
-    def read(self, n=-1):
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        if len(data) < n:
-            data += bytes(n - len(data))
-        self.left -= len(data)
-        return data
-
-
 def open_export_root(job):
     """The folder to export: ``path`` as given (an instructor's own choice of
     source), or ``base`` below ``home`` reached without following any link
@@ -406,63 +394,93 @@ def open_export_root(job):
         os.close(home_fd)
 
 
-def export(job, out):
-    """Write the regular files below the job's folder to *out* as a tar stream.
+def send_frame(sock, message, fd=None):
+    """One length-prefixed JSON message, with *fd* attached to it if given."""
+    data = json.dumps(message).encode()
+    frame = FRAME.pack(len(data)) + data
+    sent = socket.send_fds(sock, [frame], [fd]) if fd is not None else 0
+    sock.sendall(frame[sent:])
 
-    Leaves out names in ``skip`` (anywhere) and ``skip_top`` (directly in
-    the folder), files over ``max_file_bytes``, and everything once
-    ``max_bytes`` are taken; the last member lists what was left out and why.
+
+def export(job, sock):
+    """Hand the service the regular files below the job's folder, opened.
+
+    Each file is opened here, as the person, without following links, and
+    its descriptor passed over *sock* with its path: the service copies it
+    into the store in the kernel, so no byte crosses a pipe. At most
+    ``WINDOW`` files are in flight; the service answers one byte per file
+    done. Leaves out names in ``skip`` (anywhere) and ``skip_top`` (directly
+    in the folder), files on another file system, files over
+    ``max_file_bytes`` and everything once ``max_bytes`` are taken; the last
+    message lists what was left out and why.
     """
     limits = {"entries": job.get("max_entries", 100_000), "depth": job.get("max_depth", 64)}
     max_bytes = job.get("max_bytes", 10 * 1024**3)
     max_file = job.get("max_file_bytes") or max_bytes
-    total = 0
+    total = in_flight = 0
+    skipped = limits["skipped"] = []
     try:
         root_fd = open_export_root(job)
     except Refused as e:
         raise OSError(errno.ENOTDIR, str(e)) from None
     try:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for rel, dir_fd, name, st in walk(root_fd, limits, job.get("skip", ()), job.get("skip_top", ())):
-                if st.st_size > max_file:
-                    limits.setdefault("skipped", []).append((rel, f"larger than {max_file} bytes; skipped"))
-                    continue
-                if total + st.st_size > max_bytes:
-                    limits.setdefault("over", []).append(rel)
-                    continue
-                try:
-                    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-                except OSError as e:
-                    limits.setdefault("unreadable", []).append((rel, describe_error(e)))
-                    continue
-                with os.fdopen(fd, "rb") as f:
-                    now = os.fstat(fd)
-                    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                        continue  # swapped after the walk saw it
-                    info = tarfile.TarInfo(rel)
-                    info.size = now.st_size
-                    info.mode = 0o755 if now.st_mode & 0o111 else 0o644
-                    info.mtime = int(now.st_mtime)
-                    tar.addfile(info, _Exactly(f, now.st_size))
-                    total += now.st_size
-            # the last member says what was left out, for the service's report
-            notes = {
-                "skipped": limits.get("skipped", [])
-                + [(rel, f"over the limit of {max_bytes} bytes") for rel in limits.get("over", [])]
-                + limits.get("unreadable", [])
-            }
-            data = json.dumps(notes).encode()
-            info = tarfile.TarInfo(EXPORT_NOTES)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        device = os.fstat(root_fd).st_dev
+        for rel, dir_fd, name, st in walk(root_fd, limits, job.get("skip", ()), job.get("skip_top", ())):
+            if st.st_dev != device:
+                skipped.append((rel, "on another file system; skipped"))
+                continue
+            if st.st_size > max_file:
+                skipped.append((rel, f"larger than {max_file} bytes; skipped"))
+                continue
+            if total + st.st_size > max_bytes:
+                skipped.append((rel, f"over the limit of {max_bytes} bytes"))
+                continue
+            try:
+                fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+            except OSError as e:
+                skipped.append((rel, describe_error(e)))
+                continue
+            try:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    continue  # swapped after the walk saw it
+                while in_flight >= WINDOW:
+                    done = sock.recv(in_flight)
+                    if not done:
+                        raise OSError(errno.EPIPE, "the service went away")
+                    in_flight -= len(done)
+                send_frame(sock, {"path": rel}, fd)
+                in_flight += 1
+                total += now.st_size
+            finally:
+                os.close(fd)
+        send_frame(sock, {"skipped": skipped})
     finally:
         os.close(root_fd)
 
 
 # -- the fork server ---------------------------------------------------------------
 
-#: modes whose answer is JSON (export streams a tar instead)
+#: modes whose answer is JSON (export passes open files instead)
 JSON_MODES = {"deliver": deliver, "link": link_shared}
+
+
+def error_text(e):
+    """One line for the service's report: the path and the reason."""
+    if isinstance(e, OSError):
+        return f"{e.filename}: {describe_error(e)}" if e.filename else describe_error(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def run_export(job, sock):
+    """:func:`export`, its failure sent as the last message (shown to the user)."""
+    try:
+        export(job, sock)
+    except Exception as e:  # reported to the service, which fails this folder only
+        try:
+            send_frame(sock, {"error": error_text(e)})
+        except OSError:
+            pass  # the service is gone: nobody to tell
 
 
 def serve(path):
@@ -476,7 +494,6 @@ def serve(path):
     """
     import selectors
     import signal
-    import socket
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -507,9 +524,6 @@ def serve(path):
 
 
 def serve_one(conn):
-    import socket
-    import struct
-
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
     if uid != 0:
         return 1  # only the service (root) may ask for jobs
@@ -525,12 +539,13 @@ def serve_one(conn):
     os.chdir("/")
     os.environ.clear()
     os.environ.update(request["env"])
+    if request["mode"] == "export":
+        run_export(request["job"], conn)
+        return 0
     try:
         answer = {"result": JSON_MODES[request["mode"]](request["job"])}
-    except OSError as e:
-        answer = {"error": f"{e.filename or ''}: {describe_error(e)}"}
     except Exception as e:  # reported to the service, which fails this home only
-        answer = {"error": f"{type(e).__name__}: {e}"}
+        answer = {"error": error_text(e)}
     stream.write(json.dumps(answer).encode())
     stream.close()
     return 0
@@ -542,16 +557,15 @@ def main():
         serve(sys.argv[2])
         return
     job = json.load(sys.stdin)
-    try:
-        if mode in JSON_MODES:
+    if mode == "export":  # argv[2]: the fd of the service's socket
+        run_export(job, socket.socket(fileno=int(sys.argv[2])))
+    elif mode in JSON_MODES:
+        try:
             json.dump(JSON_MODES[mode](job), sys.stdout)
-        elif mode == "export":
-            export(job, sys.stdout.buffer)
-        else:
-            sys.exit(f"unknown mode {mode!r}")
-    except OSError as e:
-        # one line for the service's report: the path and the reason
-        sys.exit(f"{e.filename or ''}: {describe_error(e)}")
+        except OSError as e:
+            sys.exit(error_text(e))
+    else:
+        sys.exit(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":
