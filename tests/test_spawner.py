@@ -540,14 +540,17 @@ async def test_a_start_under_pressure_waits_for_a_stop_in_flight(app, synced, se
     plenty, scarce = "MemAvailable: 8000000 kB\n", "MemAvailable: 100000 kB\n"
     meminfo.write_text(plenty)
     for name in (STUDENT, STUDENT2, OTHER):
-        settings(name, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0)
+        # the monitor's own pressure round stays out of it: this test's stop is the cull
+        settings(name, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0, monitor_interval=3600)
     culled = await start(app, STUDENT)
     other = await start(app, STUDENT2)
     try:
         culled.post_stop_hook = lambda spawner: meminfo.write_text(plenty)
         meminfo.write_text(scarce)
         cull = asyncio.ensure_future(stop_server(app.users[STUDENT], "", app.log, "test: memory pressure"))
+        deadline = time.monotonic() + 30
         while culled.pending != "stop":
+            assert not cull.done() and time.monotonic() < deadline, "the cull never was in flight"
             await asyncio.sleep(0.01)
         third = await start(app, OTHER)
         await cull
