@@ -227,6 +227,43 @@ async def test_collect_now(app, ready):
     assert r.status_code == 403
 
 
+def hub_lets_open(app, login, student, course):
+    """Whether the hub itself gives *login* access to *student*'s server: the
+    scopes of a token with all their rights, as the hub's API reports them."""
+    from jupyterhub.tests.utils import public_url
+
+    token = app.users[login].new_api_token(note="scopes")
+    r = requests.get(public_url(app) + "hub/api/user", headers={"Authorization": f"token {token}"}, timeout=30)
+    r.raise_for_status()
+    allowing = {
+        "access:servers",
+        f"access:servers!user={student}",
+        f"access:servers!server={student}/",
+        f"access:servers!group=course-{course}-students",
+    }
+    return bool(allowing & set(r.json()["scopes"]))
+
+
+async def test_live_server_links_only_for_those_the_hub_lets_in(app, ready):
+    """The submissions table links to a student's live server for exactly the
+    people the hub's roster scopes let open it: the instructor and root, never
+    the TA (not configured) and never another student."""
+    await released(app, "hw12")
+    assert (await set_due(app, "hw12", soon(3600))).status_code == 200
+    seen = {}
+    for login in (INES, TARA, SAM, "admin"):
+        r = await call(app, login, "GET", "courses/data101/assignments/hw12/submissions")
+        assert r.status_code == 200, r.text
+        urls = {row["student"]: row["server_url"] for row in r.json()["students"]}
+        # a student's table holds only their own line (their own server is theirs anyway)
+        other = SUE if login == SAM else SAM
+        seen[login] = any(urls.values())
+        if seen[login]:
+            assert urls[other] == f"{app.base_url}user/{other}/"
+        assert seen[login] == await asyncio.to_thread(hub_lets_open, app, login, other, "data101"), login
+    assert seen == {INES: True, TARA: False, SAM: False, "admin": True}
+
+
 async def test_a_deadline_missed_while_stopped_is_collected_once_at_start(app, ready):
     """SIGKILL in the middle of a deadline collection, restart: every student
     has exactly one snapshot for that deadline."""

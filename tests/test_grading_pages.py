@@ -102,6 +102,10 @@ async def test_due_date_collection_view_and_feedback(app, ready, browser, sessio
     )
     assert await page.inner_text(f'#submissions tr[data-student="{SUE}"] .status') == "on time"
 
+    # the instructor has a link to Sam's live server on the hub; the TA (below) has none
+    link = page.locator(f"#server-{SAM}")
+    assert await link.get_attribute("href") == f"{app.base_url}user/{SAM}/"
+
     # open Sam's notebook: rendered, in a new tab, with nothing able to run
     async with context.expect_page() as opened:
         await page.click(f"{row} a.view")
@@ -113,6 +117,7 @@ async def test_due_date_collection_view_and_feedback(app, ready, browser, sessio
     # copy it into the TA's grading folder from the TA's page, annotate, return
     ta_page, _ = await open_as(app, browser, sessions, TARA, "courses/data101/assignments/hw")
     await ta_page.wait_for_selector(f"#copy-{SAM}")
+    assert await ta_page.query_selector(f"#server-{SAM}") is None
     await ta_page.click(f"#copy-{SAM}")
     copy = os.path.join(home(TARA), "grading", "data101", "hw", SAM)
     for _ in range(50):

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .._version import __version__
@@ -111,6 +111,32 @@ class ClassroomService(Application):
     ).tag(config=True)
 
     runner = None
+
+    live_server_roles = List(
+        Unicode(),
+        ["instructor"],
+        help="""Course roles whose members see a link to each student's live
+        server on the submissions table (root and admin tiers always do). The
+        hub alone decides who may open a server: list a role here only if the
+        roster authenticator's ``course_scopes`` give it
+        ``access:servers!group={students}`` (instructors have it by default,
+        TAs do not).""",
+    ).tag(config=True)
+
+    @validate("live_server_roles")
+    def _validate_live_server_roles(self, proposal):
+        roles = proposal["value"]
+        if set(roles) - {"instructor", "ta"}:
+            raise TraitError(f"live_server_roles: only 'instructor' and 'ta' may open students' servers, not {roles}")
+        return roles
+
+    hub_base_url = Unicode(help="The hub's base URL (for links to servers); default: $JUPYTERHUB_BASE_URL.").tag(
+        config=True
+    )
+
+    @default("hub_base_url")
+    def _default_hub_base_url(self):
+        return os.environ.get("JUPYTERHUB_BASE_URL", "/")
 
     bind_url = Unicode(help="Where to listen; default: $JUPYTERHUB_SERVICE_URL.").tag(config=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 from tornado import web
 
@@ -183,6 +184,8 @@ class SubmissionsHandler(AssignmentBase):
         assignment = self.assignment_or_404(course_id, material)
         everyone = person.can_see_reports(course_id)
         students = members["student"] if everyone else [person.name]
+        live = person.can_open_servers(course_id, self.service.live_server_roles)
+        hub = self.service.hub_base_url.rstrip("/") + "/"
         extensions = self.collector.extensions(course_id, material)
         overrides = self.collector.overrides(course_id, material)
         rows = {}
@@ -203,6 +206,8 @@ class SubmissionsHandler(AssignmentBase):
                     "graded": graded.id if graded else None,
                     "override": override.to_dict() if chosen else None,
                     "submissions": [r.to_dict() for r in mine],
+                    # the hub checks access when it is followed; shown only to those it lets in
+                    "server_url": f"{hub}user/{quote(student, safe='')}/" if live else None,
                 }
             )
         self.write_json({"assignment": assignment.to_dict(), "students": table})

@@ -38,6 +38,10 @@ class Person:
     def can_see_reports(self, course):
         return self.privileged or self.courses.get(course) in ("instructor", "ta")
 
+    def can_open_servers(self, course, roles):
+        """Whether the course's *roles* (see ``live_server_roles``) include this person's."""
+        return self.privileged or self.courses.get(course) in roles
+
 
 def parse_group(name):
     """``course-data101-students`` -> (``data101``, ``student``); None otherwise."""
