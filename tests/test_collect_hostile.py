@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import subprocess
-import threading
 import time
 
 import pytest
@@ -30,11 +29,13 @@ from test_delivery import (  # noqa: F401 - fixtures
     accounts,
     as_user,
     homes,
+    link_swapper,
     monkeypatch_module,
+    plant_many_and_deep,
     runner,
     store,
+    student_loop,
     world_writable,
-    write_as,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
@@ -171,23 +172,7 @@ async def test_files_over_the_limits_are_left_out_without_being_read(homes, stor
 async def test_huge_and_deep_trees_end_in_time_with_a_note(homes, store, collector):
     alice = homes[ALICE]
     folder = work(alice, {"hw1.ipynb": b"work"})
-    as_user(
-        alice,
-        "python3",
-        "-c",
-        f"""
-import os
-os.mkdir({folder!r} + '/many')
-for i in range(20_000):
-    open(os.path.join({folder!r}, 'many', str(i)), 'w').close()
-fd = os.open({folder!r}, os.O_RDONLY)
-for i in range(1000):
-    os.mkdir('d', dir_fd=fd)
-    new = os.open('d', os.O_RDONLY, dir_fd=fd)
-    os.close(fd)
-    fd = new
-""",
-    )
+    plant_many_and_deep(alice, folder, 20_000)
     row = (await collect(collector, ALICE))[ALICE]
     assert not row.error
     assert len(row.files) == 20_001 and row.files["hw1.ipynb"]["size"] == 4
@@ -205,34 +190,9 @@ async def test_a_folder_swapped_for_a_link_during_collection_is_not_followed(hom
         f.write(b"FROM-BEHIND-THE-LINK")
     os.chmod(os.path.join(trap, "planted.txt"), 0o644)
     folder = work(alice, {f"sub/f{i:03d}.txt": f"file {i}\n".encode() for i in range(200)})
-    stop = threading.Event()
-
-    def swapper():
-        code = f"""
-import os
-folder, trap = {folder!r}, {trap!r}
-while not os.path.exists(folder + '/STOP'):
-    try:
-        os.rename(folder + '/sub', folder + '/real')
-        os.symlink(trap, folder + '/sub')
-        os.unlink(folder + '/sub')
-        os.rename(folder + '/real', folder + '/sub')
-    except OSError:
-        pass
-"""
-        proc = subprocess.Popen(["python3", "-c", code], user=alice.uid, group=alice.gid, cwd="/")
-        stop.wait()
-        write_as(alice, os.path.join(folder, "STOP"), "")
-        proc.wait(timeout=10)
-
-    thread = threading.Thread(target=swapper)
-    thread.start()
-    try:
+    with student_loop(alice, link_swapper(folder, "sub", trap), os.path.join(folder, "STOP")):
         await asyncio.sleep(0.2)
         rows = [row for _ in range(10) for row in (await collect(collector, ALICE)).values()]
-    finally:
-        stop.set()
-        thread.join()
     for row in rows:
         assert not row.error
         assert all(data.startswith(b"file ") for data in stored(store, row).values())
@@ -245,10 +205,7 @@ async def test_files_changing_during_the_snapshot_are_stored_true_to_their_hash(
     size are those of the stored bytes (never a mix of two states)."""
     alice = homes[ALICE]
     folder = work(alice, {"grow.bin": b"", "flip.bin": b"a" * 4_000_000})
-    stop = threading.Event()
-
-    def writer():
-        code = f"""
+    writer = f"""
 import os
 folder = {folder!r}
 i = 0
@@ -262,19 +219,9 @@ while not os.path.exists(folder + '/STOP'):
         f.write(bytes([97 + i % 2]) * (4_000_000 if i % 3 else 1_000))
         f.truncate()
 """
-        proc = subprocess.Popen(["python3", "-c", code], user=alice.uid, group=alice.gid, cwd="/")
-        stop.wait()
-        write_as(alice, os.path.join(folder, "STOP"), "")
-        proc.wait(timeout=10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with student_loop(alice, writer, os.path.join(folder, "STOP")):
         await asyncio.sleep(0.2)
         rows = [row for _ in range(15) for row in (await collect(collector, ALICE)).values()]
-    finally:
-        stop.set()
-        thread.join()
     sizes = set()
     for row in rows:
         assert not row.error

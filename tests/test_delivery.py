@@ -6,6 +6,7 @@ home, nothing may hang, and the report must say what failed.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -13,7 +14,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
@@ -102,6 +102,57 @@ def world_writable():
 
 def as_user(account, *cmd):
     subprocess.run(cmd, check=True, user=account.uid, group=account.gid, cwd="/")
+
+
+@contextlib.contextmanager
+def student_loop(account, code, stop_file):
+    """Run the Python *code* as *account* in the background; it must end once
+    *stop_file* exists, which leaving the block makes."""
+    proc = subprocess.Popen(["python3", "-c", code], user=account.uid, group=account.gid, cwd="/")
+    try:
+        yield proc
+    finally:
+        write_as(account, stop_file, "")
+        proc.wait(timeout=10)
+
+
+def link_swapper(parent, name, trap):
+    """Code for :func:`student_loop`: over and over, rename *parent*/*name*
+    away and put a link to *trap* in its place, then back, until *parent*/STOP exists."""
+    return f"""
+import os, time
+parent, name, trap = {parent!r}, {name!r}, {trap!r}
+while not os.path.exists(parent + '/STOP'):
+    try:
+        os.rename(parent + '/' + name, parent + '/real')
+        os.symlink(trap, parent + '/' + name)
+        time.sleep(0.0005)
+        os.unlink(parent + '/' + name)
+        os.rename(parent + '/real', parent + '/' + name)
+    except OSError:
+        pass
+"""
+
+
+def plant_many_and_deep(account, folder, many):
+    """*many* empty files in *folder*/many and a 1000-deep chain of folders, made by *account*."""
+    as_user(
+        account,
+        "python3",
+        "-c",
+        f"""
+import os
+os.makedirs({folder!r} + '/many', exist_ok=True)
+for i in range({many}):
+    open(os.path.join({folder!r}, 'many', str(i)), 'w').close()
+fd = os.open({folder!r}, os.O_RDONLY)
+for i in range(1000):
+    os.mkdir('d', dir_fd=fd)
+    new = os.open('d', os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = new
+""",
+    )
 
 
 def write_as(account, path, text, mode=0o644):
@@ -420,24 +471,8 @@ async def test_course_folder_replaced_by_a_file(homes, store):
 
 async def test_huge_and_deep_trees_do_not_slow_delivery(homes, store):
     folder = os.path.join(homes[ALICE].home, "data101", "week1")
-    as_user(homes[ALICE], "mkdir", "-p", os.path.join(folder, "big"))
-    as_user(
-        homes[ALICE],
-        "python3",
-        "-c",
-        f"""
-import os
-big = {os.path.join(folder, 'big')!r}
-for i in range(100_000):
-    open(os.path.join(big, str(i)), 'w').close()
-fd = os.open({folder!r}, os.O_RDONLY)
-for i in range(1000):
-    os.mkdir('d', dir_fd=fd)
-    new = os.open('d', os.O_RDONLY, dir_fd=fd)
-    os.close(fd)
-    fd = new
-""",
-    )
+    as_user(homes[ALICE], "mkdir", "-p", folder)
+    plant_many_and_deep(homes[ALICE], folder, 100_000)
     reports = await deliver_timed(store, release(V1, store), [ALICE, BOB])
     assert reports[ALICE].ok
     await check_bob_unaffected(homes, reports)
@@ -449,40 +484,12 @@ async def test_a_folder_swapped_for_a_symlink_mid_delivery_is_not_followed(homes
     trap = world_writable  # the student may write here: only no-follow stops the worker
     course = os.path.join(homes[ALICE].home, "data101")
     as_user(homes[ALICE], "mkdir", "-p", os.path.join(course, "week1"))
-    stop = threading.Event()
-
-    def swapper():
-        code = f"""
-import os, time
-course, trap = {course!r}, {trap!r}
-for i in range(100000):
-    try:
-        os.rename(course + '/week1', course + '/real')
-        os.symlink(trap, course + '/week1')
-        time.sleep(0.0005)
-        os.unlink(course + '/week1')
-        os.rename(course + '/real', course + '/week1')
-    except OSError:
-        pass
-    if os.path.exists(course + '/STOP'):
-        break
-"""
-        proc = subprocess.Popen(["python3", "-c", code], user=homes[ALICE].uid, group=homes[ALICE].gid, cwd="/")
-        stop.wait()
-        write_as(homes[ALICE], os.path.join(course, "STOP"), "")
-        proc.wait(timeout=10)
-
-    thread = threading.Thread(target=swapper)
-    thread.start()
-    try:
+    with student_loop(homes[ALICE], link_swapper(course, "week1", trap), os.path.join(course, "STOP")):
         await asyncio.sleep(0.2)
         many = {f"f{i:03d}.txt": f"file {i}\n" for i in range(300)}
         for _ in range(3):
             report = await deliver_to(store, ALICE, release(many, store))
             assert {s for s, _ in by_path(report).values()} <= {"added", "unchanged", "failed"}
-    finally:
-        stop.set()
-        thread.join()
     assert os.listdir(trap) == []
 
 
