@@ -531,6 +531,24 @@ async def test_memory_pressure_culls_idlest_first_then_refuses(app, synced, sett
                 await stop(app, name)
 
 
+async def test_a_server_that_culls_itself_under_pressure_stops_monitoring(app, synced, settings, tmp_path):
+    """The only running server is the idlest: its own monitor stops it. That
+    monitor must end with it, or it goes on culling the next servers with
+    this server's settings."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable: 8000000 kB\n")
+    settings(STUDENT, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0)
+    spawner = await start(app, STUDENT)
+    monitor = spawner._monitor_task
+    meminfo.write_text("MemAvailable: 100000 kB\n")
+    deadline = time.monotonic() + 20
+    while spawner.active or spawner.pending:
+        assert time.monotonic() < deadline, "not culled under pressure"
+        await asyncio.sleep(0.1)
+    await asyncio.wait([monitor], timeout=5)
+    assert monitor.done(), "the culled server's monitor is still running"
+
+
 async def test_a_start_under_pressure_waits_for_a_stop_in_flight(app, synced, settings, tmp_path):
     """A cull has just begun (the monitor saw the pressure first): the start
     waits for that memory instead of stopping a second server."""

@@ -579,7 +579,10 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     async def _monitor(self):
         next_check = 0.0
-        while True:
+        me = asyncio.current_task()
+        # a check can stop this very server (pressure, idleness): stop() cannot
+        # cancel the task it runs in, so the loop ends once it is not the monitor
+        while self._monitor_task is me:
             now = time.time()
             try:
                 if now >= next_check:
