@@ -73,7 +73,7 @@ class ReleaseStore:
         """
         if os.fstat(fd).st_size <= SMALL_FILE:
             fits = min(size_limit, SMALL_FILE)
-            data = os.pread(fd, fits + 1, 0)
+            data = read_up_to(fd, fits + 1)
             if len(data) <= fits:
                 return self.add_bytes(data)
             if len(data) > size_limit:
@@ -166,6 +166,18 @@ class ReleaseStore:
             shutil.rmtree(building, ignore_errors=True)
             raise
         return target
+
+
+def read_up_to(fd, count):
+    """The first *count* bytes of the file open as *fd* (fewer at its end)."""
+    chunks, got = [], 0
+    while got < count:
+        chunk = os.pread(fd, count - got, got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def copy_fd(source, out, count):
