@@ -100,13 +100,25 @@ class Grant:
         }
 
 
+def _plus(scopes, more):
+    """Per-key scope lists *scopes* with the lists of *more* appended."""
+    return {key: [*scopes.get(key, []), *(more or {}).get(key, [])] for key in {*scopes, *(more or {})}}
+
+
 class AccessPolicy:
     """Turns roster entries into grants, given the scopes configured per
     tier and per course role (the authenticator's traits)."""
 
-    def __init__(self, tier_scopes=None, course_scopes=None, everyone_scopes=()):
-        self.tier_scopes = {**DEFAULT_TIER_SCOPES, **(tier_scopes or {})}
-        self.course_scopes = {**DEFAULT_COURSE_SCOPES, **(course_scopes or {})}
+    def __init__(
+        self,
+        tier_scopes=None,
+        course_scopes=None,
+        everyone_scopes=(),
+        service_tier_scopes=None,
+        service_course_scopes=None,
+    ):
+        self.tier_scopes = _plus({**DEFAULT_TIER_SCOPES, **(tier_scopes or {})}, service_tier_scopes)
+        self.course_scopes = _plus({**DEFAULT_COURSE_SCOPES, **(course_scopes or {})}, service_course_scopes)
         self.everyone_scopes = sorted(everyone_scopes)
         defaults = {r["name"]: r for r in get_default_roles()}
         self._user_role = defaults["user"]

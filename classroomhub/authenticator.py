@@ -125,6 +125,23 @@ class RosterAuthenticatorMixin(Authenticator):
             )
         return proposal.value
 
+    service_tier_scopes = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="""Scopes per tier that services add on top of ``tier_scopes``
+        (``add_classroom_service`` adds the classroom service's), so that
+        configuring ``tier_scopes`` does not take them away.""",
+    ).tag(config=True)
+
+    service_course_scopes = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="""Scope templates per course role that services add on top of
+        ``course_scopes`` (``add_classroom_service`` adds the classroom
+        service's, e.g. ``custom:classroom:grade!group={students}``), so
+        that configuring ``course_scopes`` does not take them away.""",
+    ).tag(config=True)
+
     stop_removed_servers = Bool(
         True,
         help="""Stop the servers of people removed from (or blocked in) the roster.
@@ -170,7 +187,13 @@ class RosterAuthenticatorMixin(Authenticator):
         super().__init__(**kwargs)
         if not self.roster_path:
             raise ValueError(f"{self.__class__.__name__}.roster_path must be set")
-        self.policy = AccessPolicy(self.tier_scopes, self.course_scopes, self.everyone_scopes)
+        self.policy = AccessPolicy(
+            self.tier_scopes,
+            self.course_scopes,
+            self.everyone_scopes,
+            self.service_tier_scopes,
+            self.service_course_scopes,
+        )
         self.roster = load_roster(self.roster_path)  # no last good one yet: fail loudly
         self.roster_error = None
         self._roster_stat = self._stat_roster()
