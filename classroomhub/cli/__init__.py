@@ -1,0 +1,84 @@
+"""The ``classroomhub`` command: rosters, courses and assignments, usage, and running the hub.
+
+Each module of this package adds its commands with ``register(subparsers, command)``;
+:data:`COMMAND_MODULES` lists them in the order ``--help`` shows them. A new
+command group is a module with a ``register`` function and one entry there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from .client import CommandError
+
+#: modules (relative to this package, or absolute) whose ``register(subparsers, command)`` adds commands
+COMMAND_MODULES = [
+    ".roster",
+    ".usage",
+    ".course",
+    ".assignments",
+    ".ops",
+]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has one worth showing) and keeps the examples' lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "(default" not in text
+            and default not in (None, False, [], argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def command(subparsers, name, help, examples=(), description=None):
+    """A sub-command whose ``--help`` shows defaults and *examples*."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help[:1].upper() + help[1:] + ".",
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+
+
+def build_parser():
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="classroomhub",
+        description="A classroom JupyterHub: rosters, courses and assignments, usage, and running the hub.",
+        epilog="`classroomhub COMMAND --help` shows a command's options, defaults and examples.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name, __name__).register(sub, command)
+    return parser
+
+
+def main(argv=None):
+    """Run one command; its exit status (130 after Ctrl-C, as a shell expects)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CommandError as e:
+        print(f"classroomhub {args.command}: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print(f"\nclassroomhub {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:  # `classroomhub usage | head`
+        sys.stderr.close()
+        return 1
