@@ -1,10 +1,13 @@
 """The classroom service's REST API (documented in ``openapi.yaml``).
 
 Every request is identified by the hub (an API token, or the browser's
-OAuth cookie) and authorized here from the person's roster groups: the
-course's instructors (and the admin and root tiers) release; instructors
-and TAs read everyone's delivery reports; students read their own. Every
-error is a JSON body ``{"status": ..., "message": ...}`` with a 4xx status.
+OAuth cookie) and must carry access to the service
+(``access:services!service=classroom``). Staff actions then need both the
+token's custom scope for the course (``scopes.py``) and the person's roster
+role: the course's instructors (and the admin and root tiers) release;
+instructors and TAs read everyone's delivery reports; students read their
+own. Every error is a JSON body ``{"status": ..., "message": ...}`` with a
+4xx status.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from .releases import check_name
+from .scopes import access_scope
 from .store import SourceError
 
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.yaml")
@@ -26,9 +30,11 @@ RELEASE_KEYS = {"source": str, "git": str, "ref": str, "restore_deleted": bool, 
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
-    # Any identified hub user or token may call; authorization is per course,
-    # from the roster's groups (a server's own token can ask for its sync).
-    hub_scopes = None
+    @property
+    def hub_scopes(self):
+        # only tokens made for this service: never None, which would let any
+        # token of a user in (e.g. one a visitor's browser gave a student's server)
+        return self.hub_auth.access_scopes or {access_scope()}
 
     @property
     def service(self):
@@ -57,19 +63,25 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
-    def check_xsrf_cookie(self):
-        # token-authenticated API calls carry no cookie; HubOAuth checks the
-        # cookie-authenticated ones itself
-        if not self.request.headers.get("Authorization"):
-            return super().check_xsrf_cookie()
+    # (HubOAuth checks XSRF on every cookie-authenticated request and skips
+    # it only when a token actually authenticated it)
 
     async def person(self):
+        """The caller, as the roster sees them, with the scopes of their token."""
         model = self.current_user
         if not model:
+            if getattr(self, "_cached_hub_user", None):  # identified, but the token cannot reach us
+                raise web.HTTPError(
+                    403,
+                    f"This token does not give access to the classroom service (it needs "
+                    f"{' or '.join(sorted(self.hub_scopes))}); tokens of single-user servers never do",
+                )
             raise web.HTTPError(403, "Authentication needed: a JupyterHub token or a hub login")
         if model.get("kind") != "user":
             raise web.HTTPError(403, f"Only users can use this API, not {model.get('kind')} {model.get('name')}")
-        return await self.service.hub.person(model["name"])
+        person = await self.service.hub.person(model["name"])
+        person.scopes = frozenset(model.get("scopes") or ())
+        return person
 
     def json_body(self, allowed):
         try:

@@ -5,28 +5,46 @@ other spawner can use :func:`sync_hook` as its ``pre_spawn_hook``::
 
     c.Spawner.pre_spawn_hook = sync_hook("http://127.0.0.1:10101/services/classroom/")
 
-The hook asks the classroom service, with the new server's own token (so it
-can only ever sync its owner), to deliver every current release of the
-owner's courses that they have not had yet. A failure is logged, never
-fatal: a student can still work without this week's notebook.
+The hook asks the classroom service to deliver every current release of the
+owner's courses that they have not had yet, with a token of the owner made
+for this one call (service access only, no staff scopes, gone afterwards):
+the server's own token cannot reach the service, so code running in a
+server never acts there as its owner. A failure is logged, never fatal: a
+student can still work without this week's notebook.
 """
 
 from __future__ import annotations
 
 import json
 
+from jupyterhub import orm
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .scopes import access_scope
 
 
 async def sync_before_start(spawner, service_url, timeout=60):
     url = service_url.rstrip("/") + "/api/sync"
+    token = spawner.user.new_api_token(
+        scopes=[access_scope()], expires_in=int(timeout) + 60, note="classroom sync before start"
+    )
     request = HTTPRequest(
         url,
         method="POST",
         body=b"",
-        headers={"Authorization": f"token {spawner.api_token}"},
+        headers={"Authorization": f"token {token}"},
         request_timeout=timeout,
     )
+    try:
+        return await _sync(spawner, url, request)
+    finally:
+        orm_token = orm.APIToken.find(spawner.user.db, token)
+        if orm_token is not None:
+            spawner.user.db.delete(orm_token)
+            spawner.user.db.commit()
+
+
+async def _sync(spawner, url, request):
     try:
         response = await AsyncHTTPClient().fetch(request)
     except HTTPClientError as e:

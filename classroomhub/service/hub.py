@@ -16,6 +16,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from ..roster import COURSE_ROLE_KEYS, COURSE_ROLES, TIERS
+from .scopes import GRADE, INSTRUCT, allows
 
 #: group suffix -> course role ("students" -> "student")
 GROUP_ROLES = dict(COURSE_ROLE_KEYS)
@@ -24,23 +25,35 @@ PRIVILEGED_TIERS = ("root", "admin")
 
 @dataclass
 class Person:
+    """Who is asking, and with which token: the roster (tier, course roles)
+    and the token's scopes must *both* allow a staff action."""
+
     name: str
     tier: str = "student"
     courses: dict = field(default_factory=dict)  # course id -> "instructor" | "ta" | "student"
+    #: the request's token's scopes; none: no staff powers at all
+    scopes: frozenset = frozenset()
 
     @property
     def privileged(self):
-        return self.tier in PRIVILEGED_TIERS
+        """The admin and root tiers, with a token carrying their every-course powers."""
+        return self.tier in PRIVILEGED_TIERS and (allows(self.scopes, INSTRUCT) or allows(self.scopes, GRADE))
+
+    def _may(self, scope, course, roles):
+        roster = self.tier in PRIVILEGED_TIERS or self.courses.get(course) in roles
+        return roster and allows(self.scopes, scope, course)
 
     def can_release(self, course):
-        return self.privileged or self.courses.get(course) == "instructor"
+        """Release, due dates, extensions, collection, overrides, the audit log."""
+        return self._may(INSTRUCT, course, ("instructor",))
 
     def can_see_reports(self, course):
-        return self.privileged or self.courses.get(course) in ("instructor", "ta")
+        """Every student's reports and submissions; copies; feedback."""
+        return self._may(GRADE, course, ("instructor", "ta"))
 
     def can_open_servers(self, course, roles):
         """Whether the course's *roles* (see ``live_server_roles``) include this person's."""
-        return self.privileged or self.courses.get(course) in roles
+        return self.can_see_reports(course) and (self.tier in PRIVILEGED_TIERS or self.courses.get(course) in roles)
 
 
 def parse_group(name):

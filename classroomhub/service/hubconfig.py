@@ -4,18 +4,29 @@
     add_classroom_service(c, data_dir="/srv/classroomhub")
 
 It registers the managed service, gives it the read-only scopes it needs to
-read courses from the hub's groups, lets everyone on the roster reach it
-(the roster authenticators' ``everyone_scopes``), and tells ClassroomSpawner
-where to sync late joiners from.
+read courses from the hub's groups, declares its custom scopes
+(``scopes.py``) and has the roster grant them per course role and tier, lets
+everyone on the roster reach it (the roster authenticators'
+``everyone_scopes``), and tells ClassroomSpawner where to sync late joiners
+from.
 """
 
 from __future__ import annotations
 
 import sys
 
+from .scopes import COURSE_SCOPES, CUSTOM_SCOPES, SERVICE_NAME, TIER_SCOPES, access_scope
+
 #: what the service asks of the hub: people's groups and course groups' members
 SERVICE_SCOPES = ["list:users", "read:users:groups", "list:groups", "read:groups"]
-SERVICE_NAME = "classroom"
+
+
+def _add_per_key(section, trait, additions):
+    """Append *additions* ({key: [scope, ...]}) to the dict-of-lists *trait* of *section*."""
+    current = {key: list(scopes) for key, scopes in section.get(trait, {}).items()}
+    for key, scopes in additions.items():
+        current[key] = [*current.get(key, []), *(s for s in scopes if s not in current.get(key, []))]
+    setattr(section, trait, current)
 
 
 def add_classroom_service(c, data_dir="/srv/classroomhub", port=10101, args=(), base_url="/"):
@@ -35,14 +46,22 @@ def add_classroom_service(c, data_dir="/srv/classroomhub", port=10101, args=(), 
             # the hub's own interpreter: the service ships in the same environment
             "command": [sys.executable, "-m", "classroomhub.service", "--data-dir", data_dir, *args],
             "oauth_no_confirm": True,
+            # the browser's login to the service's pages carries the staff
+            # scopes the person holds (the hub keeps only those they have)
+            "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
         }
     )
     c.JupyterHub.services = services
+    c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **CUSTOM_SCOPES}
     roles = list(c.JupyterHub.get("load_roles", []))
     roles.append({"name": "classroomhub-service", "services": [SERVICE_NAME], "scopes": SERVICE_SCOPES})
     c.JupyterHub.load_roles = roles
     # everyone on the roster may open the service's pages; what they may do
     # there comes from the roster too
     everyone = list(c.RosterAuthenticatorMixin.get("everyone_scopes", []))
-    c.RosterAuthenticatorMixin.everyone_scopes = [*everyone, f"access:services!service={SERVICE_NAME}"]
+    c.RosterAuthenticatorMixin.everyone_scopes = [*everyone, access_scope()]
+    # staff powers in the service, per course (filtered to the course's
+    # students' group) and for the admin and root tiers
+    _add_per_key(c.RosterAuthenticatorMixin, "service_course_scopes", COURSE_SCOPES)
+    _add_per_key(c.RosterAuthenticatorMixin, "service_tier_scopes", TIER_SCOPES)
     c.ClassroomSpawner.classroom_service_url = f"{url}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"

@@ -1,0 +1,55 @@
+"""The classroom service's JupyterHub scopes: what a token may do here.
+
+A request reaches the service only with a token that carries
+``access:services!service=classroom`` (JupyterHub's default for a service:
+every roster person's own tokens do, a token issued to a single-user server
+does not). Course staff powers need one of two custom scopes on top, for the
+course at hand, and the roster's course role too (a second gate):
+
+* ``custom:classroom:instruct`` — release material, set due dates and
+  extensions, collect, choose the submission that counts, read the audit log;
+* ``custom:classroom:grade`` — every student's delivery reports and
+  submissions: view, download, copy into one's home, return feedback.
+
+The roster gives them per course as ``!group=course-<id>-students``
+(instructors both, TAs ``grade``) and unfiltered to the admin and root tiers.
+"""
+
+from __future__ import annotations
+
+from jupyterhub.services.auth import check_scopes
+
+from ..access import course_group
+
+SERVICE_NAME = "classroom"
+INSTRUCT = f"custom:{SERVICE_NAME}:instruct"
+GRADE = f"custom:{SERVICE_NAME}:grade"
+#: for ``c.JupyterHub.custom_scopes``
+CUSTOM_SCOPES = {
+    INSTRUCT: {
+        "description": "Classroom service: release material, set due dates and extensions, collect,"
+        " choose the submission that counts, read the audit log."
+    },
+    GRADE: {
+        "description": "Classroom service: read every student's reports and submissions,"
+        " copy them for grading, return feedback."
+    },
+}
+#: per course role, as the roster authenticator's course scope templates
+COURSE_SCOPES = {
+    "instructor": [f"{INSTRUCT}!group={{students}}", f"{GRADE}!group={{students}}"],
+    "ta": [f"{GRADE}!group={{students}}"],
+}
+#: per tier: the admin and root tiers have the service's powers in every course
+TIER_SCOPES = {"root": [INSTRUCT, GRADE], "admin": [INSTRUCT, GRADE]}
+
+
+def access_scope(service_name=SERVICE_NAME):
+    return f"access:services!service={service_name}"
+
+
+def allows(token_scopes, scope, course=None):
+    """Whether *token_scopes* (a token's expanded scopes, as the hub reports
+    them) hold *scope* for *course* (None: for every course)."""
+    required = scope if course is None else f"{scope}!group={course_group(course, 'student')}"
+    return bool(check_scopes(required, set(token_scopes)))
