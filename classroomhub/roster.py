@@ -40,10 +40,10 @@ TOP_KEYS = ("users", "courses", "blocked")
 
 # GitHub's own rule: alphanumerics and single hyphens, no leading/trailing
 # hyphen, at most 39 characters.
-LOGIN_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,38}$")
+LOGIN_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,38}")
 # Course ids end up in JupyterHub group and role names, whose rules are the
 # strictest of the two (see jupyterhub.roles._role_name_pattern).
-COURSE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}[a-z0-9]$")
+COURSE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}[a-z0-9]")
 
 
 def tier_rank(tier):
@@ -215,7 +215,7 @@ class _Builder:
             self.error(line, f"{what}: expected a GitHub login, got {raw!r}")
             return None
         login = raw.strip().lower()
-        if not LOGIN_PATTERN.match(login):
+        if not LOGIN_PATTERN.fullmatch(login):
             self.error(line, f"{what}: {raw!r} is not a valid GitHub login")
             return None
         return login
@@ -390,7 +390,7 @@ class _Builder:
         for raw_id, (key_node, value_node) in (courses or {}).items():
             line = _line(key_node)
             course_id = raw_id.lower()
-            if not COURSE_PATTERN.match(course_id):
+            if not COURSE_PATTERN.fullmatch(course_id):
                 self.error(
                     line,
                     f"course {raw_id!r}: ids use letters, digits, '-' and '_', "
@@ -456,6 +456,20 @@ class _Builder:
             digest=digest,
             warnings=tuple(self.problems),
         )
+
+
+def account_problems(roster, policy):
+    """What ``roster check`` reports for people whose system account on this
+    host the hub must not use (see :class:`classroomhub.accounts.AccountPolicy`):
+    one problem each, at the line that names them."""
+    problems = []
+    for login, person in sorted(roster.people.items()):
+        why = policy.refusal(login)
+        if why:
+            problems.append(
+                Problem(roster.path, person.line, f"{why}: no server, delivery or collection for this person")
+            )
+    return sorted(problems, key=lambda p: p.line)
 
 
 def _line(node):

@@ -94,7 +94,7 @@ def soon(seconds):
 
 def rows(sql, **params):
     """Read the service's own database (SQLite in its data folder)."""
-    engine = create_engine(f"sqlite:///{DATA_DIR}/classroom.sqlite")
+    engine = create_engine(f"sqlite:///{DATA_DIR}/db/classroom.sqlite")
     try:
         with engine.connect() as db:
             return db.execute(text(sql), params).all()

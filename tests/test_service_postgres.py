@@ -56,4 +56,4 @@ async def test_the_service_stores_in_postgresql(app, ready, postgres_url):  # no
             assert created == "timestamp with time zone"
     finally:
         engine.dispose()
-    assert not os.path.exists(os.path.join(DATA_DIR, "classroom.sqlite"))
+    assert not os.path.exists(os.path.join(DATA_DIR, "db", "classroom.sqlite"))

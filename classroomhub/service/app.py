@@ -16,26 +16,33 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
+from sqlalchemy import select
 from traitlets.config import Application
 
 from .._version import __version__
+from ..accounts import AccountPolicy
 from .api import api_handlers
 from .assignments import assignment_handlers
 from .collect import Collector
 from .grading import grading_handlers
 from .grading_pages import assignment_page_handlers
 from .hub import HubClient
-from .models import open_database
+from .models import Feedback, Release, Submission, open_database
 from .pages import page_handlers
 from .releases import Releases
-from .runas import ForkServer
+from .runas import Account, ForkServer
 from .store import ReleaseStore
+
+#: the SQLite database's file name, in ``data_dir/db/`` by default
+DATABASE = "classroom.sqlite"
 
 
 class ClassroomService(Application):
     name = "classroomhub-service"
     version = __version__
     description = "Release course content into students' homes, as each student."
+    # --AccountPolicy.allowed_system_accounts=… on the command line
+    classes = [AccountPolicy]
 
     aliases = {
         "config": "ClassroomService.config_file",
@@ -48,9 +55,10 @@ class ClassroomService(Application):
 
     data_dir = Unicode(
         "/srv/classroomhub",
-        help="""Where the service keeps its database (by default) and its store of
-        released files. Made mode 0711: workers running as students open the
-        files named in their job, and can list nothing.""",
+        help="""Where the service keeps its database (by default, in ``db/``,
+        mode 0700, the file 0600) and its store. Made mode 0711: workers
+        running as students open the released files named in their job, and
+        can list nothing; collected work is in the store's 0700 ``private/``.""",
     ).tag(config=True)
 
     db_url = Unicode(
@@ -59,7 +67,7 @@ class ClassroomService(Application):
 
     @default("db_url")
     def _default_db_url(self):
-        return f"sqlite:///{os.path.join(self.data_dir, 'classroom.sqlite')}"
+        return f"sqlite:///{os.path.join(self.data_dir, 'db', DATABASE)}"
 
     store_dir = Unicode(help="Folder of the release store; default: `data_dir`/store.").tag(config=True)
 
@@ -172,8 +180,12 @@ class ClassroomService(Application):
             self.load_config_file(self.config_file)
         os.makedirs(self.data_dir, mode=0o711, exist_ok=True)
         os.chmod(self.data_dir, 0o711)
+        # every account the service works as passes this (see classroomhub.accounts)
+        Account.policy = AccountPolicy(parent=self)
+        self._move_legacy_database()
         self.sessions = open_database(self.db_url)
         self.store = ReleaseStore(self.store_dir)
+        self._seal_collected_objects()
         self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, log=self.log)
         self.releases = Releases(
             self.sessions,
@@ -195,6 +207,42 @@ class ClassroomService(Application):
         )
         self._tasks = set()
         self._wake = None
+
+    def _move_legacy_database(self):
+        """An older service kept its SQLite database in ``data_dir`` itself
+        (0711): move it, with its -wal and -shm files, into the 0700 ``db/``."""
+        legacy = os.path.join(self.data_dir, DATABASE)
+        if self.db_url != self._default_db_url() or not os.path.exists(legacy):
+            return
+        target = os.path.join(self.data_dir, "db")
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        if os.path.exists(os.path.join(target, DATABASE)):
+            self.log.warning("Both %s and %s exist: using the latter", legacy, target)
+            return
+        for suffix in ("-wal", "-shm", ""):  # the database last: it is what marks the move done
+            if os.path.exists(legacy + suffix):
+                os.chmod(legacy + suffix, 0o600)
+                os.rename(legacy + suffix, os.path.join(target, DATABASE + suffix))
+        self.log.info("Moved the service's database into %s (mode 0700)", target)
+
+    def _seal_collected_objects(self):
+        """A store written before it had a private area kept collected work
+        with the released files: move what was only ever collected (once)."""
+        marker = os.path.join(self.store.private, ".sealed")
+        if os.path.exists(marker):
+            return
+        with self.sessions() as db:
+            released = {m["sha256"] for files in db.scalars(select(Release.files)) for m in files.values()}
+            collected = {
+                m["sha256"]
+                for model in (Submission, Feedback)
+                for files in db.scalars(select(model.files))
+                for m in files.values()
+            }
+        moved = self.store.make_private(collected - released)
+        if moved:
+            self.log.info("Moved %d collected files into the store's private area", moved)
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
     def keep(self, task):
         """Hold a background task until it is done (and log its failure)."""

@@ -92,7 +92,8 @@ async def deliver_to(store, login, release, previous=None, timeout=120, runner=N
             report.results = await runner.run_json(account, "link", job, timeout)
         else:
             job = deliver_job(store, account, release, previous or {})
-            report.results = await runner.run_json(account, "deliver", job, timeout)
+            async with store.lent_to(account, job["files"]):  # collected work: a copy only they can read
+                report.results = await runner.run_json(account, "deliver", job, timeout)
     except (LookupError, runas.WorkerError, OSError) as e:
         report.error = str(e)
         report.results = [{"path": p, "status": "failed", "detail": str(e)} for p in sorted(release.files)]

@@ -16,6 +16,7 @@ import os
 import tempfile
 import zipfile
 from datetime import timezone
+from urllib.parse import quote
 
 from sqlalchemy import select
 from tornado import web
@@ -44,10 +45,26 @@ async def submission_file(handler, course_id, material, submission_id, any_path=
     if row.student != person.name and not person.can_see_reports(course_id):
         raise web.HTTPError(403, "Only the course's instructors and TAs see other students' work")
     handler.check_query("path")
-    path = handler.get_argument("path", "")
+    # as bytes: a name that is not UTF-8 is asked for by its bytes, and
+    # get_argument would strip a name's leading or trailing spaces
+    path = handler.request.query_arguments.get("path", [b""])[-1].decode("utf-8", "surrogateescape")
     if not any_path and path not in row.files:
         raise web.HTTPError(404, f"Submission {row.id} has no file {path!r}")
     return person, row, path
+
+
+#: characters an ASCII ``filename="…"`` keeps as they are (no quote, backslash, percent or control)
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - set('"\\%;')
+
+
+def attachment(filename):
+    """A ``Content-Disposition`` value (RFC 6266) for a download named *filename*:
+    an ASCII fallback for old clients, and the exact name as RFC 5987
+    ``filename*`` (UTF-8, percent-encoded). Any name gives a valid header:
+    quotes, newlines, non-Latin-1 and non-UTF-8 names (surrogate escapes) too."""
+    text = os.fsencode(filename).decode("utf-8", "replace")
+    fallback = "".join(c if c in _PLAIN else "_" for c in text)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(text, safe='')}"
 
 
 class SubmissionFileHandler(AssignmentBase):
@@ -57,7 +74,7 @@ class SubmissionFileHandler(AssignmentBase):
         person, row, path = await submission_file(self, course_id, material, submission_id)
         record(self.service, person, "download", course_id, material, row.student, f"submission {row.id}: {path}")
         self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
+        self.set_header("Content-Disposition", attachment(os.path.basename(path)))
         with open(self.service.store.object_path(row.files[path]["sha256"]), "rb") as f:
             while chunk := f.read(1 << 20):
                 self.write(chunk)
@@ -113,7 +130,7 @@ class GradedZipBase(AssignmentBase):
             await asyncio.to_thread(write_graded_zip, self.service.store, chosen, out, name, extra)
             record(self.service, person, "download", course_id, material, "", f"{what} ({len(chosen)} students)")
             self.set_header("Content-Type", "application/zip")
-            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            self.set_header("Content-Disposition", attachment(filename))
             out.seek(0)
             while chunk := out.read(1 << 20):
                 self.write(chunk)
@@ -189,7 +206,7 @@ class AuditHandler(AssignmentBase):
             for event in events:
                 writer.writerow(event.to_dict().values())
             self.set_header("Content-Type", "text/csv; charset=utf-8")
-            self.set_header("Content-Disposition", f'attachment; filename="{course_id}-audit.csv"')
+            self.set_header("Content-Disposition", attachment(f"{course_id}-audit.csv"))
             self.finish(out.getvalue())
         else:
             self.write_json({"events": [e.to_dict() for e in events]})

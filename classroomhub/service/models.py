@@ -7,9 +7,11 @@ knows: releases, what each student was given, and the delivery reports.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -286,10 +288,26 @@ def _sqlite_pragmas(connection, _record):
     cursor.close()
 
 
+def make_private_sqlite(url):
+    """Make the SQLite database file of *url* readable by root alone, before
+    SQLite opens it: a missing folder is made 0700, the file is created 0600
+    (SQLite gives its ``-wal`` and ``-shm`` files the database's mode), and
+    existing files of an older service are set to 0600, all three."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
+
+
 def open_database(url, echo=False):
     """A session factory for *url*, with the tables created if missing."""
     kwargs = {}
     if url.startswith("sqlite"):
+        make_private_sqlite(url)
         kwargs["connect_args"] = {"check_same_thread": False}
     engine = create_engine(url, echo=echo, future=True, **kwargs)
     if url.startswith("sqlite"):

@@ -22,13 +22,13 @@ from .delivery import deliver_all
 from .models import Delivered, DeliveryReport, Release
 from .store import SourceError, import_folder
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # statuses after which the store's version is what lies in the home
 TAKEN = ("added", "unchanged", "updated", "restored")
 
 
 def check_name(kind, value):
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):  # fullmatch: "$" lets a trailing newline in
         raise ValueError(
             f"{kind} {value!r} is not a valid name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

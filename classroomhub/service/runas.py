@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..accounts import AccountPolicy
 from . import worker
 
 WORKER = os.path.abspath(worker.__file__)
@@ -40,12 +41,17 @@ class Account:
     groups: tuple
     home: str
 
+    #: which accounts may be worked as (the service configures it; strict by default)
+    policy = AccountPolicy()
+
     @classmethod
     def of(cls, login):
+        """*login*'s account; LookupError if it has none, AccountRefused if the policy refuses it."""
         try:
             entry = pwd.getpwnam(login)
         except KeyError:
             raise LookupError(f"{login} has no system account on this host (yet)") from None
+        cls.policy.check(login)
         groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 

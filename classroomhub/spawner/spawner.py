@@ -23,6 +23,7 @@ from traitlets import (
     validate,
 )
 
+from ..accounts import AccountPolicy, AccountRefused
 from ..roster import TIERS
 from ..servers import stop_server
 from ..service.hooks import sync_before_start
@@ -389,6 +390,7 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     async def start(self):
         self._check_named_server_limit()
+        accounts = AccountPolicy(parent=self)
         if self.create_system_users:
             await asyncio.to_thread(
                 ensure_system_user,
@@ -397,7 +399,13 @@ class ClassroomSpawner(LocalProcessSpawner):
                 skeleton=self.skeleton_dir,
                 shared_data=self.shared_data_dir,
                 log=self.log,
+                group=accounts.managed_group,
             )
+        try:  # never a server as root, a system account or someone else's account
+            accounts.check(self.user.name)
+        except AccountRefused as e:
+            self.log.warning("ClassroomSpawner: %s", e)
+            raise SpawnRefused(403, f"No server for {self.user.name}: {e}") from None
         if self.classroom_service_url:
             await sync_before_start(self, self.classroom_service_url, self.classroom_sync_timeout)
         await self._make_room()

@@ -7,24 +7,32 @@ import os
 import pwd
 import subprocess
 
+from ..accounts import MANAGED_GROUP
+
 DEFAULT_COMMENT = "classroomhub user"
 
 
 def ensure_system_user(
-    login, home_mode=0o700, skeleton="/etc/skel", shared_data="", comment=DEFAULT_COMMENT, log=None
+    login, home_mode=0o700, skeleton="/etc/skel", shared_data="", comment=DEFAULT_COMMENT, log=None, group=MANAGED_GROUP
 ):
     """Return ``(pwd entry, created)`` for *login*, creating the user if missing.
 
     A created user's home gets *home_mode* (``useradd -m`` leaves it 0755:
     readable by every other student) and, with *shared_data*, a ``data``
     link to that read-only folder. Existing accounts are left as they are.
+    A created user joins *group* (the record of accounts the hub made, see
+    :mod:`classroomhub.accounts`).
     """
     log = log or logging.getLogger(__name__)
     try:
         return pwd.getpwnam(login), False
     except KeyError:
         pass
-    cmd = ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", comment]
+    # exit status 9: the group exists already (maybe made meanwhile)
+    made = subprocess.run(["groupadd", "--system", group], capture_output=True, text=True)
+    if made.returncode not in (0, 9):
+        raise RuntimeError(f"could not create system group {group!r}: {made.stderr.strip()}")
+    cmd = ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", comment, "--groups", group]
     if skeleton:
         cmd += ["--skel", skeleton]
     result = subprocess.run([*cmd, login], capture_output=True, text=True)
