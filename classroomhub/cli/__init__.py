@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     ".course",
     ".assignments",
     ".ops",
+    "classroomhub.ops.commands",  # backup, restore, upgrade-db
 ]
 
 

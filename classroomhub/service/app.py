@@ -27,7 +27,8 @@ from .collect import Collector
 from .grading import grading_handlers
 from .grading_pages import assignment_page_handlers
 from .hub import HubClient
-from .models import Feedback, Release, Submission, open_database
+from .migrations import SchemaTooNew, backup_beside, upgrade_database
+from .models import Feedback, Release, Submission, make_private_sqlite, open_database
 from .pages import page_handlers
 from .releases import Releases
 from .runas import Account, ForkServer
@@ -183,6 +184,7 @@ class ClassroomService(Application):
         # every account the service works as passes this (see classroomhub.accounts)
         Account.policy = AccountPolicy(parent=self)
         self._move_legacy_database()
+        self._upgrade_database()
         self.sessions = open_database(self.db_url)
         self.store = ReleaseStore(self.store_dir)
         self._seal_collected_objects()
@@ -207,6 +209,22 @@ class ClassroomService(Application):
         )
         self._tasks = set()
         self._wake = None
+
+    def _upgrade_database(self):
+        """Bring the database to this release's schema (after a backup beside
+        it, when there is something to migrate); a database from a newer
+        classroomhub stops the service with one line."""
+        if self.db_url.startswith("sqlite"):
+            make_private_sqlite(self.db_url)  # before anything opens it: the backup gets its mode
+        try:
+            upgrade_database(
+                self.db_url,
+                backup=lambda url: backup_beside(url, os.path.join(self.data_dir, "db")),
+                log=self.log,
+            )
+        except SchemaTooNew as e:
+            self.log.critical("%s", e)
+            self.exit(1)
 
     def _move_legacy_database(self):
         """An older service kept its SQLite database in ``data_dir`` itself
