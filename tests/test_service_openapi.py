@@ -3,9 +3,11 @@
 The real hub, proxy, managed service and system users of test_service.py
 (its fixtures, users and roster; the two modules run one after the other).
 The document is loaded from the running service and every operation is
-called with generated data (valid and invalid) with an instructor's and a
-student's token: no answer may be a 5xx, and every answer must be one the
-document declares, with the declared content type and body schema.
+called with generated data (valid and invalid) with the token of each course
+role and tier, and with tokens the service must refuse (no scopes; access to
+the service without staff scopes): no answer may be a 5xx, and every answer
+must be one the document declares, with the declared content type and body
+schema.
 """
 
 import asyncio
@@ -33,9 +35,11 @@ from schemathesis.specs.openapi.checks import (
 import test_service
 from service_hub import call, service_url
 from test_service import (  # noqa: F401  (fixtures)
+    BEA,
     INES,
     ROSTER,
     SAM,
+    TARA,
     accounts,
     cleanup_after,
     home,
@@ -131,11 +135,25 @@ async def released(app, ready):
     await reset_assignment(app)
 
 
+#: whose token each run uses, and its scopes (None: all the owner's, the hub's default)
+TOKENS = {
+    "instructor": (INES, None),
+    "student": (SAM, None),
+    "ta": (TARA, None),
+    "root": ("admin", None),
+    "other-course": (BEA, None),
+    # refused by the service: no access to it, or access without staff scopes
+    "no-scope": (INES, []),
+    "service-access-only": (INES, ["access:services!service=classroom"]),
+}
+
+
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")  # schemathesis' own strategies
-@pytest.mark.parametrize("who", [INES, SAM], ids=["instructor", "student"])
+@pytest.mark.parametrize("who", list(TOKENS))
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
 async def test_schemathesis_finds_no_server_error(app, released, who, mode):
-    token = app.users[who].new_api_token(note="schemathesis")
+    owner, scopes = TOKENS[who]
+    token = app.users[owner].new_api_token(note="schemathesis", **({} if scopes is None else {"scopes": scopes}))
     schema = await asyncio.to_thread(schemathesis.openapi.from_url, service_url(app, "api/openapi.json"), timeout=30)
     base_url = public_url(app) + "services/classroom"
     operations = [result.ok() for result in schema.get_all_operations()]
