@@ -216,6 +216,7 @@ class Backup:
         self.progress(f"store: {root}: {len(wanted)} objects named by the database")
         areas, copied, total, inodes = {}, 0, 0, {}
         found = set()
+        _private_dir(os.path.join(self.dest, "service", "store"))
         for area in STORE_AREAS:
             source = os.path.join(root, area)
             if not os.path.isdir(source):
