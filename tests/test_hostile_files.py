@@ -21,7 +21,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from classroomhub import cli
 from classroomhub.accounts import MANAGED_GROUP, AccountPolicy, AccountRefused, uid_min
 from classroomhub.demo import free_ports
 from classroomhub.roster import RosterError, parse_roster
-from classroomhub.service.grading import attachment
 from classroomhub.service.releases import check_name
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.spawner.users import ensure_system_user
@@ -201,13 +199,8 @@ async def collected(app, name, files):
     return next(s for s in r.json()["submissions"] if s["student"] == SAM)
 
 
-def submission_shas(submission_id):
-    db = sqlite3.connect(os.path.join(DATA_DIR, "db", "classroom.sqlite"))
-    try:
-        (files,) = db.execute("SELECT files FROM submissions WHERE id = ?", (submission_id,)).fetchone()
-    finally:
-        db.close()
-    return {path: meta["sha256"] for path, meta in json.loads(files).items()}
+def sha256_text(text):
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- 9: names matched in full, any download name, sources in /proc ------------------------
@@ -220,7 +213,8 @@ def test_a_name_is_matched_in_full(name):
 
 
 async def test_a_material_named_with_a_trailing_newline_is_refused(app, ready):
-    r = await call(app, INES, "POST", "courses/data101/materials/nl%0A/releases", json={"source": "/tmp", "wait": True})
+    src = material(INES, {"x.txt": "x\n"})
+    r = await call(app, INES, "POST", "courses/data101/materials/nl%0A/releases", json={"source": src, "wait": True})
     assert r.status_code == 400, r.text
     assert "not a valid name" in r.json()["message"]
     assert not os.path.exists(os.path.join(home(SAM), "data101", "nl\n"))
@@ -250,6 +244,8 @@ HOSTILE_NAMES = [' a"b.txt ', "ünïcödé 名前.txt", "line\nbreak.txt", "semi
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES + [os.fsdecode(b"latin1-\xe9\xff.txt")])
 def test_content_disposition_names_any_file_exactly(name):
+    from classroomhub.service.grading import attachment
+
     header = attachment(name)
     assert header.isascii() and "\n" not in header and "\r" not in header
     assert download_name(header) == os.fsencode(name).decode("utf-8", "replace")
@@ -401,18 +397,19 @@ async def test_service_database_is_private(app, ready):
 
 
 async def test_collected_work_is_private_in_the_store(app, ready):
-    sam = await collected(app, "secret", {"hw.ipynb": "{}\n", "answer.txt": "sam's answer 42\n"})
-    shas = submission_shas(sam["id"])
+    files = {"hw.ipynb": "{}\n", "answer.txt": "sam's answer 42\n"}
+    sam = await collected(app, "secret", files)
+    assert sorted(sam["paths"]) == sorted(files)
+    shas = {path: sha256_text(text) for path, text in files.items()}
     private = os.path.join(DATA_DIR, "store", "private")
     answer = os.path.join(private, shas["answer.txt"][:2], shas["answer.txt"][2:])
+    # Eve, in another course, knows the hash (say from a leaked listing): she reads nothing
+    got = as_user(EVE, PROBE, [[store_object(shas["answer.txt"]), "file"], [answer, "file"], [private, "dir"]])
+    assert got == {}
     assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(answer).st_mode) == 0o400 and os.stat(answer).st_uid == 0
     assert not os.path.exists(store_object(shas["answer.txt"]))
     # the unchanged released notebook is in the released area: it tells nothing
-    assert os.path.exists(store_object(shas["hw.ipynb"]))
-    # Eve, in another course, knows the hash (say the database leaked): she still reads nothing
-    got = as_user(EVE, PROBE, [[answer, "file"], [store_object(shas["answer.txt"]), "file"], [private, "dir"]])
-    assert got == {}
     got = as_user(EVE, PROBE, [[store_object(shas["hw.ipynb"]), "file"]])
     assert list(got) == [store_object(shas["hw.ipynb"])]
 
@@ -435,32 +432,36 @@ async def test_graders_copy_and_feedback_read_private_objects_through_a_lent_cop
 
 
 def test_an_older_store_and_database_are_made_private(tmp_path):
-    """A data folder written before this change: database in data_dir (0644),
-    collected work among the released objects. One start fixes both."""
+    """A data folder laid out as before this change: the database in data_dir
+    (0644), collected work among the released objects. One start fixes both."""
     from sqlalchemy import select
 
     from classroomhub.service.app import ClassroomService
-    from classroomhub.service.models import Release, Submission, open_database
-    from classroomhub.service.store import ReleaseStore
+    from classroomhub.service.models import Release, Submission
 
     folder = tmp_path / "old"
-    folder.mkdir()
-    old_db = folder / "classroom.sqlite"
-    sessions = open_database(f"sqlite:///{old_db}")
-    store = ReleaseStore(str(folder / "store"))
+    first = ClassroomService()
+    first.initialize(["--data-dir", str(folder)])
+    store = first.store
     released, _ = store.add_bytes(b"released\n")
     submitted, _ = store.add_bytes(b"submitted answer\n")  # where an older service put it
     both, _ = store.add_bytes(b"released and handed in unchanged\n")
-    with sessions() as db:
-        db.add(Release(course="c", material="m", version=1, created_by="i", source="/x",
-                       files={"a": {"sha256": released, "size": 9, "mode": 0o644},
-                              "b": {"sha256": both, "size": 33, "mode": 0o644}}, skipped=[]))
-        db.add(Submission(course="c", material="m", student="s", kind="manual",
-                          files={"x": {"sha256": submitted, "size": 17, "mode": 0o644},
-                                 "b": {"sha256": both, "size": 33, "mode": 0o644}}))
+    meta = {"size": 1, "mode": 0o644}
+    with first.sessions() as db:
+        db.add(Release(course="c", material="m", version=1, created_by="i", source="/x", skipped=[],
+                       files={"a": {"sha256": released, **meta}, "b": {"sha256": both, **meta}}))
+        db.add(Submission(course="c", material="m", student="s", kind="collected",
+                          files={"x": {"sha256": submitted, **meta}, "b": {"sha256": both, **meta}}))
         db.commit()
-    sessions.kw["bind"].dispose()
-    os.chmod(old_db, 0o644)
+    first.sessions.kw["bind"].dispose()
+    # the older layout: database beside the store, readable by all; no private area yet
+    for suffix in ("", "-wal", "-shm"):
+        if (folder / "db" / f"classroom.sqlite{suffix}").exists():
+            os.rename(folder / "db" / f"classroom.sqlite{suffix}", folder / f"classroom.sqlite{suffix}")
+            os.chmod(folder / f"classroom.sqlite{suffix}", 0o644)
+    shutil.rmtree(folder / "db")
+    shutil.rmtree(store.private)
+    old_db = folder / "classroom.sqlite"
 
     service = ClassroomService()
     service.initialize(["--data-dir", str(folder)])
@@ -512,6 +513,8 @@ def example_hub(tmp_path):
     )
     log_path = tmp_path / "hub.log"
     with FakeGitHub() as github, system_users(people), open(log_path, "wb") as log:
+        for number, login in enumerate(people, 4200):
+            github.add_user(login, number)
         env = dict(
             os.environ,
             CLASSROOMHUB_STATE_DIR=state,
@@ -558,7 +561,7 @@ def example_hub(tmp_path):
                 return r.json()["token"]
 
             yield {"url": url, "state": state, "service": service_dir, "people": people, "token_of": token_of,
-                   "log": log_path}
+                   "log": log_path, "github": github}
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -582,6 +585,11 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
         headers = {"Authorization": f"token {hub['token_of'](login)}"}
         return requests.request(method, api + path, headers=headers, timeout=120, **kwargs)
 
+    # the student logs in through GitHub once: the hub pins their GitHub id in its state
+    from test_example_config import oauth_login
+
+    _, r, _ = oauth_login(hub, hub["github"], student)
+    assert r.status_code == 302, hub["log"].read_text()[-3000:]
     # the roster's people as the hub knows them (synced at start)
     for _ in range(100):
         r = call_as(instructor, "GET", "courses/data101")
@@ -590,10 +598,11 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
         time.sleep(0.3)
     assert r.status_code == 200, r.text
     # a release (one shared dataset too), the student's work collected, feedback returned
-    src = material(instructor, {"hw.ipynb": "{}\n", "notes.md": "released notes\n"})
+    released = {"hw.ipynb": "{}\n", "notes.md": "released notes\n", "big.csv": "1,2,3\n"}
+    src = material(instructor, {k: released[k] for k in ("hw.ipynb", "notes.md")})
     r = call_as(instructor, "POST", "courses/data101/materials/hw/releases", json={"source": src, "wait": True})
     assert r.status_code == 201, r.text
-    data = material(instructor, {"big.csv": "1,2,3\n"})
+    data = material(instructor, {"big.csv": released["big.csv"]})
     r = call_as(instructor, "POST", "courses/data101/materials/data/releases", json={"source": data, "wait": True, "shared": True})
     assert r.status_code == 201, r.text
     write_tree(student, os.path.join(home(student), "data101", "hw"), {"hw.ipynb": '{"answer": 42}\n', "mine.txt": "my own\n"})
@@ -612,14 +621,11 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
     kinds = {kind for _, kind in found}
     assert len(found) > 20 and "sock" in kinds, found
     names = {os.path.basename(p) for p, _ in found}
-    assert {"jupyterhub.sqlite", "jupyterhub_cookie_secret", "classroom.sqlite", "worker.sock"} <= names, names
+    expected = {"jupyterhub.sqlite", "jupyterhub_cookie_secret", "classroomhub-identities.json", "classroom.sqlite", "worker.sock"}
+    assert expected <= names, names
     got = as_user(EVE, PROBE, found)
 
-    db = sqlite3.connect(os.path.join(hub["service"], "db", "classroom.sqlite"))
-    try:
-        released = {m["sha256"] for (files,) in db.execute("SELECT files FROM releases") for m in json.loads(files).values()}
-    finally:
-        db.close()
+    released = {sha256_text(text) for text in released.values()}
     store = os.path.join(hub["service"], "store")
 
     def may_read(path, kind):

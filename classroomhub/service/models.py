@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from ..ops.config import private_sqlite
+
 
 def utcnow():
     return datetime.now(timezone.utc)
@@ -290,17 +292,14 @@ def _sqlite_pragmas(connection, _record):
 
 def make_private_sqlite(url):
     """Make the SQLite database file of *url* readable by root alone, before
-    SQLite opens it: a missing folder is made 0700, the file is created 0600
-    (SQLite gives its ``-wal`` and ``-shm`` files the database's mode), and
-    existing files of an older service are set to 0600, all three."""
+    SQLite opens it: a missing folder is made 0700, then the file 0600, as
+    the example config does for the hub's (SQLite gives its ``-wal`` and
+    ``-shm`` files the database's mode; existing ones are set to 0600 too)."""
     path = make_url(url).database
     if not path or path == ":memory:" or path.startswith("file:"):
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    for name in (path, path + "-wal", path + "-shm"):
-        if os.path.exists(name):
-            os.chmod(name, 0o600)
+    private_sqlite(url)
 
 
 def open_database(url, echo=False):
