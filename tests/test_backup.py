@@ -5,11 +5,12 @@ state folder, and a hub started there has the same people, groups,
 releases, submissions and audit log; the backup is private and checked."""
 
 import json
-import re
 import os
+import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -20,14 +21,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from classroomhub.demo import free_port, remove_demo_cgroups
+from classroomhub.ops.dbcopy import copy_database
+from postgres import postgres_url  # noqa: F401  (the fixture)
 from service_hub import home, material, write_tree
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the hub runs the service and makes system users"),
-    pytest.mark.e2e,
-]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the hub runs the service and makes system users")
 
 TAG = "h3" + secrets.token_hex(2)
 OWNER, STUDENT = f"{TAG}-own", f"{TAG}-stu"
@@ -176,6 +178,8 @@ class Client:
         }
 
 
+@needs_root
+@pytest.mark.e2e
 def test_backup_of_a_running_hub_restores_into_an_empty_state_folder(states):
     first, second = states
     (first / "roster.yaml").write_text(ROSTER)
@@ -273,3 +277,214 @@ def test_backup_of_a_running_hub_restores_into_an_empty_state_folder(states):
         assert r.status_code == 200 and r.text == "print(42)\n", r.text
     finally:
         restored.stop()
+
+
+# -- the parts, without a hub ----------------------------------------------------
+
+
+def test_sqlite_copies_are_consistent_while_a_writer_commits(tmp_path):
+    """Each copy is one point in time of a WAL database under constant writes:
+    it passes SQLite's check, and a transfer between two tables is never half in."""
+    db = tmp_path / "live.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, amount INTEGER)")
+    con.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, amount INTEGER)")
+    con.execute("INSERT INTO a (amount) VALUES (1000000)")
+    con.commit()
+    stop = threading.Event()
+
+    def write():
+        w = sqlite3.connect(db)
+        w.execute("PRAGMA synchronous=NORMAL")
+        while not stop.is_set():
+            with w:  # one transaction: a row out of a, the same into b, and some bulk
+                w.execute("UPDATE a SET amount = amount - 7 WHERE id = 1")
+                w.execute("INSERT INTO b (amount) VALUES (7)")
+                w.execute("INSERT INTO a (amount) VALUES (0)")
+        w.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    counts = []
+    try:
+        for n in range(20):
+            copy = tmp_path / f"copy{n}.sqlite"
+            assert copy_database(f"sqlite:///{db}", str(copy)) == "sqlite"
+            assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+            c = sqlite3.connect(copy)
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one self-contained file
+            total = c.execute("SELECT (SELECT total(amount) FROM a) + (SELECT total(amount) FROM b)").fetchone()[0]
+            assert total == 1000000
+            counts.append(c.execute("SELECT count(*) FROM b").fetchone()[0])
+            c.close()
+            assert not (tmp_path / f"copy{n}.sqlite-wal").exists()
+    finally:
+        stop.set()
+        writer.join()
+    assert counts == sorted(counts) and counts[-1] > counts[0]  # the writer ran throughout
+
+
+def small_state(folder, service_db_url=None):
+    """A hub's state without a hub: its database, secret, roster and pins,
+    and a service database and store with released, collected, orphaned and
+    shared content. Returns (Locations, {what: value})."""
+    from classroomhub.service.migrations import upgrade_database
+    from classroomhub.service.models import Release, Submission
+    from classroomhub.service.store import ReleaseStore
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hub_db = folder / "jupyterhub.sqlite"
+    con = sqlite3.connect(hub_db)
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.execute(f"INSERT INTO users VALUES ('{TAG}-a')")
+    con.commit()
+    con.close()
+    secret = folder / "jupyterhub_cookie_secret"
+    secret.write_text(secrets.token_hex(32))
+    secret.chmod(0o600)
+    (folder / "roster.yaml").write_text(ROSTER)
+    (folder / "identities.json").write_text('{"pins": {}}')
+    service_db_url = service_db_url or f"sqlite:///{folder}/classroom/db/classroom.sqlite"
+    loc = read_locations_for(folder, service_db_url)
+    os.makedirs(os.path.join(loc.service_data_dir, "db"), mode=0o700, exist_ok=True)
+    upgrade_database(service_db_url)
+    store = ReleaseStore(loc.store_dir)
+    released, _ = store.add_bytes(b"released notebook\n")
+    collected, _ = store.add_bytes(b"a student's answer\n", private=True)
+    orphan, _ = store.add_bytes(b"named by no row\n")
+    store.shared_tree("c--m--v1", {"data/x.csv": {"sha256": released, "size": 18}})
+    engine = create_engine(service_db_url)
+    with Session(engine) as db:
+        db.add(Release(course="c", material="m", version=1, created_by="i", source="/s", files={"nb.ipynb": {"sha256": released, "size": 18, "mode": 0o644}}, shared=True))
+        db.add(Submission(course="c", material="m", student="s", kind="submitted", files={"answer.py": {"sha256": collected, "size": 19}}))
+        db.commit()
+    engine.dispose()
+    return loc, {"released": released, "collected": collected, "orphan": orphan}
+
+
+def read_locations_for(folder, service_db_url):
+    from classroomhub.ops.locations import Locations
+
+    return Locations(
+        config_file=str(folder / "jupyterhub_config.py"),
+        hub_db_url=f"sqlite:///{folder}/jupyterhub.sqlite",
+        cookie_secret_file=str(folder / "jupyterhub_cookie_secret"),
+        roster_path=str(folder / "roster.yaml"),
+        identity_file=str(folder / "identities.json"),
+        service_db_url=service_db_url,
+        service_data_dir=str(folder / "classroom"),
+        store_dir=str(folder / "classroom" / "store"),
+    )
+
+
+def test_restore_checks_everything_and_refuses_a_non_empty_target(tmp_path):
+    from classroomhub.ops.backup import Backup, BackupError, Restore
+
+    loc, shas = small_state(tmp_path / "live")
+    backup = tmp_path / "backup"
+    manifest = Backup(loc, backup).run()
+    assert manifest["store"]["objects"] == 2 and not manifest["store"]["missing"]
+    store_copy = backup / "service" / "store"
+    assert not list(store_copy.rglob(shas["orphan"][2:]))  # only what the database names
+    assert manifest["store"]["shared"] == {"c--m--v1": {"data/x.csv": shas["released"]}}
+    # a folder that is not empty is no place for a backup
+    with pytest.raises(BackupError, match="not an empty folder"):
+        Backup(loc, backup).run()
+
+    target = read_locations_for(tmp_path / "new", f"sqlite:///{tmp_path}/new/classroom/db/classroom.sqlite")
+    Restore(target, backup).run()
+    new = tmp_path / "new"
+    for name in ("jupyterhub_cookie_secret", "roster.yaml", "identities.json"):
+        assert (new / name).read_bytes() == (tmp_path / "live" / name).read_bytes()
+    assert stat.S_IMODE((new / "jupyterhub_cookie_secret").stat().st_mode) == 0o600
+    con = sqlite3.connect(new / "jupyterhub.sqlite")
+    assert con.execute("SELECT name FROM users").fetchall() == [(f"{TAG}-a",)]
+    con.close()
+    store = new / "classroom" / "store"
+    released = store / "objects" / shas["released"][:2] / shas["released"][2:]
+    collected = store / "private" / shas["collected"][:2] / shas["collected"][2:]
+    assert released.read_bytes() == b"released notebook\n" and stat.S_IMODE(released.stat().st_mode) == 0o444
+    assert collected.read_bytes() == b"a student's answer\n" and stat.S_IMODE(collected.stat().st_mode) == 0o400
+    assert stat.S_IMODE((store / "private").stat().st_mode) == 0o700
+    shared = store / "shared" / "c--m--v1" / "data" / "x.csv"
+    assert shared.stat().st_ino == released.stat().st_ino  # the dataset is hard links again
+    engine = create_engine(target.service_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT student FROM submissions")).scalars().all() == ["s"]
+    engine.dispose()
+
+    # again: every target is taken, so refused; --force replaces
+    with pytest.raises(BackupError, match="not empty: .*holds tables.*exists"):
+        Restore(target, backup).run()
+    (new / "roster.yaml").write_text("changed\n")
+    Restore(target, backup, force=True).run()
+    assert (new / "roster.yaml").read_text() == ROSTER
+
+    # a damaged file: refused before anything is written
+    secret = backup / "hub" / "jupyterhub_cookie_secret"
+    good = secret.read_bytes()
+    secret.write_bytes(b"x" + good[1:])
+    empty = read_locations_for(tmp_path / "third", f"sqlite:///{tmp_path}/third/classroom/db/classroom.sqlite")
+    with pytest.raises(BackupError, match="damaged"):
+        Restore(empty, backup).run()
+    assert not (tmp_path / "third").exists()
+    secret.write_bytes(good)
+    # a damaged object: refused before the databases that name it are put back
+    obj = next(p for p in store_copy.rglob("*") if p.is_file())
+    obj.write_bytes(b"tampered")
+    with pytest.raises(BackupError, match="does not match its name"):
+        Restore(empty, backup).run()
+    assert not (tmp_path / "third" / "jupyterhub.sqlite").exists()
+    assert not (tmp_path / "third" / "classroom" / "db" / "classroom.sqlite").exists()
+
+
+@pytest.fixture
+def pg_databases(postgres_url):  # noqa: F811
+    """Two databases of our own on the test run's PostgreSQL server."""
+    base = postgres_url.rsplit("/", 1)[0]
+    names = [f"h3_{secrets.token_hex(4)}" for _ in range(2)]
+    admin = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield [f"{base}/{name}" for name in names]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def test_postgresql_service_database_is_dumped_and_restored(tmp_path, pg_databases):
+    from classroomhub.ops.backup import Backup, BackupError, Restore
+
+    live, empty = pg_databases
+    loc, _ = small_state(tmp_path / "live", service_db_url=live)
+    backup = tmp_path / "backup"
+    manifest = Backup(loc, backup).run()
+    item = next(i for i in manifest["items"] if i["name"] == "service-db")
+    assert item["format"] == "pg_dump" and item["file"] == "service/classroom.pgdump"
+    assert "@" not in item["source"] or "***" in item["source"]  # no password in the manifest
+    assert manifest["store"]["objects"] == 2
+
+    target = read_locations_for(tmp_path / "new", empty)
+    Restore(target, backup).run()
+
+    def rows(url):
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            found = {
+                "releases": conn.execute(text("SELECT course, material, version, files FROM releases")).all(),
+                "submissions": conn.execute(text("SELECT student, kind, files FROM submissions")).all(),
+                "schema": conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all(),
+            }
+        engine.dispose()
+        return found
+
+    assert rows(empty) == rows(live) and rows(live)["submissions"]
+    with pytest.raises(BackupError, match="holds tables"):
+        Restore(target, backup).run()
+    Restore(target, backup, force=True).run()
+    assert rows(empty) == rows(live)

@@ -296,10 +296,11 @@ def _same_owner_as(path, uid, gid):
 class Restore:
     """Puts a backup back where the configuration (:class:`Locations`) says.
 
-    Everything is checked before anything is written: the files against the
-    manifest's checksums, and the targets for emptiness (unless *force*).
-    Store objects are verified by hashing them as they are copied. Nothing
-    may be running on the targets (stop the hub and its service first).
+    Before anything is written, the files are checked against the manifest's
+    checksums and the targets for emptiness (unless *force*). Store objects
+    are checked (their name is their SHA-256) as they are copied, before the
+    databases that name them are put back. Nothing may be running on the
+    targets (stop the hub and its service first).
     """
 
     def __init__(self, locations: Locations, source, force=False, progress=None):
@@ -327,6 +328,11 @@ class Restore:
                     "the target is not empty: " + "; ".join(busy) + ". Restore into an empty place, or pass --force"
                 )
         started = time.monotonic()
+        # the store first: objects are checked as they are copied, and one
+        # too many in a store is harmless, while a database naming a damaged
+        # or missing object is not
+        if manifest.get("store"):
+            self._store(manifest["store"])
         for name, item in items.items():
             if item.get("missing"):
                 continue
@@ -342,8 +348,6 @@ class Restore:
                     _same_owner_as(sqlite_path(target), item.get("uid"), item.get("gid"))
             else:
                 self._file(path, target, item)
-        if manifest.get("store"):
-            self._store(manifest["store"])
         os.sync()
         return time.monotonic() - started
 

@@ -60,6 +60,7 @@ def cmd_restore(args):
 
 def cmd_upgrade_db(args):
     from ..service.migrations import SchemaTooNew, backup_beside, upgrade_database
+    from .dbcopy import sqlite_path
 
     if args.db_url:
         url, folder = args.db_url, os.getcwd()
@@ -68,6 +69,9 @@ def cmd_upgrade_db(args):
         if not loc.service_db_url:
             raise CommandError(f"{loc.config_file}: no classroom service configured", 2)
         url, folder = loc.service_db_url, os.path.join(loc.service_data_dir, "db")
+    path = sqlite_path(url)
+    if path is not None and not os.path.exists(path):
+        raise CommandError(f"{path}: no such database (the service makes it at its first start)", 2)
     try:
         result = upgrade_database(url, backup=None if args.no_backup else (lambda u: backup_beside(u, folder)))
     except SchemaTooNew as e:
