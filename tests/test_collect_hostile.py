@@ -48,7 +48,14 @@ MAX_BYTES, MAX_FILE_BYTES = 50 * 1024**2, 5 * 1024**2
 def collector(store, tmp_path, runner):
     sessions = open_database(f"sqlite:///{tmp_path}/collect.sqlite")
     collector = Collector(
-        sessions, store, None, logging.getLogger("test"), max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES, timeout=20
+        sessions,
+        store,
+        None,
+        logging.getLogger("test"),
+        max_bytes=MAX_BYTES,
+        max_file_bytes=MAX_FILE_BYTES,
+        timeout=20,
+        max_files=30_000,
     )
     collector.runner = runner
     yield collector

@@ -21,6 +21,7 @@ import yaml
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from .limits import TooMany
 from .releases import check_name
 from .scopes import access_scope
 from .store import SourceError
@@ -251,7 +252,11 @@ class SyncHandler(BaseHandler):
 
     async def post(self):
         person = await self.person()
-        delivered = await self.service.releases.sync_student(person.name, list(person.courses))
+        try:
+            delivered = await self.service.releases.sync(person.name, list(person.courses))
+        except TooMany as e:  # one person's syncs are limited: see Releases.sync
+            self.set_header("Retry-After", str(e.retry_after))
+            raise web.HTTPError(429, str(e)) from None
         self.write_json(
             {
                 "delivered": [

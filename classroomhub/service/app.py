@@ -31,6 +31,8 @@ from .migrations import SchemaTooNew, backup_beside, upgrade_database
 from .models import Feedback, Release, Submission, make_private_sqlite, open_database
 from .pages import page_handlers
 from .releases import Releases
+from . import runas
+from .freezer import Freezer
 from .runas import Account, ForkServer
 from .store import ReleaseStore
 
@@ -110,6 +112,51 @@ class ClassroomService(Application):
     hub_cache_seconds = Float(
         5.0,
         help="How long answers of the hub's API (people's groups, course members) are reused.",
+    ).tag(config=True)
+
+    max_collect_files = Integer(
+        10_000,
+        help="""Most files and folders read from one student's assignment folder per
+        snapshot; the rest is left out with a note (a folder's names are read
+        only up to this many, so the worker's memory stays bounded).""",
+    ).tag(config=True)
+
+    max_submissions = Integer(
+        20,
+        help="How many times a student may hand in one assignment themselves (0: no limit); then 403.",
+    ).tag(config=True)
+
+    submit_rate_limit = Integer(
+        5,
+        help="Hand-ins of one assignment a student may make per `submit_rate_window` (0: no limit); then 429.",
+    ).tag(config=True)
+
+    submit_rate_window = Float(600.0, help="Seconds over which `submit_rate_limit` counts.").tag(config=True)
+
+    sync_rate_limit = Integer(
+        6,
+        help="""Syncs (``POST /api/sync``) one person may start per `sync_rate_window`
+        (0: no limit); then 429. Calls while their sync runs share it and are not counted.""",
+    ).tag(config=True)
+
+    sync_rate_window = Float(60.0, help="Seconds over which `sync_rate_limit` counts.").tag(config=True)
+
+    freeze_at_deadline = Bool(
+        True,
+        help="""Freeze every process of a student (cgroup v1 freezer) while their
+        deadline snapshot is copied, so nothing changes during the copy. Without
+        a writable freezer hierarchy the copy runs unfrozen; files changed after
+        the due date are flagged either way.""",
+    ).tag(config=True)
+
+    freezer_parent = Unicode(
+        "classroomhub-collect",
+        help="Folder in the freezer hierarchy for the groups of frozen students (thawed at start if left over).",
+    ).tag(config=True)
+
+    worker_memory_bytes = Integer(
+        512 * 1024**2,
+        help="Address space (RLIMIT_AS) of each worker that reads or writes a home.",
     ).tag(config=True)
 
     fork_server = Bool(
@@ -196,6 +243,7 @@ class ClassroomService(Application):
             concurrency=self.concurrency or None,
             timeout=self.worker_timeout,
             max_bytes=self.max_release_bytes,
+            sync_rate=(self.sync_rate_limit, self.sync_rate_window),
         )
         self.collector = Collector(
             self.sessions,
@@ -206,7 +254,17 @@ class ClassroomService(Application):
             max_file_bytes=self.max_collect_file_bytes,
             timeout=self.worker_timeout,
             concurrency=self.concurrency or None,
+            max_files=self.max_collect_files,
+            max_submissions=self.max_submissions,
+            submit_rate=(self.submit_rate_limit, self.submit_rate_window),
         )
+        runas.Subprocesses.memory = self.worker_memory_bytes
+        if self.freeze_at_deadline:
+            freezer = Freezer(parent=self.freezer_parent, log=self.log)
+            if freezer.available:
+                self.collector.freezer = freezer
+            else:
+                self.log.warning("No writable cgroup v1 freezer at %s: deadline snapshots run unfrozen", freezer.root)
         self._tasks = set()
         self._wake = None
 
@@ -298,7 +356,7 @@ class ClassroomService(Application):
     async def serve(self):
         url = urlparse(self.bind_url)
         if self.fork_server:
-            self.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log)
+            self.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log, memory=self.worker_memory_bytes)
             await self.runner.start()
             self.releases.runner = self.collector.runner = self.runner
         app = self.make_app()
@@ -307,6 +365,8 @@ class ClassroomService(Application):
         self._wake = asyncio.Event()
         # collects whatever came due while the service was down, then each due date
         self.keep(asyncio.ensure_future(self.collector.run(self.collect_interval, self._wake)))
+        # deliveries cut off by a stop go on to the students not reached yet
+        self.keep(asyncio.ensure_future(self.releases.resume(self.hub)))
         try:
             await asyncio.Event().wait()
         finally:

@@ -17,12 +17,15 @@ from tornado import web
 from .api import BaseHandler
 from .audit import record
 from .collect import aware, graded_of
+from .limits import TooMany
 
 ASSIGNMENT_KEYS = {"due": str, "late_seconds": int}
 EXTENSION_KEYS = {"due": str}
 COLLECT_KEYS = {"wait": bool}
 GRADED_KEYS = {"submission": int}
 MAX_ID = 999_999_999
+# students per page of the submissions table
+PAGE_DEFAULT, PAGE_MAX = 100, 500
 
 
 def parse_due(text):
@@ -48,7 +51,7 @@ def status_of(submissions, due, has_extension):
     valid = [s for s in submissions if not s.error and s.files]
     if not valid:
         label = "missing"
-    elif any(s.kind == "deadline" or not s.late for s in valid):
+    elif any(not s.late for s in valid):  # a deadline snapshot is late only if work changed after the due date
         label = "on time"
     else:
         label = "late"
@@ -70,6 +73,21 @@ class AssignmentBase(BaseHandler):
     def check_instructor(self, person, course_id):
         if not person.can_release(course_id):
             raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can do this")
+
+    def too_many(self, e):
+        """429 (with Retry-After) for a rate past its limit; 403 for a count that will not reset."""
+        if e.retry_after is None:
+            return web.HTTPError(403, str(e))
+        self.set_header("Retry-After", str(e.retry_after))
+        return web.HTTPError(429, str(e))
+
+    def int_argument(self, name, default, low, high):
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return default
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise web.HTTPError(400, f"{name!r} must be a whole number from {low} to {high}, not {value!r}")
+        return int(value)
 
 
 class AssignmentsHandler(AssignmentBase):
@@ -171,28 +189,40 @@ class SubmitHandler(AssignmentBase):
         closes = due + timedelta(seconds=assignment.late_seconds)
         if now > closes:
             raise web.HTTPError(403, f"Submissions closed at {closes.isoformat()}")
-        row = await self.collector.snapshot(course_id, material, person.name, "submitted", late=now > due)
+        try:
+            row = await self.collector.submit(course_id, material, person.name, late=now > due, due=due)
+        except TooMany as e:
+            raise self.too_many(e) from None
         if row.error:
             raise web.HTTPError(400, row.error)
         self.write_json(row.to_dict(), status=201)
 
 
 class SubmissionsHandler(AssignmentBase):
+    """The submissions table, one page of students at a time (``offset``, ``limit``)."""
+
     async def get(self, course_id, material):
         person = await self.person()
+        self.check_query("offset", "limit")
+        offset = self.int_argument("offset", 0, 0, MAX_ID)
+        limit = self.int_argument("limit", PAGE_DEFAULT, 1, PAGE_MAX)
         members = await self.course(course_id, person)
         assignment = self.assignment_or_404(course_id, material)
         everyone = person.can_see_reports(course_id)
-        students = members["student"] if everyone else [person.name]
+        if everyone:  # the course's students and whoever handed in (a student who left)
+            students = sorted(set(members["student"]) | self.collector.submitters(course_id, material))
+        else:
+            students = [person.name]
+        total, students = len(students), students[offset : offset + limit]
         live = person.can_open_servers(course_id, self.service.live_server_roles)
         hub = self.service.hub_base_url.rstrip("/") + "/"
         extensions = self.collector.extensions(course_id, material)
         overrides = self.collector.overrides(course_id, material)
         rows = {}
-        for row in self.collector.submissions(course_id, material, None if everyone else person.name):
+        for row in self.collector.submissions(course_id, material, students=students):
             rows.setdefault(row.student, []).append(row)
         table = []
-        for student in sorted(set(students) | set(rows) if everyone else students):
+        for student in students:
             mine = rows.get(student, [])
             due = extensions.get(student, aware(assignment.due))
             override = overrides.get(student)
@@ -210,7 +240,17 @@ class SubmissionsHandler(AssignmentBase):
                     "server_url": f"{hub}user/{quote(student, safe='')}/" if live else None,
                 }
             )
-        self.write_json({"assignment": assignment.to_dict(), "students": table})
+        following = offset + limit if offset + limit < total else None
+        self.write_json(
+            {
+                "assignment": assignment.to_dict(),
+                "students": table,
+                "total": total,
+                "offset": offset,
+                "limit": limit,
+                "next": f"?offset={following}&limit={limit}" if following is not None else None,
+            }
+        )
 
 
 class GradedHandler(AssignmentBase):

@@ -7,6 +7,12 @@ files and oversized files left out with a note) into the store. The time is
 the service's, never the student's. A due date that passed while the service
 was down is collected at start-up and marked ``caught_up``; one snapshot per
 student and due date, whatever is interrupted and run again.
+
+Nothing a student does after their due date counts as on time: for a
+deadline snapshot their processes are frozen (:mod:`.freezer`), the worker
+copying is one they cannot signal, and every file and folder whose ctime is
+past the due date once copied is listed in ``changed`` and makes the
+snapshot late. ``finished`` records when the copy ended.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import asyncio
 import os
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from . import runas
+from .limits import KeyedLocks, RateLimit, TooMany
 from .models import Assignment, Extension, GradedChoice, Submission, utcnow
 from .store import SourceError, snapshot_folder
 
@@ -34,7 +41,7 @@ def graded_choice(submissions, due):
     """The submission that counts: the last one on time, else the first late one."""
     grace = aware(due) + timedelta(seconds=60)
     on_time = [
-        s for s in submissions if not s.error and (s.kind == "deadline" or (not s.late and aware(s.taken) <= grace))
+        s for s in submissions if not s.error and not s.late and (s.kind == "deadline" or aware(s.taken) <= grace)
     ]
     if on_time:
         return max(on_time, key=lambda s: (aware(s.taken), s.id))
@@ -57,18 +64,37 @@ def graded_of(submissions, due, override=None):
 
 
 class Collector:
-    def __init__(self, sessions, store, hub, log, max_bytes, max_file_bytes, timeout=600, concurrency=None):
+    def __init__(
+        self,
+        sessions,
+        store,
+        hub,
+        log,
+        max_bytes,
+        max_file_bytes,
+        timeout=600,
+        concurrency=None,
+        max_files=10_000,
+        max_submissions=20,
+        submit_rate=(5, 600),
+        freezer=None,
+    ):
         self.sessions = sessions
         self.store = store
         self.hub = hub
         self.log = log
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.max_submissions = max_submissions  # hand-ins per student and assignment (0: no limit)
+        self.submit_rate = RateLimit(*submit_rate, what="hand-ins")
+        self.freezer = freezer  # a Freezer: students' processes stop for their deadline snapshot
         self.timeout = timeout
         self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
         self.runner = None  # how workers start (see runas); None: a process per home
         self.progress = {}  # (course, material) -> {"total", "done", "running"}
         self.started = datetime.now(timezone.utc)
+        self._students = KeyedLocks()  # one snapshot of a student at a time
 
     # -- due dates ----------------------------------------------------------------------
 
@@ -105,38 +131,96 @@ class Collector:
 
     # -- snapshots ----------------------------------------------------------------------
 
-    async def snapshot(self, course, material, student, kind, deadline=None, late=False, caught_up=False):
-        """Take one snapshot and record it; a deadline snapshot only once."""
+    def check_submit(self, course, material, student):
+        """Raise :class:`~.limits.TooMany` if *student* may not hand in now."""
+        if self.max_submissions:
+            with self.sessions() as db:
+                count = db.scalar(
+                    select(func.count(Submission.id)).where(
+                        Submission.course == course,
+                        Submission.material == material,
+                        Submission.student == student,
+                        Submission.kind == "submitted",
+                    )
+                )
+            if count >= self.max_submissions:
+                raise TooMany(f"{student} has handed in {material} {count} times, the most allowed")
+        self.submit_rate.take((course, material, student))
+
+    async def submit(self, course, material, student, late, due):
+        """A student's own hand-in, within the limits (:class:`~.limits.TooMany` past them)."""
+        taken = utcnow()  # on arrival: a queue behind their earlier hand-in does not make it late
+        async with self._students.hold(student):
+            self.check_submit(course, material, student)
+            return await self._snapshot(course, material, student, "submitted", taken, late=late, due=due)
+
+    async def snapshot(self, course, material, student, kind, deadline=None, late=False, caught_up=False, due=None):
+        """Take one snapshot and record it; a deadline snapshot only once.
+
+        *due*: the student's due date; files changed after it make the
+        snapshot late (for a deadline snapshot, *deadline* is that date).
+        """
         taken = utcnow()
-        files, skipped, error = {}, [], ""
+        async with self._students.hold(student):
+            return await self._snapshot(course, material, student, kind, taken, deadline, late, caught_up, due)
+
+    async def _frozen_copy(self, account, course, material, freeze, due, changed):
+        """Copy the folder into the store, the student's processes frozen if *freeze*."""
+        frozen = None
+        if freeze and self.freezer is not None and account.uid != 0:
+            try:
+                frozen = await asyncio.to_thread(self.freezer.freeze, account.uid)
+            except OSError as e:
+                self.log.warning("Cannot freeze the processes of %s for their snapshot: %s", account.name, e)
+        try:
+            return await snapshot_folder(
+                self.store,
+                account,
+                [course, material],
+                max_bytes=self.max_bytes,
+                max_file_bytes=self.max_file_bytes,
+                max_entries=self.max_files,
+                skip_top=[FEEDBACK_FOLDER],
+                timeout=self.timeout,
+                runner=self.runner,
+                changed_since=due,
+                changed=changed,
+            )
+        finally:
+            if frozen is not None:
+                await asyncio.to_thread(self.freezer.thaw, frozen)
+
+    async def _snapshot(self, course, material, student, kind, taken, deadline=None, late=False, caught_up=False, due=None):
+        files, skipped, error, changed = {}, [], "", []
+        due = deadline or due
         async with self.limit:
             try:
                 account = runas.Account.of(student)
-                files, skipped = await snapshot_folder(
-                    self.store,
-                    account,
-                    [course, material],
-                    max_bytes=self.max_bytes,
-                    max_file_bytes=self.max_file_bytes,
-                    skip_top=[FEEDBACK_FOLDER],
-                    timeout=self.timeout,
-                    runner=self.runner,
-                )
+                files, skipped = await self._frozen_copy(account, course, material, kind == "deadline", due, changed)
             except (LookupError, SourceError, runas.WorkerError, OSError) as e:
                 error = f"nothing collected: {e}"
+        finished = utcnow()
+        changed = sorted(set(changed)) if not error else []
         row = Submission(
             course=course,
             material=material,
             student=student,
             taken=taken,
+            finished=finished,
             deadline=deadline,
             kind=kind,
-            late=late,
+            late=late or bool(changed),
             caught_up=caught_up,
             files=files,
             skipped=[list(s) for s in skipped],
+            changed=changed,
             error=error,
         )
+        if changed:
+            self.log.info(
+                "%s/%s of %s (%s): %s changed after the due date %s: late",
+                course, material, student, kind, ", ".join(changed[:5]), due.isoformat(),
+            )
         with self.sessions() as db:
             db.add(row)
             try:
@@ -157,8 +241,12 @@ class Collector:
         """Snapshot every student now (an instructor's "collect now")."""
         progress = self.progress[(course, material)] = {"total": len(students), "done": 0, "running": True}
 
+        assignment = self.assignment(course, material)
+        extensions = self.extensions(course, material) if assignment else {}
+
         async def one(student):
-            row = await self.snapshot(course, material, student, kind)
+            due = self.due_of(assignment, student, extensions) if assignment else None
+            row = await self.snapshot(course, material, student, kind, due=due)
             progress["done"] += 1
             return row
 
@@ -167,12 +255,26 @@ class Collector:
         finally:
             progress["running"] = False
 
-    def submissions(self, course, material, student=None):
+    def submissions(self, course, material, student=None, students=None):
+        """Submissions of a material: of one *student*, of a list of *students*, or all."""
         with self.sessions() as db:
             query = select(Submission).where(Submission.course == course, Submission.material == material)
             if student is not None:
                 query = query.where(Submission.student == student)
+            if students is not None:
+                query = query.where(Submission.student.in_(list(students)))
             return db.scalars(query.order_by(Submission.student, Submission.taken, Submission.id)).all()
+
+    def submitters(self, course, material):
+        """Everyone with a submission of a material (no file lists read)."""
+        with self.sessions() as db:
+            return set(
+                db.scalars(
+                    select(Submission.student)
+                    .where(Submission.course == course, Submission.material == material)
+                    .distinct()
+                )
+            )
 
     # -- which submission counts ------------------------------------------------------
 
@@ -284,6 +386,9 @@ class Collector:
         the event *wake* (a due date changed) makes it look again at once.
         """
         wake = wake or asyncio.Event()
+        if self.freezer is not None and self.freezer.available:
+            # a service killed mid-snapshot left its students frozen
+            await asyncio.to_thread(self.freezer.sweep)
         while True:
             try:
                 await self.collect_due()

@@ -66,6 +66,9 @@ class Release(Base):
     skipped: Mapped[list] = mapped_column(JSON, default=list)
     restore_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # when delivery to every student of the course ended; None while it runs,
+    # or if the service stopped meanwhile (it resumes at the next start)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     reports: Mapped[list[DeliveryReport]] = relationship(back_populates="release", cascade="all, delete-orphan")
 
@@ -82,6 +85,7 @@ class Release(Base):
             "restore_deleted": self.restore_deleted,
             "shared": self.shared,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "finished": self.finished.isoformat() if self.finished else None,
         }
         if files:
             data["files"] = [{"path": p, **meta} for p, meta in sorted(self.files.items())]
@@ -183,6 +187,8 @@ class Submission(Base):
     material: Mapped[str] = mapped_column(String(255))
     student: Mapped[str] = mapped_column(String(255))
     taken: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # when the copy ended (taken: when it was asked for, or the due date's round began)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     kind: Mapped[str] = mapped_column(String(32))  # deadline | submitted | collected
     late: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -190,23 +196,33 @@ class Submission(Base):
     caught_up: Mapped[bool] = mapped_column(Boolean, default=False)
     files: Mapped[dict] = mapped_column(JSON, default=dict)
     skipped: Mapped[list] = mapped_column(JSON, default=list)
+    # files and folders ("dir/") whose ctime was after the due date once copied: they make it late
+    changed: Mapped[list] = mapped_column(JSON, default=list)
     error: Mapped[str] = mapped_column(Text, default="")
 
+    #: file names listed per submission in tables (n_files has the count; the file API serves any)
+    MAX_PATHS = 200
+
     def to_dict(self, files=False):
+        paths = sorted(self.files)
         data = {
             "id": self.id,
             "course": self.course,
             "material": self.material,
             "student": self.student,
             "taken": self.taken.isoformat() if self.taken else None,
+            "finished": self.finished.isoformat() if self.finished else None,
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "kind": self.kind,
             "late": self.late,
             "caught_up": self.caught_up,
             "n_files": len(self.files),
-            "paths": sorted(self.files),
+            "paths": paths if files else paths[: self.MAX_PATHS],
             "size": sum(f["size"] for f in self.files.values()),
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped[: self.MAX_PATHS]],
+            "n_skipped": len(self.skipped),
+            "changed": list(self.changed or ())[: self.MAX_PATHS],
+            "n_changed": len(self.changed or ()),
             "error": self.error,
         }
         if files:

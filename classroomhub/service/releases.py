@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 
 from . import runas
 from .delivery import Release as Job
-from .delivery import deliver_all
-from .models import Delivered, DeliveryReport, Release
+from .delivery import deliver_to
+from .limits import KeyedLocks, RateLimit
+from .models import Delivered, DeliveryReport, Release, utcnow
 from .store import SourceError, import_folder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -47,7 +48,17 @@ def job_for(release):
 
 
 class Releases:
-    def __init__(self, sessions, store, log, concurrency=None, timeout=120, max_bytes=10 * 1024**3, git_timeout=300):
+    def __init__(
+        self,
+        sessions,
+        store,
+        log,
+        concurrency=None,
+        timeout=120,
+        max_bytes=10 * 1024**3,
+        git_timeout=300,
+        sync_rate=(6, 60),
+    ):
         self.sessions = sessions
         self.store = store
         self.log = log
@@ -57,7 +68,12 @@ class Releases:
         self.git_timeout = git_timeout
         self.runner = None  # how workers start (see runas); None: a process per home
         self.progress = {}  # release id -> {"total": n, "done": k, "running": bool}
-        self._locks = {}  # (course, material) -> lock: one delivery of a material at a time
+        # homes written at once, by all deliveries together: a slow home holds one place
+        self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
+        # one delivery of a material into one home at a time, never a wait on other homes
+        self._homes = KeyedLocks()
+        self._syncs = {}  # student -> the sync running for them (later calls share it)
+        self.sync_rate = RateLimit(*sync_rate, what="syncs")
 
     # -- import ---------------------------------------------------------------------
 
@@ -142,39 +158,40 @@ class Releases:
 
     # -- delivery ---------------------------------------------------------------------
 
-    async def deliver(self, release, students):
-        """Deliver *release* to *students*, record what each got, return the reports."""
-        lock = self._locks.setdefault((release.course, release.material), asyncio.Lock())
+    async def deliver(self, release, students, finish=True):
+        """Deliver *release* to *students*, record what each got as it ends,
+        return the reports.
+
+        Each home waits only for earlier deliveries of the same material into
+        that home (and for a free place), never for other homes: a stuck home
+        costs its own timeout and one place. *finish*: this is the course's
+        delivery; the release is marked finished when every home is done.
+        """
         progress = self.progress[release.id] = {"total": len(students), "done": 0, "running": True}
-        async with lock:
-            with self.sessions() as db:
-                rows = db.scalars(
-                    select(Delivered).where(
-                        Delivered.course == release.course,
-                        Delivered.material == release.material,
-                        Delivered.student.in_(students),
-                    )
-                ).all()
-                previous = {row.student: row.files for row in rows}
+        job = job_for(release)
 
-            def advance(report):
-                progress["done"] += 1
+        async def one(student):
+            async with self._homes.hold((release.course, release.material, student)):
+                async with self.limit:
+                    with self.sessions() as db:
+                        row = db.get(Delivered, (release.course, release.material, student))
+                        previous = dict(row.files) if row is not None else {}
+                    report = await deliver_to(self.store, student, job, previous, self.timeout, self.runner)
+                with self.sessions() as db:  # recorded at once: a restart redoes only the homes not recorded
+                    self._record(db, release, report, previous)
+                    db.commit()
+            progress["done"] += 1
+            return report
 
-            reports = await deliver_all(
-                self.store,
-                job_for(release),
-                students,
-                previous=previous,
-                concurrency=self.concurrency,
-                timeout=self.timeout,
-                progress=advance,
-                runner=self.runner,
-            )
+        try:
+            reports = list(await asyncio.gather(*(one(s) for s in students)))
+        finally:
+            progress["running"] = False
+        if finish:
             with self.sessions() as db:
-                for report in reports:
-                    self._record(db, release, report, previous.get(report.student, {}))
+                row = db.get(Release, release.id)
+                row.finished = release.finished = utcnow()
                 db.commit()
-        progress["running"] = False
         failed = [r.student for r in reports if not r.ok]
         self.log.info(
             "Delivered %s/%s v%s to %s students (%s with failures%s)",
@@ -186,6 +203,47 @@ class Releases:
             f": {', '.join(failed[:10])}" if failed else "",
         )
         return reports
+
+    async def resume(self, hub, attempts=30, pause=2.0):
+        """Finish deliveries a stopped service left unfinished: every release
+        not marked finished goes to the course's students (as the *hub*
+        client has them now) who have no report of it yet; one already
+        recorded is never delivered twice. Returns the releases resumed.
+        """
+        with self.sessions() as db:
+            unfinished = db.scalars(select(Release).where(Release.finished.is_(None)).order_by(Release.id)).all()
+        if not unfinished:
+            return []
+        for attempt in range(attempts):
+            try:
+                courses = await hub.courses()
+                break
+            except Exception as e:  # the hub may not answer yet while it starts us
+                if attempt + 1 == attempts:
+                    raise
+                self.log.info("Waiting for the hub to resume %s deliveries: %s", len(unfinished), e)
+                await asyncio.sleep(pause)
+        resumed = []
+        latest = {(r.course, r.material): r.id for r in self.latest_releases({r.course for r in unfinished})}
+        for release in unfinished:
+            if latest.get((release.course, release.material)) != release.id:
+                with self.sessions() as db:  # a newer version replaced it: that one is delivered
+                    db.get(Release, release.id).finished = utcnow()
+                    db.commit()
+                continue
+            with self.sessions() as db:
+                done = set(db.scalars(select(DeliveryReport.student).where(DeliveryReport.release_id == release.id)))
+            todo = [s for s in courses.get(release.course, {}).get("student", []) if s not in done]
+            self.log.warning(
+                "Release %s/%s v%s was cut off by a stop: delivering to the %s students not reached yet",
+                release.course,
+                release.material,
+                release.version,
+                len(todo),
+            )
+            await self.deliver(release, todo)
+            resumed.append(release)
+        return resumed
 
     def _record(self, db, release, report, before):
         db.merge(
@@ -250,9 +308,20 @@ class Releases:
             )
         for release in self.latest_releases(courses):
             if release.id not in done:
-                (report,) = await self.deliver(release, [student])
+                (report,) = await self.deliver(release, [student], finish=False)
                 delivered.append((release, report))
         return delivered
+
+    async def sync(self, student, courses):
+        """:meth:`sync_student`, once at a time per person: a call while one
+        runs gets that one's answer; past the rate limit,
+        :class:`~.limits.TooMany` (nothing is delivered twice either way)."""
+        running = self._syncs.get(student)
+        if running is None:
+            self.sync_rate.take(student)
+            running = self._syncs[student] = asyncio.ensure_future(self.sync_student(student, courses))
+            running.add_done_callback(lambda t: self._syncs.pop(student) if self._syncs.get(student) is t else None)
+        return await asyncio.shield(running)
 
     def find(self, course, material, version=None):
         with self.sessions() as db:

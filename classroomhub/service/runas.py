@@ -1,9 +1,12 @@
-"""Running the file worker as one person (their uid, gid and groups).
+"""Running the file worker as one person (their gid, groups and file-system uid).
 
 The classroom service runs as root; it never reads or writes a home itself.
-Each job is a short-lived ``python -I -S worker.py MODE`` process with the
-person's credentials, a clean environment and a timeout, so a planted link
-or FIFO meets the kernel's permission checks and cannot hang the service.
+Each job is a short-lived worker process (a fork of the fork server, or a new
+``python -I -S worker.py MODE``) that takes on the person's credentials
+(:func:`.worker.become`) in a clean environment, with a timeout and a memory
+limit, so a planted link or FIFO meets the kernel's permission checks and
+cannot hang the service. Its real and saved uid stay root's: the person
+cannot stop or kill it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,30 @@ def popen_options(account):
     }
 
 
+#: the address space a worker may use (RLIMIT_AS), unless its runner says otherwise
+WORKER_MEMORY = 512 * 1024**2
+
+
+def request_line(account, mode, job, memory=WORKER_MEMORY):
+    """What a worker is given: whom to become, its limits, and the job."""
+    request = {
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "env": worker_env(account),
+        "memory": memory,
+        "mode": mode,
+        "job": job,
+    }
+    return json.dumps(request).encode() + b"\n"
+
+
+def worker_options():
+    """How a new worker process starts: as root (it becomes the person
+    itself), in a session of its own so a timeout kills the whole group."""
+    return {"cwd": "/", "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, "start_new_session": True, "close_fds": True}
+
+
 def _kill_group(pid):
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -86,17 +113,17 @@ def worker_env(account):
     return {"PATH": "/usr/bin:/bin", "HOME": account.home, "LANG": "C.UTF-8"}
 
 
-async def run_json(account, mode, job, timeout):
+async def run_json(account, mode, job, timeout, memory=WORKER_MEMORY):
     """Run *mode* with *job* as *account* in a new worker process; return its JSON answer."""
     proc = await asyncio.create_subprocess_exec(
         *worker_command(mode),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        **popen_options(account),
+        **worker_options(),
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(request_line(account, mode, job, memory)), timeout)
     except asyncio.TimeoutError:
         _kill_group(proc.pid)
         await proc.wait()
@@ -118,10 +145,11 @@ class ForkServer:
     The socket lives in a root-only folder and the server only answers root.
     """
 
-    def __init__(self, socket_dir, log=None):
+    def __init__(self, socket_dir, log=None, memory=WORKER_MEMORY):
         self.socket_dir = socket_dir
         self.path = os.path.join(socket_dir, "worker.sock")
         self.log = log
+        self.memory = memory
         self.proc = None
 
     async def start(self):
@@ -146,18 +174,9 @@ class ForkServer:
             self.proc.kill()
             await self.proc.wait()
 
-    @staticmethod
-    def request(account, mode, job):
+    def request(self, account, mode, job):
         """The line that asks the server for *mode* with *job* as *account*."""
-        request = {
-            "uid": account.uid,
-            "gid": account.gid,
-            "groups": list(account.groups),
-            "env": worker_env(account),
-            "mode": mode,
-            "job": job,
-        }
-        return json.dumps(request).encode() + b"\n"
+        return request_line(account, mode, job, self.memory)
 
     async def run_json(self, account, mode, job, timeout):
         reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 26)
@@ -193,7 +212,7 @@ class ForkServer:
             sock.settimeout(timeout)
             sock.connect(self.path)
             sock.sendall(self.request(account, "export", job))
-            export = Export(sock, account, timeout)
+            export = Export(sock, account, timeout, since_ns=job.get("since_ns"))
             export.pid = int(export.line())
             return export
         except BaseException:
@@ -205,9 +224,10 @@ class Subprocesses:
     """The runner without a fork server: one new worker process per job."""
 
     run_json = staticmethod(run_json)
+    memory = WORKER_MEMORY
 
-    @staticmethod
-    def open_export(account, job, timeout):
+    @classmethod
+    def open_export(cls, account, job, timeout):
         """Start an export as *account* (see :class:`Export`); blocking, for a thread."""
         ours, theirs = socket.socketpair()
         try:
@@ -217,7 +237,7 @@ class Subprocesses:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
-                **popen_options(account),
+                **worker_options(),
             )
         except BaseException:
             ours.close()
@@ -225,11 +245,11 @@ class Subprocesses:
         finally:
             theirs.close()
         try:
-            proc.stdin.write(json.dumps(job).encode())
+            proc.stdin.write(request_line(account, "export", job, cls.memory))
             proc.stdin.close()
         except BrokenPipeError:
             pass  # it died at once: the end of its socket says so below
-        return Export(ours, account, timeout, proc)
+        return Export(ours, account, timeout, proc, since_ns=job.get("since_ns"))
 
 
 class Export:
@@ -239,10 +259,17 @@ class Export:
     Descriptors arrive in the order of the messages that carry them, however
     the kernel splits the stream. Every wait is bounded by *timeout* seconds
     from the start; past it the worker's process group is killed.
+
+    With *since_ns* (a due date), :attr:`changed` collects the files whose
+    ctime is later once they were copied (the owner cannot set a ctime: a
+    file that passes was copied as it was then) and the folders the worker
+    saw changed; a caller may replace the list with its own.
     """
 
-    def __init__(self, sock, account, timeout, proc=None):
+    def __init__(self, sock, account, timeout, proc=None, since_ns=None):
         self.sock, self.account, self.proc = sock, account, proc
+        self.since_ns = since_ns
+        self.changed = []
         self.pid = proc.pid if proc is not None else None
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
@@ -297,6 +324,8 @@ class Export:
         message = json.loads(self.data[worker.FRAME.size : end])
         del self.data[:end]
         if "path" not in message:
+            if self.since_ns is not None:
+                self.changed.extend(p for p in message.get("changed", ()) if isinstance(p, str))
             return message, None
         if not isinstance(message["path"], str):
             raise WorkerError(f"worker for {self.account.name} sent a malformed message")
@@ -304,9 +333,11 @@ class Export:
             raise WorkerError(f"worker for {self.account.name} sent a file without its descriptor")
         return message, self.fds.popleft()
 
-    def done_with_one(self):
-        """One more file is copied: the worker keeps a bounded number in flight
-        and is told in batches (one byte a file)."""
+    def done_with_one(self, path=None, fd=None):
+        """One more file (*path*, still open as *fd*) is copied: the worker
+        keeps a bounded number in flight and is told in batches (one byte a file)."""
+        if self.since_ns is not None and fd is not None and os.fstat(fd).st_ctime_ns > self.since_ns:
+            self.changed.append(path)
         self.unacknowledged += 1
         if self.unacknowledged >= ACK_EVERY:
             self._acknowledge()

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import stat
+from datetime import datetime, timedelta, timezone
 
 from . import runas
 from .worker import Refused, kind_of, split_relpath
@@ -38,6 +39,7 @@ from .worker import Refused, kind_of, split_relpath
 SMALL_FILE = 1 << 20
 # folders and files an import never takes from a source folder or repository
 SKIP_NAMES = (".git", ".ipynb_checkpoints", "__pycache__", ".DS_Store")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class SourceError(ValueError):
@@ -64,7 +66,7 @@ class ReleaseStore:
             (self.root, 0o711),
             (self.objects, 0o711),
             (self.private, 0o700),
-            (self.shared, 0o755),
+            (self.shared, 0o711),  # each tree is reached by the links in homes; nobody lists them
             (self.lent, 0o711),
             (self.tmp, 0o700),
         ):
@@ -186,8 +188,10 @@ class ReleaseStore:
                 total += size
                 files[rel] = {"sha256": sha, "size": size, "mode": 0o755 if st.st_mode & 0o111 else 0o644}
             finally:
-                os.close(fd)
-                export.done_with_one()
+                try:
+                    export.done_with_one(rel, fd)  # after the copy: its ctime says whether it changed since
+                finally:
+                    os.close(fd)
 
     def shared_tree(self, key, files):
         """A read-only tree of *files* under ``shared/<key>`` (hard links to the objects)."""
@@ -306,8 +310,10 @@ def copy_fd(source, out, count):
     return copied
 
 
-def _export_to_store(store, runner, account, job, max_bytes, max_file_bytes, timeout, private=False):
+def _export_to_store(store, runner, account, job, max_bytes, max_file_bytes, timeout, changed=None, private=False):
     export = (runner or runas.Subprocesses).open_export(account, job, timeout)
+    if changed is not None:
+        export.changed = changed
     try:
         return store.add_export(export, max_bytes, max_file_bytes, private)
     except BaseException:
@@ -327,6 +333,8 @@ async def snapshot_folder(
     skip_top=(),
     timeout=600,
     runner=None,
+    changed_since=None,
+    changed=None,
 ):
     """Store what lies in ``~/<base...>`` of *account*, read as them, in the
     store's private area (someone's work, or feedback on it).
@@ -334,6 +342,8 @@ async def snapshot_folder(
     The folder is reached from the home without following links; below it
     the same walker and limits as an import apply. *runner* starts the
     worker (see :mod:`.runas`; default a new process). Returns (files, skipped).
+    With *changed_since* (an aware datetime), the paths of files and folders
+    changed after it are appended to the list *changed*.
     """
     job = {
         "home": account.home,
@@ -344,8 +354,10 @@ async def snapshot_folder(
         "max_file_bytes": max_file_bytes,
         "max_entries": max_entries,
     }
+    if changed_since is not None:
+        job["since_ns"] = (changed_since - EPOCH) // timedelta(microseconds=1) * 1000
     return await asyncio.to_thread(
-        _export_to_store, store, runner, account, job, max_bytes, max_file_bytes, timeout, True
+        _export_to_store, store, runner, account, job, max_bytes, max_file_bytes, timeout, changed, True
     )
 
 

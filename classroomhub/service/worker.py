@@ -1,9 +1,9 @@
 """File work inside one person's home, run *as that person*.
 
 The classroom service never touches a home as root. It starts this script
-with the person's uid and groups (``python -I -S worker.py MODE``), passes a
-JSON job on stdin and reads the result on stdout, so the kernel itself
-forbids every escape. On top of that, everything below the starting folder
+(``python -I -S worker.py MODE``) or forks its fork server, and the process
+takes on the person's file-system identity (:func:`become`) before it reads
+its JSON job, so the kernel itself forbids every escape. On top of that, everything below the starting folder
 is reached through directory fds opened with ``O_NOFOLLOW``: a symlink
 planted in a home is never followed, a FIFO or device is never opened, and
 a folder swapped for a link mid-run does not redirect a write.
@@ -26,8 +26,10 @@ environment and site-packages out of a process the service relies on.
 
 import errno
 import hashlib
+import itertools
 import json
 import os
+import resource
 import secrets
 import socket
 import stat
@@ -340,17 +342,30 @@ def walk(root_fd, limits, skip=(), skip_top=()):
     Depth-first through directory fds, never following a link; only the
     chain of ancestors is open at a time. Entries that are neither regular
     files nor folders are reported, never opened. Stops at ``limits["entries"]``
-    and does not descend below ``limits["depth"]``; what was left out is
-    appended to ``limits["skipped"]`` as (path, reason).
+    (a folder's names are read only up to that many: memory stays bounded
+    however many a student made) and does not descend below
+    ``limits["depth"]``; what was left out is appended to ``limits["skipped"]``
+    as (path, reason). With ``limits["since_ns"]``, folders whose ctime is
+    later (an entry added, removed or renamed since) are appended to
+    ``limits["changed"]``, checked once their names were read.
     """
     limits.setdefault("skipped", [])
+    limits.setdefault("changed", [])
     limits["seen"] = 0
     yield from _walk(root_fd, "", 0, limits, set(skip), set(skip_top))
 
 
 def _walk(fd, prefix, depth, limits, skip, skip_top=frozenset()):
+    room = max(0, limits["entries"] - limits["seen"]) + 1  # one more shows the limit was reached
     with os.scandir(fd) as entries:
-        names = sorted(e.name for e in entries)
+        names = sorted(itertools.islice((e.name for e in entries), room))
+    yield from _walk_names(fd, names, prefix, depth, limits, skip, skip_top)
+    since = limits.get("since_ns")
+    if since is not None and os.fstat(fd).st_ctime_ns > since:  # at the end: a change while walking counts
+        limits["changed"].append(prefix or "./")
+
+
+def _walk_names(fd, names, prefix, depth, limits, skip, skip_top):
     for name in names:
         limits["seen"] += 1
         if limits["seen"] > limits["entries"]:
@@ -412,9 +427,10 @@ def export(job, sock):
     done. Leaves out names in ``skip`` (anywhere) and ``skip_top`` (directly
     in the folder), files on another file system, files over
     ``max_file_bytes`` and everything once ``max_bytes`` are taken; the last
-    message lists what was left out and why.
+    message lists what was left out and why, and the folders changed after
+    ``since_ns`` (see :func:`walk`).
     """
-    limits = {"entries": job.get("max_entries", 100_000), "depth": job.get("max_depth", 64)}
+    limits = {"entries": job.get("max_entries", 100_000), "depth": job.get("max_depth", 64), "since_ns": job.get("since_ns")}
     max_bytes = job.get("max_bytes", 10 * 1024**3)
     max_file = job.get("max_file_bytes") or max_bytes
     total = in_flight = 0
@@ -454,7 +470,7 @@ def export(job, sock):
                 total += now.st_size
             finally:
                 os.close(fd)
-        send_frame(sock, {"skipped": skipped})
+        send_frame(sock, {"skipped": skipped, "changed": limits["changed"]})
     finally:
         os.close(root_fd)
 
@@ -488,9 +504,8 @@ def serve(path):
 
     Runs as root with this module already loaded, so a job costs a fork
     instead of a new interpreter (~30 ms per home). Each child becomes the
-    job's user (groups, gid, uid: all three ids, no way back) before it
-    touches anything, exactly as a freshly started worker would. The server
-    exits when its parent closes stdin.
+    job's user (:func:`become`) before it touches anything, exactly as a
+    freshly started worker does. The server exits when its parent closes stdin.
     """
     import selectors
     import signal
@@ -523,6 +538,28 @@ def serve(path):
             conn.close()
 
 
+def become(request):
+    """Take on the person of *request* for everything this process touches.
+
+    Groups, gid, the effective uid and with it the file-system uid are the
+    person's: the kernel checks every open, write and rename against their
+    rights. The real and saved uid stay root's, so the person cannot signal
+    this process (a worker they could SIGSTOP could be held past a due date
+    while they edit) nor trace it (changing the effective uid makes it
+    non-dumpable). The code run from here is this module's only; it never
+    executes anything from the home. ``memory`` bounds its address space.
+    """
+    if request.get("memory"):
+        resource.setrlimit(resource.RLIMIT_AS, (request["memory"], request["memory"]))
+    os.setgroups(request["groups"])
+    os.setresgid(request["gid"], request["gid"], request["gid"])
+    os.setresuid(0, request["uid"], 0)
+    os.umask(0o022)
+    os.chdir("/")
+    os.environ.clear()
+    os.environ.update(request["env"])
+
+
 def serve_one(conn):
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
     if uid != 0:
@@ -532,13 +569,7 @@ def serve_one(conn):
     os.setsid()  # a timeout kills the whole group
     stream.write(b"%d\n" % os.getpid())
     stream.flush()
-    os.setgroups(request["groups"])
-    os.setresgid(request["gid"], request["gid"], request["gid"])
-    os.setresuid(request["uid"], request["uid"], request["uid"])
-    os.umask(0o022)
-    os.chdir("/")
-    os.environ.clear()
-    os.environ.update(request["env"])
+    become(request)
     if request["mode"] == "export":
         run_export(request["job"], conn)
         return 0
@@ -552,11 +583,16 @@ def serve_one(conn):
 
 
 def main():
+    """``serve PATH``, or one job: started as root, the request (the
+    person's ids and the job, as the fork server gets it) on stdin."""
     mode = sys.argv[1]
     if mode == "serve":
         serve(sys.argv[2])
         return
-    job = json.load(sys.stdin)
+    request = json.loads(sys.stdin.buffer.read())
+    if os.geteuid() == 0:
+        become(request)
+    job = request["job"]
     if mode == "export":  # argv[2]: the fd of the service's socket
         run_export(job, socket.socket(fileno=int(sys.argv[2])))
     elif mode in JSON_MODES:
