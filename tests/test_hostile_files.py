@@ -629,8 +629,9 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
     store = os.path.join(hub["service"], "store")
 
     def may_read(path, kind):
-        """Released content only: objects named by a release, and the shared datasets' trees."""
-        if path.startswith(os.path.join(store, "shared") + os.sep) or path == os.path.join(store, "shared"):
+        """Released content only: objects named by a release, and the shared datasets' trees
+        (not the list of them: ``shared/`` itself tells which courses have which datasets)."""
+        if path.startswith(os.path.join(store, "shared") + os.sep):
             return kind == "dir" or sha256_of(path) in released
         if kind == "file" and path.startswith(os.path.join(store, "objects") + os.sep):
             return sha256_of(path) in released and os.path.basename(os.path.dirname(path)) + os.path.basename(path) == sha256_of(path)
@@ -640,5 +641,6 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
     assert leaked == [], leaked
     # the check is not vacuous: released objects were reachable, the student's own work was not
     assert any(p.startswith(os.path.join(store, "objects")) for p in got)
+    assert any(p.startswith(os.path.join(store, "shared") + os.sep) and kind == "file" for p, kind in got.items())
     mine = hashlib.sha256(b"my own\n").hexdigest()
     assert os.path.exists(os.path.join(store, "private", mine[:2], mine[2:]))
