@@ -327,6 +327,27 @@ def test_accounts_the_hub_creates_join_its_group():
         assert AccountPolicy().refusal(login) is None
 
 
+def test_accounts_an_earlier_version_made_join_the_group():
+    """Accounts made before the group existed carry the hub's comment: the
+    next ensure_system_user adopts them; any other account stays refused."""
+    earlier, other, system = f"{TAG}-early", f"{TAG}-other", f"{TAG}-sysc"
+    comment = f"{TAG} earlier hub"
+    try:
+        useradd(earlier, "--comment", comment)
+        useradd(other, "--comment", "someone else")
+        useradd(system, "--system", "--comment", comment)
+        assert "did not create" in AccountPolicy().refusal(earlier)
+        for login in (earlier, other, system):
+            assert ensure_system_user(login, skeleton="", comment=comment)[1] is False
+        assert AccountPolicy().refusal(earlier) is None
+        assert "did not create" in AccountPolicy().refusal(other)
+        assert "below UID_MIN" in AccountPolicy().refusal(system)
+        assert MANAGED_GROUP not in subprocess.run(["id", "-nG", system], capture_output=True, text=True).stdout.split()
+    finally:
+        for login in (earlier, other, system):
+            userdel(login)
+
+
 def test_roster_check_names_refused_accounts_with_their_lines(tmp_path, capsys):
     roster = tmp_path / "roster.yaml"
     roster.write_text(f"users:\n  daemon: {{}}\n  root: {{tier: root}}\n  {SAM}: {{}}\ncourses:\n  c1:\n    students: [{PLAIN}]\n")

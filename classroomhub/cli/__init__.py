@@ -11,6 +11,7 @@ import argparse
 import importlib
 import signal
 import sys
+import textwrap
 
 from .client import CommandError
 
@@ -47,7 +48,7 @@ def command(subparsers, name, help, examples=(), description=None):
     return subparsers.add_parser(
         name,
         help=help,
-        description=description or help[:1].upper() + help[1:] + ".",
+        description=textwrap.fill(description or help[:1].upper() + help[1:] + "."),
         epilog=epilog,
         formatter_class=HelpFormatter,
     )

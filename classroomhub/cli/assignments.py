@@ -3,9 +3,11 @@ assignments through the classroom service."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import threading
 import zipfile
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from .client import CommandError, HubClient, add_service_arguments
@@ -20,8 +22,33 @@ def cmd_collect(args):
     client = HubClient.from_args(args)
     path = client.service(assignment_path(args, "/collect"))
     print(f"collecting {args.course}/{args.assignment} from every student ...", flush=True)
-    rows = client.request("POST", path, {"wait": True})["submissions"]
-    print(progress_bar(len(rows), len(rows)))
+    answer = {}
+
+    def collect():  # the request waits for the whole collection; the bar asks how far it is
+        try:
+            answer["rows"] = client.request("POST", path, {"wait": True})["submissions"]
+        except CommandError as e:
+            answer["error"] = e
+
+    worker = threading.Thread(target=collect, daemon=True)  # Ctrl-C does not wait for it
+    worker.start()
+    tty = sys.stdout.isatty()
+    while worker.is_alive():
+        worker.join(0.2)
+        if tty and worker.is_alive():
+            try:
+                progress = client.request("GET", path)["progress"]
+            except CommandError:  # a service without the progress call: no bar
+                tty = False
+                continue
+            if progress.get("running"):
+                print("\r" + progress_bar(progress.get("done", 0), progress.get("total", 0)), end="", flush=True)
+    if "error" in answer:
+        if tty:
+            print()
+        raise answer["error"]
+    rows = answer["rows"]
+    print(("\r" if tty else "") + progress_bar(len(rows), len(rows)))
     failed = [r for r in rows if r["error"]]
     for r in sorted(rows, key=lambda r: r["student"]):
         print(f"{r['student']:<24} {r['n_files']:>6} files {r['size']:>12} bytes  {r['error'] or 'ok'}")
@@ -32,15 +59,82 @@ def cmd_collect(args):
 
 def cmd_submissions(args):
     client = HubClient.from_args(args)
-    answer = client.request("GET", client.service(assignment_path(args, "/submissions")))
+    path = client.service(assignment_path(args, "/submissions"))
+    answer = client.request("GET", path)
     print(f"{args.course}/{args.assignment}: due {answer['assignment']['due']}")
     print(f"{'STUDENT':<24} {'STATUS':<20} {'SUBMISSIONS':>11} {'GRADED':>7}  {'TAKEN (graded)':<25}")
-    for row in answer["students"]:
-        graded = next((s for s in row["submissions"] if s["id"] == row["graded"]), None)
-        print(
-            f"{row['student']:<24} {row['status']:<20} {len(row['submissions']):>11} "
-            f"{row['graded'] or '-':>7}  {(graded or {}).get('taken') or '-':<25}"
-        )
+    while True:
+        for row in answer["students"]:
+            graded = next((s for s in row["submissions"] if s["id"] == row["graded"]), None)
+            print(
+                f"{row['student']:<24} {row['status']:<20} {len(row['submissions']):>11} "
+                f"{row['graded'] or '-':>7}  {(graded or {}).get('taken') or '-':<25}"
+            )
+        if not answer.get("next"):  # one page of students at a time
+            return 0
+        answer = client.request("GET", path + answer["next"])
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text):
+    """Seconds of ``90``, ``90s``, ``30m``, ``2h``, ``3d`` or ``1w``."""
+    text = text.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text[-1:].isalpha() else 1
+    number = text[:-1] if text[-1:].isalpha() else text
+    if unit is None or not number.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 30m, 2h, 3d, 1w)")
+    return int(float(number) * unit)
+
+
+def parse_when(text):
+    """An ISO 8601 date-time; one without a time zone is in this computer's local zone."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date-time: {text!r} (e.g. 2026-12-01T17:00 or 2026-12-01T17:00+01:00)")
+    return when if when.tzinfo else when.astimezone()  # naive: local time
+
+
+def show_due(assignment):
+    due = datetime.fromisoformat(assignment["due"])
+    late = assignment.get("late_seconds") or 0
+    window = f", late hand-ins until {(due + timedelta(seconds=late)).astimezone().isoformat()}" if late else ""
+    print(f"{assignment['course']}/{assignment['material']}: due {due.astimezone().isoformat()}{window}")
+
+
+def cmd_due(args):
+    client = HubClient.from_args(args)
+    path = client.service(assignment_path(args))
+    if args.when is None:
+        show_due(client.request("GET", path))
+        return 0
+    late = args.late
+    if late is None:  # keep the late window the assignment has, if it has one
+        try:
+            late = client.request("GET", path)["late_seconds"]
+        except CommandError:
+            late = 0
+    show_due(client.request("PUT", path, {"due": args.when.isoformat(), "late_seconds": late}))
+    return 0
+
+
+def cmd_extend(args):
+    client = HubClient.from_args(args)
+    path = client.service(assignment_path(args, f"/extensions/{quote(args.student, safe='')}"))
+    if args.remove:
+        client.request("DELETE", path)
+        print(f"{args.student}: due with everyone again ({args.course}/{args.assignment})")
+        return 0
+    if args.by is not None:
+        due = datetime.fromisoformat(client.request("GET", client.service(assignment_path(args)))["due"])
+        when = due + timedelta(seconds=args.by)
+    else:
+        when = args.until
+    answer = client.request("PUT", path, {"due": when.isoformat()})
+    due = datetime.fromisoformat(answer["due"])
+    print(f"{answer['student']}: due {due.astimezone().isoformat()} ({args.course}/{args.assignment})")
     return 0
 
 
@@ -56,6 +150,52 @@ def cmd_export(args):
 
 
 def register(sub, command):
+    due = command(
+        sub,
+        "due",
+        "show or set an assignment's due date (a released material; collected at the due date)",
+        description="Show or set the due date of a released material. Each student's folder is collected"
+        " at their due date (the assignment's, or their extension's); a date already past is collected at once.",
+        examples=[
+            "classroomhub due data101 hw1                           # show it",
+            "classroomhub due data101 hw1 2026-12-04T17:00          # this computer's time zone",
+            "classroomhub due data101 hw1 2026-12-04T17:00+01:00 --late 2d",
+        ],
+    )
+    due.add_argument("course", help="the course (as in the roster)")
+    due.add_argument("assignment", help="a released material (~/COURSE/ASSIGNMENT in each home)")
+    due.add_argument(
+        "when", nargs="?", type=parse_when, help="ISO 8601 date-time; without an offset, in this computer's time zone"
+    )
+    due.add_argument(
+        "--late",
+        type=parse_duration,
+        metavar="DURATION",
+        help="late hand-ins accepted this long after it (30m, 2h, 3d; 0: none); default: the window it has, else none",
+    )
+    add_service_arguments(due)
+    due.set_defaults(func=cmd_due)
+
+    extend = command(
+        sub,
+        "extend",
+        "give one student their own due date for an assignment, or take it back",
+        examples=[
+            "classroomhub extend data101 hw1 dave --by 2d",
+            "classroomhub extend data101 hw1 dave --until 2026-12-08T09:00",
+            "classroomhub extend data101 hw1 dave --remove",
+        ],
+    )
+    extend.add_argument("course", help="the course (as in the roster)")
+    extend.add_argument("assignment", help="an assignment (a released material with a due date)")
+    extend.add_argument("student", help="the student's login")
+    when = extend.add_mutually_exclusive_group(required=True)
+    when.add_argument("--by", type=parse_duration, metavar="DURATION", help="this long after the assignment's due date (2d, 36h)")
+    when.add_argument("--until", type=parse_when, metavar="WHEN", help="this date-time (ISO 8601; local zone without an offset)")
+    when.add_argument("--remove", action="store_true", help="the assignment's due date again")
+    add_service_arguments(extend)
+    extend.set_defaults(func=cmd_extend)
+
     collect = command(
         sub,
         "collect",

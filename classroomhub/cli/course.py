@@ -37,9 +37,15 @@ def print_reports(reports):
     print(f"{'STUDENT':<24} " + " ".join(f"{s:>12}" for s in STATUSES))
     for report in reports:
         counts = report.get("counts", {})
-        print(f"{report['student']:<24} " + " ".join(f"{counts.get(s, 0):>12}" for s in STATUSES))
+        if report.get("pending"):
+            print(f"{report['student']:<24} pending: no account yet, delivered at their first start")
+        else:
+            print(f"{report['student']:<24} " + " ".join(f"{counts.get(s, 0):>12}" for s in STATUSES))
+    pending = sum(1 for r in reports if r.get("pending"))
+    if pending:
+        print(f"{pending} pending (no account yet): delivered when their server first starts")
     for report in reports:
-        if report.get("error"):
+        if report.get("error") and not report.get("pending"):
             print(f"{report['student']}: {report['error']}", file=sys.stderr)
         for result in report.get("results", []):
             if result["status"] in ("failed", "kept"):
@@ -64,7 +70,7 @@ def cmd_release(args):
     state = show_progress(lambda: client.request("GET", client.service(f"{base}/{version}")))
     reports = state.get("reports", [])
     print_reports(reports)
-    return 0 if all(r.get("ok") for r in reports) else 1
+    return 0 if all(r.get("ok") or r.get("pending") for r in reports) else 1
 
 
 def cmd_status(args):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import grp
 import os
 import pwd
 import subprocess
 
-from ..accounts import MANAGED_GROUP
+from ..accounts import MANAGED_GROUP, uid_min
 
 DEFAULT_COMMENT = "classroomhub user"
 
@@ -19,25 +20,28 @@ def ensure_system_user(
 
     A created user's home gets *home_mode* (``useradd -m`` leaves it 0755:
     readable by every other student) and, with *shared_data*, a ``data``
-    link to that read-only folder. Existing accounts are left as they are.
-    A created user joins *group* (the record of accounts the hub made, see
-    :mod:`classroomhub.accounts`).
+    link to that read-only folder. Existing accounts are left as they are,
+    but for one thing: a created user joins *group* (the record of accounts
+    the hub made, see :mod:`classroomhub.accounts`), and an account with
+    *comment*, made by a version before the group, joins it now.
     """
     log = log or logging.getLogger(__name__)
     try:
-        return pwd.getpwnam(login), False
+        entry = pwd.getpwnam(login)
     except KeyError:
         pass
-    # exit status 9: the group exists already (maybe made meanwhile)
-    made = subprocess.run(["groupadd", "--system", group], capture_output=True, text=True)
-    if made.returncode not in (0, 9):
-        raise RuntimeError(f"could not create system group {group!r}: {made.stderr.strip()}")
+    else:
+        # its owner cannot set the comment (chfn keeps the full name unless login.defs allows it)
+        if entry.pw_gecos == comment and entry.pw_uid >= uid_min() and login not in _members(group):
+            _make_group(group)
+            _run(["usermod", "--append", "--groups", group, login], f"add {login!r} to {group!r}")
+            log.info("System user %s, made by an earlier classroomhub, joined %s", login, group)
+        return entry, False
+    _make_group(group)
     cmd = ["useradd", "--create-home", "--shell", "/bin/bash", "--comment", comment, "--groups", group]
     if skeleton:
         cmd += ["--skel", skeleton]
-    result = subprocess.run([*cmd, login], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"could not create system user {login!r}: {result.stderr.strip()}")
+    _run([*cmd, login], f"create system user {login!r}")
     entry = pwd.getpwnam(login)
     # The home is new and the user has never run anything: still, work through
     # an fd opened without following links, never through the path again.
@@ -51,3 +55,23 @@ def ensure_system_user(
         os.close(fd)
     log.info("Created system user %s with home %s (mode %o)", login, entry.pw_dir, home_mode)
     return entry, True
+
+
+def _run(cmd, what):
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not {what}: {result.stderr.strip()}")
+
+
+def _make_group(group):
+    # exit status 9: the group exists already (maybe made meanwhile)
+    made = subprocess.run(["groupadd", "--system", group], capture_output=True, text=True)
+    if made.returncode not in (0, 9):
+        raise RuntimeError(f"could not create system group {group!r}: {made.stderr.strip()}")
+
+
+def _members(group):
+    try:
+        return grp.getgrnam(group).gr_mem
+    except KeyError:
+        return []
