@@ -156,6 +156,14 @@ class ExtensionHandler(AssignmentBase):
 class CollectHandler(AssignmentBase):
     """Collect now, from every student (an instructor's button)."""
 
+    async def get(self, course_id, material):
+        """The progress of the running (or last) collection, for a progress bar."""
+        person = await self.person()
+        await self.course(course_id, person)
+        self.check_instructor(person, course_id)
+        self.release_or_404(course_id, material)
+        self.write_json({"progress": self.collector.progress.get((course_id, material), {"running": False})})
+
     async def post(self, course_id, material):
         person = await self.person()
         members = await self.course(course_id, person)

@@ -41,11 +41,15 @@ class StudentReport:
     student: str
     results: list = field(default_factory=list)  # [{path, status, detail}]
     error: str = ""
+    #: no system account yet: nothing was tried; delivered when their server first starts
+    pending: bool = False
 
     def counts(self):
         counts = dict.fromkeys(STATUSES, 0)
         for result in self.results:
             counts[result["status"]] += 1
+        if self.pending:  # kept with the counts: the stored report has no column of its own for it
+            counts["pending"] = 1
         return counts
 
     @property
@@ -94,6 +98,8 @@ async def deliver_to(store, login, release, previous=None, timeout=120, runner=N
             job = deliver_job(store, account, release, previous or {})
             async with store.lent_to(account, job["files"]):  # collected work: a copy only they can read
                 report.results = await runner.run_json(account, "deliver", job, timeout)
+    except runas.NoAccount as e:
+        report.error, report.pending = str(e), True
     except (LookupError, runas.WorkerError, OSError) as e:
         report.error = str(e)
         report.results = [{"path": p, "status": "failed", "detail": str(e)} for p in sorted(release.files)]

@@ -129,6 +129,8 @@ class DeliveryReport(Base):
             "error": self.error,
             "counts": self.counts,
             "ok": not self.error and not self.counts.get("failed"),
+            # no system account yet: delivered at their first start (sync_student tries again)
+            "pending": bool(self.counts.get("pending")),
         }
         if results:
             data["results"] = self.results

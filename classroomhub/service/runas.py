@@ -36,6 +36,10 @@ class WorkerError(RuntimeError):
     """The worker failed as a whole (crashed, timed out); the message says how."""
 
 
+class NoAccount(LookupError):
+    """The login has no system account here yet (ClassroomSpawner may create it at their first start)."""
+
+
 @dataclass(frozen=True)
 class Account:
     name: str
@@ -49,11 +53,11 @@ class Account:
 
     @classmethod
     def of(cls, login):
-        """*login*'s account; LookupError if it has none, AccountRefused if the policy refuses it."""
+        """*login*'s account; NoAccount if it has none, AccountRefused if the policy refuses it."""
         try:
             entry = pwd.getpwnam(login)
         except KeyError:
-            raise LookupError(f"{login} has no system account on this host (yet)") from None
+            raise NoAccount(f"{login} has no system account on this host (yet)") from None
         cls.policy.check(login)
         groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
