@@ -175,3 +175,54 @@ async def test_instructor_rights_follow_roster(app, synced, roster_file):
         write_roster(roster_file, original)
         app.authenticator.reload_roster()
         await app.authenticator.sync_roster()
+
+
+def _authenticator_with_service(roster_file, **configured):
+    """ClassroomPasswordAuthenticator configured as a hub config would:
+    *configured* traits first, then ``add_classroom_service``."""
+    from traitlets.config import Config
+
+    from classroomhub.authenticator import ClassroomPasswordAuthenticator
+    from classroomhub.service.hubconfig import add_classroom_service
+
+    c = Config()
+    for name, value in configured.items():
+        setattr(c.ClassroomPasswordAuthenticator, name, value)
+    add_classroom_service(c, data_dir="/nonexistent")
+    auth = ClassroomPasswordAuthenticator(config=c, roster_path=str(roster_file), user_password="long enough password")
+    return c, auth
+
+
+def test_classroom_service_scopes_come_with_the_roster(roster_file):
+    c, auth = _authenticator_with_service(roster_file)
+    assert set(c.JupyterHub.custom_scopes) == {"custom:classroom:instruct", "custom:classroom:grade"}
+    (service,) = c.JupyterHub.services
+    assert service["oauth_client_allowed_scopes"] == ["custom:classroom:grade", "custom:classroom:instruct"]
+    group = "course-data101-students"
+    instructor = auth.policy.course_role("data101", "instructor")["scopes"]
+    assert {f"custom:classroom:instruct!group={group}", f"custom:classroom:grade!group={group}"} <= set(instructor)
+    assert f"access:servers!group={group}" in instructor  # the defaults stay
+    assert auth.policy.course_role("data101", "ta")["scopes"] == [f"custom:classroom:grade!group={group}"]
+    assert auth.policy.course_role("data101", "student") is None
+    for tier in ("root", "admin"):
+        assert {"custom:classroom:instruct", "custom:classroom:grade"} <= set(auth.policy.tier_role(tier)["scopes"])
+    assert auth.policy.tier_role("student") is None
+    assert "access:services!service=classroom" in auth.policy.everyone_role()["scopes"]
+
+
+def test_configured_scopes_do_not_drop_the_services(roster_file):
+    """An operator's course_scopes / tier_scopes replace the defaults, not
+    the classroom service's scopes."""
+    _, auth = _authenticator_with_service(
+        roster_file,
+        course_scopes={"instructor": ["read:users!group={students}"], "ta": ["access:servers!group={students}"]},
+        tier_scopes={"admin": ["admin-ui"]},
+    )
+    group = "course-data101-students"
+    assert auth.policy.course_role("data101", "instructor")["scopes"] == sorted(
+        [f"read:users!group={group}", f"custom:classroom:instruct!group={group}", f"custom:classroom:grade!group={group}"]
+    )
+    assert auth.policy.course_role("data101", "ta")["scopes"] == sorted(
+        [f"access:servers!group={group}", f"custom:classroom:grade!group={group}"]
+    )
+    assert auth.policy.tier_role("admin")["scopes"] == sorted(["admin-ui", "custom:classroom:grade", "custom:classroom:instruct"])
