@@ -90,6 +90,9 @@ def _config_args(parser):
         " environment if the file reads variables",
     )
     parser.add_argument("--hub-dir", help="the hub's working directory, for relative paths (default: the config file's folder)")
+
+
+def _quiet(parser):
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
 
 
@@ -102,6 +105,7 @@ def register(sub, command):
     )
     backup.add_argument("dest", help="a new or empty folder (made 0700, files 0600)")
     _config_args(backup)
+    _quiet(backup)
     backup.set_defaults(func=cmd_backup)
 
     restore = command(
@@ -112,6 +116,7 @@ def register(sub, command):
     )
     restore.add_argument("source", help="a folder made by `classroomhub backup`")
     _config_args(restore)
+    _quiet(restore)
     restore.add_argument("--force", action="store_true", help="replace existing databases and files")
     restore.set_defaults(func=cmd_restore)
 
