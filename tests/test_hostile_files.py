@@ -12,7 +12,6 @@
   give valid RFC 6266 headers, and a release source in /proc is a 400.
 """
 
-import asyncio
 import email.message
 import hashlib
 import json
