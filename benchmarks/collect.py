@@ -251,8 +251,9 @@ class Bench:
                 if check:
                     got = {p: m["size"] for p, m in row.files.items()}
                     assert got == self.expected[row.student], (row.student, got)
-            objects = len(glob.glob(os.path.join(store.objects, "*", "*")))
-            used = disk_usage(store.objects)
+            # collected work goes to the store's private area
+            objects = len(glob.glob(os.path.join(store.private, "*", "*")))
+            used = disk_usage(store.private)
         finally:
             sessions.kw["bind"].dispose()
             remove(where)
