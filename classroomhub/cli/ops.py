@@ -42,13 +42,62 @@ def cmd_generate_config(args):
 def cmd_systemd_unit(args):
     from ..ops.systemd import render_environment, render_unit
 
-    unit = render_unit(args.config, args.state_dir, args.env_file, args.name)
+    try:
+        unit = render_unit(args.config, args.state_dir, args.env_file, args.name)
+    except SystemExit as e:  # the config's one-line refusals (a path missing, not absolute)
+        raise CommandError(str(e.code).removeprefix("classroomhub: "), 2) from None
     write_file(args.output, unit, 0o644, args.force)
     if args.output != "-" and not os.path.exists(args.env_file):
         os.makedirs(os.path.dirname(args.env_file), mode=0o755, exist_ok=True)
         write_file(args.env_file, render_environment(args.name), 0o600)
         print(f"fill in the GitHub OAuth app's id and secret in {args.env_file}", file=sys.stderr)
     return 0
+
+
+def cmd_term_end(args):
+    import datetime
+
+    from ..ops.term import archive_home, leaving_accounts, remove_account
+    from ..roster import RosterError, load_roster
+
+    keep = list(args.keep)
+    if args.keep_roster:
+        try:
+            keep += list(load_roster(args.keep_roster).people)
+        except RosterError as e:
+            raise CommandError(str(e).splitlines()[0], 2) from None
+    leaving = leaving_accounts(keep=keep, match=args.match)
+    if not leaving:
+        print("no accounts to remove (none the hub created match, or all are kept)")
+        return 0
+    if args.yes and os.geteuid() != 0:
+        raise CommandError("archiving homes as their owners and removing accounts needs root", 2)
+    if args.yes and not args.archive and not args.no_archive:
+        raise CommandError("say where the homes go (--archive DIR), or --no-archive to delete them unarchived", 2)
+    what = "archived to " + args.archive if args.archive else "not archived"
+    print(f"{len(leaving)} accounts the hub created; their homes {what}, then the accounts removed:")
+    for account in leaving:
+        note = f"  ({account.home_problem}: not archived, left in place)" if account.home_problem else ""
+        print(f"  {account.login:<24} uid {account.uid:<7} {account.home}{note}")
+    if not args.yes:
+        print("dry run: nothing changed; run again with --yes to do it")
+        return 0
+    if args.archive:
+        os.makedirs(args.archive, mode=0o700, exist_ok=True)
+        os.chmod(args.archive, 0o700)
+    stamp = datetime.date.today().isoformat()
+    failed = 0
+    for account in leaving:
+        try:
+            if args.archive and not account.home_problem:
+                path = archive_home(account, args.archive, stamp)
+                print(f"{account.login}: archived to {path}")
+            remove_account(account)
+            print(f"{account.login}: removed")
+        except OSError as e:
+            failed += 1
+            print(f"{account.login}: kept: {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def register(sub, command):
@@ -100,3 +149,24 @@ def register(sub, command):
     )
     unit.add_argument("--name", default="classroomhub", help="the unit's name")
     unit.set_defaults(func=cmd_systemd_unit)
+
+    term = command(
+        sub,
+        "term-end",
+        "archive the homes of the accounts the hub created and remove the accounts (dry run unless --yes)",
+        description="End of term: the system accounts the hub created (members of classroomhub-users; never root,"
+        " system accounts or accounts made by other means), minus those kept, have their homes archived by tar"
+        " running as each owner, then are removed with their homes. Without --yes it only shows what it would do.",
+        examples=[
+            "classroomhub term-end --keep-roster /etc/classroomhub/roster-next-term.yaml",
+            "sudo classroomhub term-end --keep-roster next.yaml --archive /var/archive/ws2026 --yes",
+            "sudo classroomhub term-end --match 'ws26-*' --archive /var/archive/ws2026 --yes",
+        ],
+    )
+    term.add_argument("--archive", metavar="DIR", help="write <login>-<date>.tar.gz of each home here (made 0700)")
+    term.add_argument("--no-archive", action="store_true", help="remove homes without archiving them")
+    term.add_argument("--keep-roster", metavar="FILE", help="keep everyone on this roster (e.g. the next term's)")
+    term.add_argument("--keep", action="append", default=[], metavar="LOGIN", help="keep this account; repeatable")
+    term.add_argument("--match", default="*", metavar="GLOB", help="only logins matching this pattern")
+    term.add_argument("--yes", action="store_true", help="do it (default: a dry run that changes nothing)")
+    term.set_defaults(func=cmd_term_end)
