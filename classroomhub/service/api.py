@@ -255,8 +255,8 @@ class SyncHandler(BaseHandler):
         try:
             delivered = await self.service.releases.sync(person.name, list(person.courses))
         except TooMany as e:  # one person's syncs are limited: see Releases.sync
-            self.set_header("Retry-After", str(e.retry_after))
-            raise web.HTTPError(429, str(e)) from None
+            self.set_header("Retry-After", str(e.retry_after))  # (an HTTPError's answer would drop it)
+            return self.write_json({"status": 429, "message": str(e)}, status=429)
         self.write_json(
             {
                 "delivered": [

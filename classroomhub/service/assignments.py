@@ -74,12 +74,14 @@ class AssignmentBase(BaseHandler):
         if not person.can_release(course_id):
             raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) can do this")
 
-    def too_many(self, e):
-        """429 (with Retry-After) for a rate past its limit; 403 for a count that will not reset."""
-        if e.retry_after is None:
-            return web.HTTPError(403, str(e))
-        self.set_header("Retry-After", str(e.retry_after))
-        return web.HTTPError(429, str(e))
+    def refuse(self, e):
+        """Answer a :class:`~.limits.TooMany`: 429 with Retry-After for a rate past
+        its limit, 403 for a count that will not reset (written here: an
+        HTTPError's answer would lose the header)."""
+        status = 403 if e.retry_after is None else 429
+        if e.retry_after is not None:
+            self.set_header("Retry-After", str(e.retry_after))
+        self.write_json({"status": status, "message": str(e)}, status=status)
 
     def int_argument(self, name, default, low, high):
         value = self.get_query_argument(name, None)
@@ -200,7 +202,7 @@ class SubmitHandler(AssignmentBase):
         try:
             row = await self.collector.submit(course_id, material, person.name, late=now > due, due=due)
         except TooMany as e:
-            raise self.too_many(e) from None
+            return self.refuse(e)
         if row.error:
             raise web.HTTPError(400, row.error)
         self.write_json(row.to_dict(), status=201)
