@@ -220,9 +220,14 @@ def test_configured_scopes_do_not_drop_the_services(roster_file):
     )
     group = "course-data101-students"
     assert auth.policy.course_role("data101", "instructor")["scopes"] == sorted(
-        [f"read:users!group={group}", f"custom:classroom:instruct!group={group}", f"custom:classroom:grade!group={group}"]
+        [
+            f"read:users!group={group}",
+            f"custom:classroom:instruct!group={group}",
+            f"custom:classroom:grade!group={group}",
+        ]
     )
     assert auth.policy.course_role("data101", "ta")["scopes"] == sorted(
         [f"access:servers!group={group}", f"custom:classroom:grade!group={group}"]
     )
-    assert auth.policy.tier_role("admin")["scopes"] == sorted(["admin-ui", "custom:classroom:grade", "custom:classroom:instruct"])
+    admin = auth.policy.tier_role("admin")["scopes"]
+    assert admin == sorted(["admin-ui", "custom:classroom:grade", "custom:classroom:instruct"])

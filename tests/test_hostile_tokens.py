@@ -277,21 +277,32 @@ def stolen(owner):
 # -- the token-theft chain -----------------------------------------------------
 
 
-@pytest.mark.parametrize("visitor", [PAT, OPAL, "admin"])
-async def test_token_a_visitor_gives_a_students_server_is_refused(app, ready, course, servers, visitor):
+@pytest.mark.parametrize(
+    "visitor, owner, course_id",
+    [
+        (PAT, SAM, "alpha"),  # alpha's instructor opens their student's server
+        (OPAL, SAM, "alpha"),  # the admin tier may open every student's server
+        ("admin", SAM, "alpha"),  # and so may root
+        (IVY, PAT, "beta"),  # beta's instructor opens PAT's, who studies beta
+    ],
+    ids=["instructor", "admin-tier", "root", "instructor-of-staff-member"],
+)
+async def test_token_a_visitor_gives_a_students_server_is_refused(
+    app, ready, course, servers, visitor, owner, course_id
+):
     """Issue #12.1: staff open a student's live server; the server keeps the
     OAuth token their browser hands it; the student plays it against the
     service. Refused on every staff action, and on everything else too."""
-    known = set(stolen(SAM))
-    _, r = await open_server_as(app, visitor, SAM)
+    known = set(stolen(owner))
+    _, r = await open_server_as(app, visitor, owner)
     assert r.status_code == 200, (r.url, r.status_code, r.text[:300])
-    new = [t for t in stolen(SAM) if t not in known]
+    new = [t for t in stolen(owner) if t not in known]
     assert len(new) == 1, "the student's server did not receive the visitor's token"
     (token,) = new
     # it is the visitor's live token
     r = await hub_api(app, token, "GET", "user")
     assert r.status_code == 200 and r.json()["name"] == visitor, r.text
-    await assert_no_staff_powers(app, token, "alpha", refusal="does not give access to the classroom service")
+    await assert_no_staff_powers(app, token, course_id, refusal="does not give access to the classroom service")
     for method, path in [("GET", "courses"), ("GET", "courses/alpha"), ("POST", "sync")]:
         r = await service(app, token, method, path)
         assert r.status_code == 403, f"{method} {path}: {r.text}"
@@ -299,7 +310,8 @@ async def test_token_a_visitor_gives_a_students_server_is_refused(app, ready, co
 
 async def test_a_servers_own_token_is_refused_even_for_its_owner(app, ready, course, servers):
     """PAT teaches alpha and studies beta: code running in PAT's server (a
-    beta notebook, say) holds the server's token; it cannot act for PAT."""
+    beta notebook, say, or code beta's instructor runs there after opening
+    it) holds the server's token; it cannot act for PAT in alpha."""
     token = read(os.path.join(home(PAT), "server-token"))
     assert token == servers[PAT].api_token
     await assert_no_staff_powers(app, token, "alpha", refusal="does not give access to the classroom service")
@@ -472,7 +484,8 @@ async def test_cookie_request_with_xsrf_and_the_pages_staff_scopes_work(app, bro
     xsrf = next(c.value for c in browser_session.cookies if c.name == "_xsrf" and c.path.startswith(prefix))
     headers = {"Sec-Fetch-Mode": "cors", "X-XSRFToken": xsrf}
     due = due_in(8)
-    r = await browser_session.put(service_url(app, "api/courses/alpha/assignments/hw"), json={"due": due}, headers=headers)
+    url = service_url(app, "api/courses/alpha/assignments/hw")
+    r = await browser_session.put(url, json={"due": due}, headers=headers)
     assert r.status_code == 200, r.text
     r = await browser_session.get(service_url(app, "api/courses/alpha/audit"))
     assert r.status_code == 200, r.text
