@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import psutil
@@ -30,7 +31,7 @@ TAG = "h7t" + secrets.token_hex(2)
 
 
 def test_generate_config_writes_the_packaged_example(tmp_path, capsys):
-    out = tmp_path / "jupyterhub_config.py"
+    out = tmp_path / "etc" / "classroomhub" / "jupyterhub_config.py"  # folders made as needed
     assert cli.main(["generate-config", "-o", str(out)]) == 0
     assert out.read_text() == example_config_text() == (Path(__file__).parent.parent / "jupyterhub_config.example.py").read_text()
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
@@ -40,6 +41,24 @@ def test_generate_config_writes_the_packaged_example(tmp_path, capsys):
     out.write_text("# mine\n")
     assert cli.main(["generate-config", "-o", str(out), "--force"]) == 0
     assert out.read_text() == example_config_text()
+
+
+def test_a_wheel_built_from_the_checkout_carries_the_example_config(tmp_path):
+    """The README's way to install without the checkout: a wheel."""
+    checkout = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(checkout)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("classroomhub-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("classroomhub/data/jupyterhub_config.example.py").decode() == example_config_text()
+        assert "classroomhub/service/openapi.yaml" in archive.namelist()
+        entry_points = archive.read(next(n for n in archive.namelist() if n.endswith("entry_points.txt"))).decode()
+    assert "classroomhub = classroomhub.cli:main" in entry_points
 
 
 def test_a_real_jupyterhub_runs_the_generated_config(tmp_path):
@@ -103,10 +122,12 @@ def test_a_real_jupyterhub_runs_the_generated_config(tmp_path):
 def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path, capsys):
     unit = tmp_path / "classroomhub.service"
     env_file = tmp_path / "etc" / "classroomhub.env"
-    argv = ["systemd-unit", "-o", str(unit), "--env-file", str(env_file), "--state-dir", str(tmp_path)]
+    state = tmp_path / "srv" / "jupyterhub"  # systemd enters it before the hub starts: made, private
+    argv = ["systemd-unit", "-o", str(unit), "--env-file", str(env_file), "--state-dir", str(state)]
     assert cli.main([*argv, "--config", str(tmp_path / "jupyterhub_config.py")]) == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
     text = unit.read_text()
-    for line in ("Delegate=yes", "Restart=on-failure", f"EnvironmentFile={env_file}", f"WorkingDirectory={tmp_path}"):
+    for line in ("Delegate=yes", "Restart=on-failure", f"EnvironmentFile={env_file}", f"WorkingDirectory={state}"):
         assert line in text.splitlines(), line
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split("=", 1)[1].split()[0] == os.path.join(os.path.dirname(sys.executable), "jupyterhub")

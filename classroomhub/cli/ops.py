@@ -13,6 +13,8 @@ def write_file(path, text, mode=0o644, force=False):
     if path == "-":
         sys.stdout.write(text)
         return
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(path, flags, mode)
@@ -47,9 +49,12 @@ def cmd_systemd_unit(args):
     except SystemExit as e:  # the config's one-line refusals (a path missing, not absolute)
         raise CommandError(str(e.code).removeprefix("classroomhub: "), 2) from None
     write_file(args.output, unit, 0o644, args.force)
-    if args.output != "-" and not os.path.exists(args.env_file):
-        os.makedirs(os.path.dirname(args.env_file), mode=0o755, exist_ok=True)
-        write_file(args.env_file, render_environment(args.name), 0o600)
+    if args.output != "-":
+        from ..ops.config import private_dir
+
+        private_dir(args.state_dir)  # systemd enters it before the config could make it
+        if not os.path.exists(args.env_file):
+            write_file(args.env_file, render_environment(args.name), 0o600)
         print(f"fill in the GitHub OAuth app's id and secret in {args.env_file}", file=sys.stderr)
     return 0
 

@@ -15,6 +15,9 @@ UNIT = """\
 Description=classroomhub (JupyterHub for a class)
 After=network-online.target
 Wants=network-online.target
+# a configuration error fails every start: give up after 5 in 2 minutes
+StartLimitIntervalSec=120
+StartLimitBurst=5
 
 [Service]
 # root: it starts each person's server as their own system user, creates
