@@ -55,7 +55,8 @@ class Hub:
         self.state, self.port = Path(state), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         if config is None:
-            command = ["classroomhub.cli", "demo", "--port", str(self.port), "--state-dir", str(state), "--password", password]
+            command = ["classroomhub.cli", "demo", "--port", str(self.port), "--state-dir", str(state)]
+            command += ["--password", password]
         else:
             command = ["jupyterhub", "-f", str(config)]
         self.proc = subprocess.Popen(
@@ -116,7 +117,7 @@ def states():
         yield folders
     finally:
         for folder in folders:
-            subprocess.run([sys.executable, "-m", "classroomhub.cli", "demo", "--state-dir", str(folder), "--remove-users"], check=False)
+            classroomhub("demo", "--state-dir", str(folder), "--remove-users", check=False)
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -124,7 +125,8 @@ def login_token(url, name, password):
     """Log in as a browser does, then make an API token (the hub checks the XSRF cookie)."""
     s = requests.Session()
     s.get(url + "hub/login", timeout=30).raise_for_status()
-    r = s.post(url + "hub/login", data={"username": name, "password": password, "_xsrf": s.cookies["_xsrf"]}, allow_redirects=False, timeout=30)
+    form = {"username": name, "password": password, "_xsrf": s.cookies["_xsrf"]}
+    r = s.post(url + "hub/login", data=form, allow_redirects=False, timeout=30)
     assert r.status_code == 302, r.text
     r = s.post(
         url + f"hub/api/users/{name}/tokens",
@@ -146,7 +148,8 @@ class Client:
         return r.json()
 
     def service(self, method, path, **kwargs):
-        return requests.request(method, self.url + "services/classroom/api/" + path, headers=self.headers, timeout=120, **kwargs)
+        url = self.url + "services/classroom/api/" + path
+        return requests.request(method, url, headers=self.headers, timeout=120, **kwargs)
 
     def wait_for_service(self):
         for _ in range(150):
@@ -273,7 +276,8 @@ def test_backup_of_a_running_hub_restores_into_an_empty_state_folder(states):
             assert set(before[key]) <= set(got[key]) <= set(after[key]), key
         # a collected file is served from the restored store
         sub_id = got["submissions"][0][0]
-        r = client.service("GET", f"courses/{COURSE}/assignments/week1/submissions/{sub_id}/file", params={"path": "answer.py"})
+        path = f"courses/{COURSE}/assignments/week1/submissions/{sub_id}/file"
+        r = client.service("GET", path, params={"path": "answer.py"})
         assert r.status_code == 200 and r.text == "print(42)\n", r.text
     finally:
         restored.stop()
@@ -356,8 +360,10 @@ def small_state(folder, service_db_url=None):
     store.shared_tree("c--m--v1", {"data/x.csv": {"sha256": released, "size": 18}})
     engine = create_engine(service_db_url)
     with Session(engine) as db:
-        db.add(Release(course="c", material="m", version=1, created_by="i", source="/s", files={"nb.ipynb": {"sha256": released, "size": 18, "mode": 0o644}}, shared=True))
-        db.add(Submission(course="c", material="m", student="s", kind="submitted", files={"answer.py": {"sha256": collected, "size": 19}}))
+        nb = {"nb.ipynb": {"sha256": released, "size": 18, "mode": 0o644}}
+        db.add(Release(course="c", material="m", version=1, created_by="i", source="/s", files=nb, shared=True))
+        answer = {"answer.py": {"sha256": collected, "size": 19}}
+        db.add(Submission(course="c", material="m", student="s", kind="submitted", files=answer))
         db.commit()
     engine.dispose()
     return loc, {"released": released, "collected": collected, "orphan": orphan}

@@ -53,24 +53,36 @@ def release_models(tmp_path_factory):
 
 
 def fill(m, url):
-    """One row in every table, made with models module *m*; what was written."""
+    """One row in every table, made with models module *m*."""
     engine = create_engine(url)
     m.Base.metadata.create_all(engine)
-    files = {"nb.ipynb": {"sha256": "ab" * 32, "size": 12, "mode": 0o644}, "caf\udce9.txt": {"sha256": "cd" * 32, "size": 3, "mode": 0o644}}
+    files = {
+        "nb.ipynb": {"sha256": "ab" * 32, "size": 12, "mode": 0o644},
+        "caf\udce9.txt": {"sha256": "cd" * 32, "size": 3, "mode": 0o644},  # a non-UTF-8 name
+    }
+    week1 = {"course": "data101", "material": "week1"}
+    due = T0 + timedelta(days=7)
     with Session(engine) as db:
-        release = m.Release(course="data101", material="week1", version=1, created=T0, created_by="h3-ines", source="/src", files=files, skipped=[["big.bin", "too large"]], shared=True)
+        release = m.Release(
+            **week1, version=1, created=T0, created_by="h3-ines", source="/src", files=files,
+            skipped=[["big.bin", "too large"]], shared=True,
+        )  # fmt: skip
         db.add(release)
         db.flush()
-        db.add(m.DeliveryReport(release_id=release.id, student="h3-sue", at=T0, counts={"new": 2}, results=[{"path": "nb.ipynb", "action": "new"}]))
-        db.add(m.Delivered(course="data101", material="week1", student="h3-sue", files=files, version=1))
-        db.add(m.Assignment(course="data101", material="week1", due=T0 + timedelta(days=7), late_seconds=3600, set_by="h3-ines", updated=T0))
-        db.add(m.Extension(course="data101", material="week1", student="h3-sue", due=T0 + timedelta(days=9), set_by="h3-ines"))
-        sub = m.Submission(course="data101", material="week1", student="h3-sue", taken=T0 + timedelta(days=7), deadline=T0 + timedelta(days=7), kind="deadline", late=False, caught_up=True, files=files, skipped=[])
+        results = [{"path": "nb.ipynb", "action": "new"}]
+        db.add(m.DeliveryReport(release_id=release.id, student="h3-sue", at=T0, counts={"new": 2}, results=results))
+        db.add(m.Delivered(**week1, student="h3-sue", files=files, version=1))
+        db.add(m.Assignment(**week1, due=due, late_seconds=3600, set_by="h3-ines", updated=T0))
+        db.add(m.Extension(**week1, student="h3-sue", due=due + timedelta(days=2), set_by="h3-ines"))
+        sub = m.Submission(
+            **week1, student="h3-sue", taken=due, deadline=due, kind="deadline", late=False, caught_up=True,
+            files=files, skipped=[],
+        )  # fmt: skip
         db.add(sub)
         db.flush()
-        db.add(m.GradedChoice(course="data101", material="week1", student="h3-sue", submission_id=sub.id, by="h3-ines", at=T0))
-        db.add(m.Feedback(course="data101", material="week1", student="h3-sue", grader="h3-ines", at=T0, files=files, results=[]))
-        db.add(m.AuditEvent(at=T0, actor="h3-ines", action="collect", course="data101", material="week1", student="h3-sue", detail="1 file"))
+        db.add(m.GradedChoice(**week1, student="h3-sue", submission_id=sub.id, by="h3-ines", at=T0))
+        db.add(m.Feedback(**week1, student="h3-sue", grader="h3-ines", at=T0, files=files, results=[]))
+        db.add(m.AuditEvent(at=T0, actor="h3-ines", action="collect", **week1, student="h3-sue", detail="1 file"))
         db.commit()
     engine.dispose()
 
@@ -239,7 +251,10 @@ def test_a_newer_schema_is_refused_and_left_alone(release_models, tmp_path):
     assert not list(tmp_path.glob("*.backup-*"))
 
     cli = subprocess.run(
-        [sys.executable, "-m", "classroomhub.cli", "upgrade-db", "--db-url", url], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "classroomhub.cli", "upgrade-db", "--db-url", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cli.returncode == 1
     lines = cli.stderr.strip().splitlines()

@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import stat
 import time
+import urllib.parse
 from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, select
@@ -70,10 +71,18 @@ def _private_dir(path):
 
 
 def _copy_private(source, dest):
-    """Copy the file *source* to *dest*, mode 0600 (flushed to disk by one
-    sync at the end, not one per file)."""
-    private_file(dest)
-    shutil.copyfile(source, dest)  # sendfile(2): in the kernel
+    """Copy the file *source* to the new file *dest*, mode 0600, in the
+    kernel (flushed to disk by one sync at the end, not one per file)."""
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            while os.copy_file_range(src, out, 1 << 30):
+                pass
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
 
 
 def _display_url(url):
@@ -84,7 +93,7 @@ def _display_url(url):
 
 def _alembic_revision(copy_path):
     """The schema revision recorded in an SQLite copy, or None."""
-    con = sqlite3.connect(f"file:{copy_path}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{urllib.parse.quote(copy_path)}?mode=ro", uri=True)
     try:
         return ",".join(r[0] for r in con.execute("SELECT version_num FROM alembic_version"))
     except sqlite3.Error:
@@ -204,7 +213,8 @@ class Backup:
         st = os.stat(path)
         _copy_private(path, os.path.join(self.dest, rel))
         self.progress(f"{name}: {path}")
-        self.items.append(self._describe(name, rel, source=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid))
+        mode = stat.S_IMODE(st.st_mode)
+        self.items.append(self._describe(name, rel, source=path, mode=mode, uid=st.st_uid, gid=st.st_gid))
 
     def _describe(self, name, rel, **extra):
         path = os.path.join(self.dest, rel)
@@ -366,8 +376,10 @@ class Restore:
         }
 
     def _occupied(self, items, targets):
-        for name in items:
+        for name, item in items.items():
             target = targets.get(name)
+            if item.get("missing"):
+                continue
             if name.endswith("-db"):
                 yield f"{_display_url(target)} holds tables", database_has_tables(target)
             else:
@@ -379,8 +391,10 @@ class Restore:
             )
 
     def _file(self, path, target, item):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         part = target + ".part"
+        if os.path.lexists(part):  # left by an interrupted restore
+            os.unlink(part)
         _copy_private(path, part)
         os.chmod(part, item.get("mode", 0o600))
         _same_owner_as(part, item.get("uid"), item.get("gid"))
@@ -401,7 +415,8 @@ class Restore:
                 os.makedirs(folder, mode=modes["dir_mode"], exist_ok=True)
                 os.chmod(folder, modes["dir_mode"])
                 for rest in os.listdir(os.path.join(source, prefix)):
-                    self._object(os.path.join(source, prefix, rest), os.path.join(folder, rest), prefix + rest, modes["file_mode"])
+                    saved, placed = os.path.join(source, prefix, rest), os.path.join(folder, rest)
+                    self._object(saved, placed, prefix + rest, modes["file_mode"])
                     count += 1
         self.progress(f"store: {count} objects into {store.root}")
         for key, files in info.get("shared", {}).items():

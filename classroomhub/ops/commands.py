@@ -13,9 +13,7 @@ def _say(message):
 
 
 def _human(size):
-    from ..spawner.enforcement import human_bytes
-
-    return human_bytes(size)
+    return f"{size / 1024**2:.1f} MiB" if size < 1024**3 else f"{size / 1024**3:.2f} GiB"
 
 
 def _locations(args):
@@ -33,7 +31,7 @@ def cmd_backup(args):
     try:
         manifest = Backup(_locations(args), args.dest, progress=None if args.quiet else _say).run()
     except BackupError as e:
-        raise CommandError(f"backup failed: {e}") from None
+        raise CommandError(str(e)) from None
     for note in manifest["notes"]:
         print(f"note: {note}", file=sys.stderr)
     store = manifest["store"] or {"objects": 0, "bytes": 0, "missing": []}
@@ -53,8 +51,11 @@ def cmd_restore(args):
     try:
         seconds = Restore(_locations(args), args.source, force=args.force, progress=None if args.quiet else _say).run()
     except BackupError as e:
-        raise CommandError(f"restore refused: {e}") from None
-    _say(f"restored {os.path.abspath(args.source)} in {seconds:.1f} s; start the hub (its service upgrades its database if needed)")
+        raise CommandError(str(e)) from None
+    _say(
+        f"restored {os.path.abspath(args.source)} in {seconds:.1f} s;"
+        " start the hub (its service upgrades its database if needed)"
+    )
     return 0
 
 
@@ -89,7 +90,9 @@ def _config_args(parser):
         help="the hub's configuration file, which says where everything is; run with the hub's"
         " environment if the file reads variables",
     )
-    parser.add_argument("--hub-dir", help="the hub's working directory, for relative paths (default: the config file's folder)")
+    parser.add_argument(
+        "--hub-dir", help="the hub's working directory, for relative paths (default: the config file's folder)"
+    )
 
 
 def _quiet(parser):

@@ -110,9 +110,10 @@ def restore_database(url, source, fmt, mode=0o600, force=False):
         if kind_of(url) != "sqlite":
             raise CopyError(f"the backup holds an SQLite database; {make_url(url).get_backend_name()} cannot load it")
         target = sqlite_path(url)
-        if os.path.exists(target) and not force:
-            raise CopyError(f"{target} exists: restore into an empty place, or pass --force to replace it")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        # an empty file is no database yet (configurations create it 0600 ahead)
+        if database_has_tables(url) and not force:
+            raise CopyError(f"{target} holds tables: restore into an empty place, or pass --force to replace it")
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)  # missing folders: private
         part = target + ".part"
         private_file(part)
         try:
