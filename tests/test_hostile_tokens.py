@@ -45,6 +45,7 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     service_url,
     service_world,
     stop_service,
+    write_tree,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and runs their servers")
@@ -109,6 +110,9 @@ def HUB_CONFIG(c):
 @pytest.fixture(scope="module", autouse=True)
 def accounts():
     with service_world(PEOPLE, DATA_DIR):
+        for who in (PAT, IVY):  # what an instructor keeps to themselves
+            write_tree(who, os.path.join(home(who), "private"), {"answers.txt": "the answers\n"})
+            os.chmod(os.path.join(home(who), "private"), 0o700)
         for who in (SAM, PAT):
             folder = os.path.join(home(who), ".jupyter")
             os.makedirs(folder, exist_ok=True)
@@ -222,6 +226,11 @@ async def sue_submission(app, course_id="alpha"):
     return row["submissions"][0]["id"]
 
 
+def private_folder(course_id):
+    """A folder the course's instructor keeps to themselves (mode 0700)."""
+    return os.path.join(home(PAT if course_id == "alpha" else IVY), "private")
+
+
 def staff_requests(course_id, submission=1, student=SUE):
     """What course staff may do in *course_id* (to *student* and their
     *submission*): (method, path, body)."""
@@ -232,7 +241,8 @@ def staff_requests(course_id, submission=1, student=SUE):
         ("PUT", base, {"due": due_in(-1)}),
         ("PUT", f"{base}/extensions/{student}", {"due": due_in(30)}),
         ("POST", f"{base}/collect", {}),
-        ("POST", f"courses/{course_id}/materials/evil/releases", {"source": "/etc"}),
+        # the instructor's private folder, released into the students' homes
+        ("POST", f"courses/{course_id}/materials/evil/releases", {"source": private_folder(course_id), "wait": True}),
         ("GET", f"{base}/submissions.zip", None),
         ("GET", f"{base}/submissions/{submission}/file?path=answers.txt", None),
         ("PUT", f"{base}/graded/{student}", {"submission": submission}),
@@ -252,6 +262,8 @@ async def assert_no_staff_powers(app, token, course_id, refusal=None):
             assert refusal in r.json()["message"], r.text
     after = (await service(app, token_of(app, "admin"), "GET", f"courses/{course_id}/audit")).json()["events"]
     assert after == before
+    for student in (SAM, SUE, PAT):
+        assert not os.path.exists(os.path.join(home(student), course_id, "evil"))
     r = await service(app, token_of(app, "admin"), "GET", f"courses/{course_id}/assignments")
     assert all(datetime.fromisoformat(a["due"]) > datetime.now(timezone.utc) for a in r.json()["assignments"])
 
@@ -345,7 +357,8 @@ async def test_token_made_with_no_scopes_is_refused(app, ready, course, who):
         await assert_no_staff_powers(app, token, "alpha")
 
 
-STAFF_IDS = [f"{method} {path.split('/', 2)[2]}" for method, path, _ in staff_requests("alpha")]
+#: staff_requests' actions, in its order
+STAFF_IDS = ["audit", "due", "extension", "collect", "release", "zip", "file", "graded", "feedback"]
 
 
 @pytest.mark.parametrize("index", range(len(STAFF_IDS)), ids=STAFF_IDS)
@@ -353,7 +366,9 @@ async def test_service_access_alone_carries_no_staff_powers(app, ready, course, 
     """PAT's token with access to the service but without the classroom's
     custom scopes: PAT as a mere member of alpha."""
     token = token_of(app, PAT, scopes=[ACCESS])
-    method, path, body = staff_requests("alpha", await sue_submission(app))[index]
+    actions = staff_requests("alpha", await sue_submission(app))
+    assert len(actions) == len(STAFF_IDS)
+    method, path, body = actions[index]
     r = await service(app, token, method, path, **({"json": body} if body is not None else {}))
     assert r.status_code == 403, r.text
     r = await service(app, token, "GET", "courses/alpha")
