@@ -114,7 +114,7 @@ def test_a_post_is_not_redirected_and_the_url_to_use_is_named(fake_hub, capsys):
     rc, out, err = run(["roster", "sync", "--hub-url", url, "--token", "t"], capsys)
     assert rc == 1
     assert err.strip().splitlines() == [
-        f"classroomhub roster: {url}/hub/api/classroom/roster redirects (301) to "
+        f"classroomhub roster sync: {url}/hub/api/classroom/roster redirects (301) to "
         "https://hub.example.edu/hub/api/classroom/roster: use --hub-url https://hub.example.edu"
     ]
     assert seen == [("POST", "/hub/api/classroom/roster")]  # nothing repeated at the new address
@@ -233,11 +233,11 @@ async def cli_run(argv, capsys):
 async def test_a_refused_token_is_one_line(app, accounts, ready, capsys):
     base = ["--hub-url", public_url(app).rstrip("/"), "--token", "not-a-token"]
     rc, out, err = await cli_run(["status", "data101", *base], capsys)
-    assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert "token" in err
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines() == ["classroomhub status: Authentication needed: a JupyterHub token or a hub login"]
     rc, out, err = await cli_run(["roster", "sync", *base], capsys)
-    assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert "token" in err
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines() == ["classroomhub roster sync: Missing or invalid credentials. (check --token and its scopes)"]
 
 
 @root_only

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import textwrap
@@ -45,13 +46,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def command(subparsers, name, help, examples=(), description=None):
     """A sub-command whose ``--help`` shows defaults and *examples*."""
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
-    return subparsers.add_parser(
+    parser = subparsers.add_parser(
         name,
         help=help,
         description=textwrap.fill(description or help[:1].upper() + help[1:] + "."),
         epilog=epilog,
         formatter_class=HelpFormatter,
     )
+    parser.set_defaults(prog=parser.prog)  # "classroomhub roster sync", for its messages
+    return parser
 
 
 def build_parser():
@@ -73,14 +76,15 @@ def build_parser():
 def main(argv=None):
     """Run one command; its exit status (130 after Ctrl-C, as a shell expects)."""
     args = build_parser().parse_args(argv)
+    name = getattr(args, "prog", "classroomhub")  # set by command()
     try:
         return args.func(args)
     except CommandError as e:
-        print(f"classroomhub {args.command}: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
-        print(f"\nclassroomhub {args.command}: interrupted", file=sys.stderr)
+        print(f"\n{name}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except BrokenPipeError:  # `classroomhub usage | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `classroomhub usage | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -18,8 +18,8 @@ import urllib.request
 
 DEFAULT_HUB_URL = "http://127.0.0.1:8000"
 DEFAULT_SERVICE_PREFIX = "/services/classroom"
-# paths a hub or a HubOAuth service redirects an unknown token to
-LOGIN_PATHS = ("/hub/login", "/hub/api/oauth2/authorize", "/oauth_callback")
+# where the hub, or a HubOAuth service, sends a request whose token it does not accept
+LOGIN_PATHS = ("/hub/login", "/hub/api/oauth2/authorize")
 
 
 class CommandError(Exception):
@@ -130,8 +130,7 @@ class HubClient:
             raise CommandError(f"{url}: {getattr(e, 'reason', None) or e}") from None
 
     def _redirect_message(self, method, url, path, r):
-        target = urllib.parse.urlsplit(r.location)
-        if any(target.path.endswith(p) or p + "?" in r.location for p in LOGIN_PATHS):
+        if urllib.parse.urlsplit(r.location).path.endswith(LOGIN_PATHS):
             return f"{url}: the token was not accepted (HTTP {r.code} to the login page): check --token"
         if r.location.endswith(path):  # same API elsewhere, e.g. http -> https
             return f"{url} redirects ({r.code}) to {r.location}: use --hub-url {r.location[: -len(path)] or '/'}"
@@ -146,7 +145,8 @@ class HubClient:
             message = None
         if not message:
             text = " ".join(raw.decode("utf-8", "replace").split())
-            message = f"{url}: HTTP {e.code} {e.reason}" + (f": {text[:200]}" if text and not _html(e) else "")
+            html = e.headers.get_content_type() == "text/html"  # a proxy's error page says no more
+            message = f"{url}: HTTP {e.code} {e.reason}" + (f": {text[:200]}" if text and not html else "")
         if e.code in (401, 403) and "token" not in message.lower():
             message += " (check --token and its scopes)"
         return message
@@ -161,6 +161,3 @@ class HubClient:
                 " (and --service-prefix the classroom service's)?"
             ) from None
 
-
-def _html(resp):
-    return resp.headers.get_content_type() == "text/html"
