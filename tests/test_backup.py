@@ -494,3 +494,42 @@ def test_postgresql_service_database_is_dumped_and_restored(tmp_path, pg_databas
         Restore(target, backup).run()
     Restore(target, backup, force=True).run()
     assert rows(empty) == rows(live)
+
+
+def test_locations_come_from_the_hub_configuration(tmp_path, monkeypatch):
+    """backup/restore/upgrade-db find everything through jupyterhub_config.py:
+    the shipped example (its environment variables), and a hand-written one
+    with relative paths and the service's own --db-url."""
+    from classroomhub.ops.locations import read_locations
+
+    example = Path(__file__).parent.parent / "classroomhub" / "data" / "jupyterhub_config.example.py"
+    state = tmp_path / "state"
+    monkeypatch.setenv("CLASSROOMHUB_STATE_DIR", str(state))
+    monkeypatch.setenv("CLASSROOMHUB_BIND_URL", "http://127.0.0.1:8000")
+    monkeypatch.setenv("CLASSROOMHUB_SERVICE_DIR", str(tmp_path / "service"))
+    monkeypatch.delenv("CLASSROOMHUB_ROSTER", raising=False)
+    monkeypatch.delenv("CLASSROOMHUB_DB_URL", raising=False)
+    loc = read_locations(example)
+    assert loc.hub_db_url == f"sqlite:///{state}/jupyterhub.sqlite"
+    assert loc.cookie_secret_file == f"{state}/jupyterhub_cookie_secret"
+    assert loc.roster_path == f"{state}/roster.yaml"
+    assert loc.identity_file == f"{state}/classroomhub-identities.json"
+    assert loc.service_db_url == f"sqlite:///{tmp_path}/service/db/classroom.sqlite"
+    assert loc.store_dir == f"{tmp_path}/service/store"
+
+    own = tmp_path / "etc" / "jupyterhub_config.py"
+    own.parent.mkdir()
+    own.write_text(
+        "from classroomhub.service.hubconfig import add_classroom_service\n"
+        "c.JupyterHub.authenticator_class = 'classroom-password'\n"
+        "c.ClassroomPasswordAuthenticator.roster_path = 'people.yaml'\n"
+        "add_classroom_service(c, data_dir='/srv/h3-classroom', args=['--db-url', 'postgresql://u:secret@db/classroom'])\n"
+    )
+    loc = read_locations(own)
+    here = own.parent
+    assert loc.hub_db_url == f"sqlite:///{here}/jupyterhub.sqlite"  # JupyterHub's defaults, relative to the hub
+    assert loc.cookie_secret_file == f"{here}/jupyterhub_cookie_secret"
+    assert loc.roster_path == f"{here}/people.yaml" and loc.identity_file is None
+    assert loc.service_db_url == "postgresql://u:secret@db/classroom"
+    assert loc.store_dir == "/srv/h3-classroom/store"
+    assert read_locations(own, hub_dir="/srv/hub").hub_db_url == "sqlite:////srv/hub/jupyterhub.sqlite"
