@@ -234,6 +234,7 @@ class ClassroomService(Application):
         self._upgrade_database()
         self.sessions = open_database(self.db_url)
         self.store = ReleaseStore(self.store_dir)
+        self.store.sweep_lent()
         self._seal_collected_objects()
         self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, log=self.log)
         self.releases = Releases(

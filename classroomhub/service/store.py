@@ -72,8 +72,6 @@ class ReleaseStore:
         ):
             os.makedirs(folder, mode=mode, exist_ok=True)
             os.chmod(folder, mode)
-        for name in os.listdir(self.lent):  # left by a service that stopped mid-job
-            shutil.rmtree(os.path.join(self.lent, name), ignore_errors=True)
 
     def area_path(self, sha256, private):
         """Where content *sha256* lies (or would) in one area."""
@@ -211,6 +209,12 @@ class ReleaseStore:
             raise
         return target
 
+
+    def sweep_lent(self):
+        """Remove what a service that stopped mid-job left lent (call at start,
+        before any job: a lent folder is in use while its job runs)."""
+        for name in os.listdir(self.lent):
+            shutil.rmtree(os.path.join(self.lent, name), ignore_errors=True)
 
     @contextlib.asynccontextmanager
     async def lent_to(self, account, entries):
