@@ -345,3 +345,29 @@ def test_postgresql_release_database_is_backed_up_with_pg_dump_and_upgraded(rele
     with pytest.raises(SchemaTooNew, match="from_the_future"):
         upgrade_database(pg_database)
     assert revision_of(pg_database) == {"from_the_future"} and dump(pg_database, before) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root (it works as students)")
+def test_no_migration_without_a_backup(release_models, tmp_path, monkeypatch, caplog):
+    """When the copy cannot be made (say pg_dump is missing), the service
+    stops with one line and leaves the database as it was."""
+    from classroomhub.ops.dbcopy import CopyError
+    from classroomhub.service import app as service_app
+
+    def no_backup(url, folder=None):
+        raise CopyError("pg_dump not found: install PostgreSQL's client programs")
+
+    monkeypatch.setattr(service_app, "backup_beside", no_backup)
+    url = f"sqlite:///{tmp_path}/db/classroom.sqlite"
+    os.makedirs(tmp_path / "db", mode=0o700)
+    fill(release_models, url)
+    before = sha(tmp_path / "db" / "classroom.sqlite")
+    service = service_app.ClassroomService()
+    service.log = logging.getLogger("h3-service-nobackup")
+    with caplog.at_level(logging.INFO, logger="h3-service-nobackup"), pytest.raises(SystemExit) as exited:
+        service.initialize(["--data-dir", str(tmp_path / "data"), "--db-url", url])
+    assert exited.value.code == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "could not be backed up first: pg_dump not found" in line and "--no-backup" in line
+    assert sha(tmp_path / "db" / "classroom.sqlite") == before
+    assert revision_of(url) == set()

@@ -32,6 +32,8 @@ def cmd_backup(args):
         manifest = Backup(_locations(args), args.dest, progress=None if args.quiet else _say).run()
     except BackupError as e:
         raise CommandError(str(e)) from None
+    except OSError as e:  # e.g. not run as the hub's user
+        raise CommandError(f"{e.filename}: {e.strerror}") from None
     for note in manifest["notes"]:
         print(f"note: {note}", file=sys.stderr)
     store = manifest["store"] or {"objects": 0, "bytes": 0, "missing": []}
@@ -52,6 +54,8 @@ def cmd_restore(args):
         seconds = Restore(_locations(args), args.source, force=args.force, progress=None if args.quiet else _say).run()
     except BackupError as e:
         raise CommandError(str(e)) from None
+    except OSError as e:
+        raise CommandError(f"{e.filename}: {e.strerror}") from None
     _say(
         f"restored {os.path.abspath(args.source)} in {seconds:.1f} s;"
         " start the hub (its service upgrades its database if needed)"

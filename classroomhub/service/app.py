@@ -27,6 +27,7 @@ from .collect import Collector
 from .grading import grading_handlers
 from .grading_pages import assignment_page_handlers
 from .hub import HubClient
+from ..ops.dbcopy import CopyError
 from .migrations import SchemaTooNew, backup_beside, upgrade_database
 from .models import Feedback, Release, Submission, make_private_sqlite, open_database
 from .pages import page_handlers
@@ -283,6 +284,13 @@ class ClassroomService(Application):
             )
         except SchemaTooNew as e:
             self.log.critical("%s", e)
+            self.exit(1)
+        except CopyError as e:  # no backup, no migration
+            self.log.critical(
+                "The database must be upgraded, but could not be backed up first: %s."
+                " Back it up yourself, then run `classroomhub upgrade-db --no-backup`",
+                e,
+            )
             self.exit(1)
 
     def _move_legacy_database(self):
