@@ -483,6 +483,8 @@ async def test_cookie_request_without_xsrf_is_refused_whatever_authorization_say
 ):
     """Issue #12.5: a cross-site form or script posts with the victim's
     cookie and an Authorization header that authenticates nothing."""
+    r = await service(app, token_of(app, "admin"), "PUT", "courses/alpha/assignments/hw", json={"due": due_in(7)})
+    assert r.status_code == 200, r.text
     headers = {"Sec-Fetch-Mode": "cors"}
     if authorization:
         headers["Authorization"] = authorization
