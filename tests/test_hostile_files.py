@@ -311,6 +311,9 @@ def test_policy_refuses_root_system_and_foreign_accounts(tmp_path):
     allowed = AccountPolicy(allowed_system_accounts=["daemon", PLAIN])
     assert allowed.refusal("daemon") is None and allowed.refusal(PLAIN) is None
     assert allowed.refusal("root") is not None
+    # a host whose regular accounts all belong to the roster's people
+    trusting = AccountPolicy(refuse_unmanaged=False)
+    assert trusting.refusal(PLAIN) is None and "below UID_MIN" in trusting.refusal("daemon")
     # UID_MIN comes from login.defs
     defs = tmp_path / "login.defs"
     defs.write_text("# comment\nSUB_UID_MIN 100000\nUID_MIN\t\t 60000\n")
