@@ -424,6 +424,14 @@ def test_restore_checks_everything_and_refuses_a_non_empty_target(tmp_path):
     with pytest.raises(BackupError, match="not empty: .*holds tables.*exists"):
         Restore(target, backup).run()
     (new / "roster.yaml").write_text("changed\n")
+    # not under a running hub: a database someone has open is not replaced, even with --force
+    in_use = sqlite3.connect(new / "jupyterhub.sqlite")
+    try:
+        with pytest.raises(BackupError, match=f"jupyterhub.sqlite is in use by process {os.getpid()} .*stop the hub"):
+            Restore(target, backup, force=True).run()
+    finally:
+        in_use.close()
+    assert (new / "roster.yaml").read_text() == "changed\n"
     Restore(target, backup, force=True).run()
     assert (new / "roster.yaml").read_text() == ROSTER
 

@@ -42,6 +42,7 @@ from .dbcopy import (
     database_has_tables,
     kind_of,
     private_file,
+    processes_using,
     restore_database,
     sqlite_path,
 )
@@ -331,6 +332,12 @@ class Restore:
                 raise BackupError(f"{path}: missing or damaged (its checksum differs from the manifest's)")
             if name not in targets:
                 raise BackupError(f"the backup has {name}, but {self.locations.config_file} configures no place for it")
+        for name, item in items.items():
+            if item.get("format") and not item.get("missing"):
+                users = processes_using(targets[name])
+                if users:
+                    running = ", ".join(f"{pid} ({comm})" for pid, comm in users)
+                    raise BackupError(f"{_display_url(targets[name])} is in use by process {running}: stop the hub first")
         if not self.force:
             busy = [what for what, used in self._occupied(items, targets) if used]
             if busy:

@@ -139,6 +139,26 @@ def restore_database(url, source, fmt, mode=0o600, force=False):
         raise CopyError(f"unknown database copy format {fmt!r}")
 
 
+def processes_using(url):
+    """``[(pid, command name)]`` of the processes that have the SQLite
+    database at *url* (or its -wal/-shm files) open: a database must not be
+    replaced under a running hub or service. Empty for other databases."""
+    path = sqlite_path(url)
+    if path is None:
+        return []
+    names = {path, path + "-wal", path + "-shm"}
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in names for fd in fds):
+                with open(f"/proc/{pid}/comm") as f:
+                    found.append((int(pid), f.read().strip()))
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return found
+
+
 def database_has_tables(url):
     path = sqlite_path(url)
     if path is not None and not os.path.exists(path):
