@@ -506,6 +506,42 @@ for i in range(100_000):
     assert took < 10
 
 
+async def test_a_hand_in_runs_inside_the_students_own_limits(homes, collector, monkeypatch):
+    """The worker of a hand-in joins the memory and pids groups of the
+    student's running server (ClassroomSpawner's layout), so what it uses
+    counts against the student's limits, not the service's."""
+    from classroomhub.spawner.cgroups import CgroupV1
+    from classroomhub.spawner.enforcement import Limits, group_key
+
+    alice = homes[ALICE]
+    work(alice, {"hw.ipynb": b"work"}, 2000)
+    parent = f"classroomhub-{TAG}-servers"
+    backend = CgroupV1.from_host(parent)  # as the hub's ClassroomSpawner does, for Alice's server
+    key = group_key(ALICE)
+    backend.create(key, Limits(mem_bytes=256 * 1024**2, pids=64))
+    collector.cgroup_parent = parent
+    seen = {}  # worker pid -> the groups of Alice's server it is in
+    copied_one = runas.Export.done_with_one
+
+    def look(export, path=None, fd=None):
+        if export.pid not in seen:
+            dirs = backend.group_dirs(key)
+            seen[export.pid] = [d for d in dirs if str(export.pid) in open(d + "/cgroup.procs").read().split()]
+        return copied_one(export, path, fd)
+
+    monkeypatch.setattr(runas.Export, "done_with_one", look)
+    try:
+        row = await collector.submit(COURSE, MATERIAL, ALICE, late=False, due=utcnow() + timedelta(hours=1))
+        deadline_row = await collector.snapshot(COURSE, MATERIAL, ALICE, "deadline", deadline=utcnow())
+    finally:
+        await backend.destroy(key)
+        backend.remove_parent()
+    assert not row.error and len(row.files) == 2001 and not deadline_row.error
+    hand_in, deadline = seen.values()
+    assert sorted(hand_in) == sorted(d for d in backend.group_dirs(key) if "/memory/" in d or "/pids/" in d)
+    assert deadline == []  # a frozen student's groups are not joined
+
+
 async def test_hand_ins_are_rate_limited_and_counted(homes, collector):
     alice = homes[ALICE]
     work(alice, {"hw.ipynb": b"work"})

@@ -155,6 +155,13 @@ class ClassroomService(Application):
         help="Folder in the freezer hierarchy for the groups of frozen students (thawed at start if left over).",
     ).tag(config=True)
 
+    student_cgroup_parent = Unicode(
+        "classroomhub",
+        help="""ClassroomSpawner's ``cgroup_parent`` on this hub: the worker of a
+        student's hand-in joins their running server's memory and pids groups
+        (their own limits). Empty: never.""",
+    ).tag(config=True)
+
     worker_memory_bytes = Integer(
         512 * 1024**2,
         help="Address space (RLIMIT_AS) of each worker that reads or writes a home.",
@@ -261,6 +268,7 @@ class ClassroomService(Application):
             submit_rate=(self.submit_rate_limit, self.submit_rate_window),
         )
         runas.Subprocesses.memory = self.worker_memory_bytes
+        self.collector.cgroup_parent = self.student_cgroup_parent or None
         if self.freeze_at_deadline:
             freezer = Freezer(parent=self.freezer_parent, log=self.log)
             if freezer.available:

@@ -89,6 +89,8 @@ class Collector:
         self.max_submissions = max_submissions  # hand-ins per student and assignment (0: no limit)
         self.submit_rate = RateLimit(*submit_rate, what="hand-ins")
         self.freezer = freezer  # a Freezer: students' processes stop for their deadline snapshot
+        # ClassroomSpawner's cgroup_parent: a hand-in's worker joins the student's server's groups
+        self.cgroup_parent = None
         self.timeout = timeout
         self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
         self.runner = None  # how workers start (see runas); None: a process per home
@@ -164,8 +166,16 @@ class Collector:
         async with self._students.hold(student):
             return await self._snapshot(course, material, student, kind, taken, deadline, late, caught_up, due)
 
-    async def _frozen_copy(self, account, course, material, freeze, due, changed):
-        """Copy the folder into the store, the student's processes frozen if *freeze*."""
+    async def _frozen_copy(self, account, course, material, freeze, due, changed, own_limits=False):
+        """Copy the folder into the store, the student's processes frozen if *freeze*.
+
+        With *own_limits* (a hand-in) the worker runs inside the student's own
+        limits (their server's cgroups); never with *freeze*: a worker
+        needing memory there would wait for frozen processes to give it up.
+        """
+        cgroups = ()
+        if own_limits and not freeze and self.cgroup_parent:
+            cgroups = await asyncio.to_thread(runas.server_cgroups, account.name, self.cgroup_parent)
         frozen = None
         if freeze and self.freezer is not None and account.uid != 0:
             try:
@@ -185,6 +195,7 @@ class Collector:
                 runner=self.runner,
                 changed_since=due,
                 changed=changed,
+                cgroups=cgroups,
             )
         finally:
             if frozen is not None:
@@ -196,7 +207,9 @@ class Collector:
         async with self.limit:
             try:
                 account = runas.Account.of(student)
-                files, skipped = await self._frozen_copy(account, course, material, kind == "deadline", due, changed)
+                files, skipped = await self._frozen_copy(
+                    account, course, material, kind == "deadline", due, changed, own_limits=kind == "submitted"
+                )
             except (LookupError, SourceError, runas.WorkerError, OSError) as e:
                 error = f"nothing collected: {e}"
         finished = utcnow()

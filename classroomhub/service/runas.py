@@ -100,6 +100,25 @@ def request_line(account, mode, job, memory=WORKER_MEMORY):
     return json.dumps(request).encode() + b"\n"
 
 
+def server_cgroups(login, parent="classroomhub"):
+    """The ``cgroup.procs`` files of *login*'s server's groups, as ClassroomSpawner
+    lays them out below the hub's own cgroup (whose child this service is):
+    the memory and pids hierarchies of cgroup v1, the group of v2. Only
+    those that exist (their server runs)."""
+    from ..spawner.cgroups import _join, _mountinfo, _own_cgroups  # the spawner's layout, one definition
+    from ..spawner.enforcement import group_key
+
+    own, found = _own_cgroups(), []
+    for mount, fstype, options in _mountinfo():
+        controllers = [""] if fstype == "cgroup2" else [c for c in ("memory", "pids") if c in options]
+        for controller in controllers if fstype in ("cgroup", "cgroup2") else ():
+            if controller in own:
+                procs = os.path.join(_join(mount, own[controller], parent), group_key(login), "cgroup.procs")
+                if os.path.exists(procs):
+                    found.append(procs)
+    return found
+
+
 def worker_options():
     """How a new worker process starts: as root (it becomes the person
     itself), in a session of its own so a timeout kills the whole group."""

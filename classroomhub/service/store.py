@@ -339,6 +339,7 @@ async def snapshot_folder(
     runner=None,
     changed_since=None,
     changed=None,
+    cgroups=(),
 ):
     """Store what lies in ``~/<base...>`` of *account*, read as them, in the
     store's private area (someone's work, or feedback on it).
@@ -347,7 +348,8 @@ async def snapshot_folder(
     the same walker and limits as an import apply. *runner* starts the
     worker (see :mod:`.runas`; default a new process). Returns (files, skipped).
     With *changed_since* (an aware datetime), the paths of files and folders
-    changed after it are appended to the list *changed*.
+    changed after it are appended to the list *changed*. *cgroups*: groups
+    the worker joins first (see :func:`.runas.server_cgroups`).
     """
     job = {
         "home": account.home,
@@ -358,6 +360,8 @@ async def snapshot_folder(
         "max_file_bytes": max_file_bytes,
         "max_entries": max_entries,
     }
+    if cgroups:
+        job["cgroups"] = list(cgroups)
     if changed_since is not None:
         job["since_ns"] = (changed_since - EPOCH) // timedelta(microseconds=1) * 1000
     return await asyncio.to_thread(

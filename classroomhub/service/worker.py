@@ -547,8 +547,19 @@ def become(request):
     this process (a worker they could SIGSTOP could be held past a due date
     while they edit) nor trace it (changing the effective uid makes it
     non-dumpable). The code run from here is this module's only; it never
-    executes anything from the home. ``memory`` bounds its address space.
+    executes anything from the home. ``memory`` bounds its address space;
+    a job's ``cgroups`` (``cgroup.procs`` files of the person's server) put
+    the worker inside the person's own limits first.
     """
+    for procs in request["job"].get("cgroups", ()) if isinstance(request.get("job"), dict) else ():
+        try:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the server stopped meanwhile: the memory limit below still holds
     if request.get("memory"):
         resource.setrlimit(resource.RLIMIT_AS, (request["memory"], request["memory"]))
     os.setgroups(request["groups"])
