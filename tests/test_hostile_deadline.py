@@ -164,11 +164,6 @@ def frozen_groups(freezer):
         return []
 
 
-def state_of(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 # A student's process that waits for a new process of theirs (the worker),
 # stops it, edits their notebook, and lets it go on: the attack of issue #12.3.
 WATCHER = r"""

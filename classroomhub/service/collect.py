@@ -178,10 +178,16 @@ class Collector:
             cgroups = await asyncio.to_thread(runas.server_cgroups, account.name, self.cgroup_parent)
         frozen = None
         if freeze and self.freezer is not None and account.uid != 0:
+            freezing = asyncio.ensure_future(asyncio.to_thread(self.freezer.freeze, account.uid))
             try:
-                frozen = await asyncio.to_thread(self.freezer.freeze, account.uid)
+                frozen = await asyncio.shield(freezing)
             except OSError as e:
                 self.log.warning("Cannot freeze the processes of %s for their snapshot: %s", account.name, e)
+            except asyncio.CancelledError:  # (the service stops) the freeze goes on in its thread: undo it after
+                freezing.add_done_callback(
+                    lambda t: None if t.cancelled() or t.exception() else self.freezer.thaw(t.result())
+                )
+                raise
         try:
             return await snapshot_folder(
                 self.store,
