@@ -22,23 +22,27 @@ FREEZER_ROOT = "/sys/fs/cgroup/freezer"
 
 def processes_of(uid):
     """Pids of live processes whose real or saved uid is *uid*: those it may
-    signal (a zombie runs nothing and is in no cgroup)."""
+    signal (a zombie runs nothing and is in no cgroup). Every process is
+    looked at: one that made itself non-dumpable shows root as the owner of
+    its /proc folder, not its uid."""
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
-                        break
-                    if line.startswith(b"Uid:"):
-                        real, _, saved, _ = (int(x) for x in line.split()[1:5])
-                        if uid in (real, saved):
-                            found.append(int(entry.name))
-                        break
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            fd = os.open(f"/proc/{name}/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             continue  # gone meanwhile
+        try:
+            head = os.read(fd, 1024)  # State and Uid are in the first lines
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        state = head.partition(b"\nState:")[2].split(None, 1)[:1]
+        uids = head.partition(b"\nUid:")[2].split(None, 4)[:4]
+        if len(uids) == 4 and state not in ([b"Z"], [b"X"]) and uid in (int(uids[0]), int(uids[2])):
+            found.append(int(name))
     return found
 
 
@@ -127,7 +131,7 @@ class Freezer:
             for attempt in range(rounds):
                 inside = set(_pids_in(folder))  # with children born in there: frozen already
                 new = [p for p in processes_of(uid) if p not in origins and p not in inside and p != own]
-                if not new and attempt:
+                if not new:  # (none at all: nothing to freeze)
                     complete = True
                     break
                 for pid in new:
