@@ -123,7 +123,10 @@ class Freezer:
         if uid == 0:
             raise ValueError("root's processes are never frozen")
         folder = os.path.join(self.base, str(uid))
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except FileNotFoundError:  # the parent was just removed by another thaw
+            os.makedirs(folder, exist_ok=True)
         origins = {}
         own = os.getpid()
         complete = False
@@ -179,6 +182,10 @@ class Freezer:
         while True:
             try:
                 os.rmdir(folder)
+                try:
+                    os.rmdir(self.base)  # nothing left behind in the hierarchy once nobody is frozen
+                except OSError:
+                    pass  # another student is frozen now
                 return
             except FileNotFoundError:
                 return
