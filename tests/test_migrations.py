@@ -135,6 +135,19 @@ def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def service_args(tmp_path, url):
+    # no freezer: starting one thaws what is left in its folder, maybe another test's students
+    return ["--data-dir", str(tmp_path / "data"), "--db-url", url, "--ClassroomService.freeze_at_deadline=False"]
+
+
+@pytest.fixture(autouse=True)
+def keep_account_policy(monkeypatch):
+    """A service started in this process sets the class-wide account policy: put it back after."""
+    from classroomhub.service import runas
+
+    monkeypatch.setattr(runas.Account, "policy", runas.Account.policy)
+
+
 def later_revision(folder, down):
     """A test-only revision on top of the shipped ones: a column filled from
     existing rows and a new table (what a real later release might do)."""
@@ -267,7 +280,7 @@ def test_the_service_refuses_to_start_on_a_newer_schema(release_models, tmp_path
     url, path = newer_database(release_models, tmp_path)
     before = sha(path)
     proc = subprocess.run(
-        [sys.executable, "-m", "classroomhub.service", "--data-dir", str(tmp_path / "data"), "--db-url", url],
+        [sys.executable, "-m", "classroomhub.service", *service_args(tmp_path, url)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -290,7 +303,7 @@ def test_service_start_backs_up_then_migrates(release_models, tmp_path, caplog):
     service = ClassroomService()
     service.log = logging.getLogger("h3-service")
     with caplog.at_level(logging.INFO, logger="h3-service"):
-        service.initialize(["--data-dir", str(tmp_path / "data"), "--db-url", url])
+        service.initialize(service_args(tmp_path, url))
     (saved,) = (tmp_path / "db").glob("classroom.sqlite.backup-*")
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert dump(f"sqlite:///{saved}", before) == before
@@ -304,7 +317,7 @@ def test_service_start_backs_up_then_migrates(release_models, tmp_path, caplog):
         assert db.query(models.Submission).one().student == "h3-sue"
 
     # the next start: nothing to migrate, no second backup
-    ClassroomService().initialize(["--data-dir", str(tmp_path / "data"), "--db-url", url])
+    ClassroomService().initialize(service_args(tmp_path, url))
     assert len(list((tmp_path / "db").glob("classroom.sqlite.backup-*"))) == 1
 
 
@@ -365,7 +378,7 @@ def test_no_migration_without_a_backup(release_models, tmp_path, monkeypatch, ca
     service = service_app.ClassroomService()
     service.log = logging.getLogger("h3-service-nobackup")
     with caplog.at_level(logging.INFO, logger="h3-service-nobackup"), pytest.raises(SystemExit) as exited:
-        service.initialize(["--data-dir", str(tmp_path / "data"), "--db-url", url])
+        service.initialize(service_args(tmp_path, url))
     assert exited.value.code == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
     assert "could not be backed up first: pg_dump not found" in line and "--no-backup" in line

@@ -31,6 +31,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, select
@@ -411,7 +412,7 @@ class Restore:
         from ..service.store import ReleaseStore
 
         store = ReleaseStore(self.locations.store_dir)  # the store's own layout and folder modes
-        count = 0
+        jobs = []
         for area, modes in info["areas"].items():
             source = os.path.join(self.source, "service", "store", area)
             target = os.path.join(store.root, area)
@@ -423,9 +424,12 @@ class Restore:
                 os.chmod(folder, modes["dir_mode"])
                 for rest in os.listdir(os.path.join(source, prefix)):
                     saved, placed = os.path.join(source, prefix, rest), os.path.join(folder, rest)
-                    self._object(saved, placed, prefix + rest, modes["file_mode"])
-                    count += 1
-        self.progress(f"store: {count} objects into {store.root}")
+                    jobs.append((saved, placed, prefix + rest, modes["file_mode"]))
+        # checking is hashing, which runs outside the GIL: one thread per CPU
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for _ in pool.map(lambda job: self._object(*job), jobs):
+                pass  # the first failure stops the restore
+        self.progress(f"store: {len(jobs)} objects into {store.root}")
         for key, files in info.get("shared", {}).items():
             store.shared_tree(key, {rel: {"sha256": sha} for rel, sha in files.items()})
 
