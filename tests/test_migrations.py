@@ -108,6 +108,9 @@ def dump(url, like=None):
 
 
 def schema_diff(url):
+    """What the models describe and the database lacks (or has in excess);
+    not empty after a change to models.py that no revision in
+    classroomhub/service/migrations/versions/ brings to existing databases."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
