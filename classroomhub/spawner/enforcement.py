@@ -74,8 +74,9 @@ class Enforcement:
         """
         return None
 
-    def adopt(self, key, pid):
-        """Called with the server's pid once it runs."""
+    def adopt(self, key, pid, limits=None):
+        """Called with the server's pid once it runs, and again after a hub
+        restart, then with the *limits* the backend may have forgotten."""
 
     def pids(self, key):
         """Pids currently in the group (empty if none or unknown)."""

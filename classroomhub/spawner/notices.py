@@ -1,9 +1,11 @@
 """Telling a user why their kernel died: a notice on the hub's pages.
 
 A kernel killed at the memory limit looks like a plain restart in
-JupyterLab. ClassroomSpawner records each OOM kill; this adds a line to the
-hub's ``announcement`` (home, spawn and "not running" pages) for the owner,
-for an hour, next to any announcement the hub already has.
+JupyterLab. ClassroomSpawner records each OOM kill in its state in the hub's
+database (kept when the server stops and across hub restarts); this adds a
+line for the owner, for an hour after the kill, to the announcements of the
+hub's home, spawn and "not running" pages, after any announcement the hub's
+configuration has for that page.
 """
 
 from __future__ import annotations
@@ -16,21 +18,35 @@ from .enforcement import human_bytes
 
 NOTICE_SECONDS = 3600
 
+#: template variables the notice is added to: ``announcement`` (every page
+#: without its own) and the per-page ones that would replace it
+ANNOUNCEMENTS = ("announcement", "announcement_home", "announcement_spawn")
+
+
+def recent(events, now=None):
+    """The OOM events ``[time, count, limit]`` of the last `NOTICE_SECONDS`."""
+    now = now or time.time()
+    return [list(e) for e in events if now - e[0] < NOTICE_SECONDS]
+
 
 def oom_notice(user, now=None):
-    """The notice for *user* (a hub User), or "" if nothing happened recently."""
-    if user is None or not hasattr(user, "spawners"):
+    """The notice for *user* (a hub User), or "" if nothing happened recently.
+
+    Read from the spawners' state in the database, so servers that stopped
+    (whose spawner objects the hub drops) and hub restarts keep it.
+    """
+    orm_user = getattr(user, "orm_user", None)
+    if orm_user is None:
         return ""
-    now = now or time.time()
     lines = []
-    for name, spawner in sorted(user.spawners.items()):
-        events = [e for e in getattr(spawner, "oom_events", ()) if now - e[0] < NOTICE_SECONDS]
+    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
+        events = recent((orm_spawner.state or {}).get("oom_events", []), now)
         if not events:
             continue
-        count = sum(n for _, n in events)
+        count = sum(e[1] for e in events)
         last = datetime.fromtimestamp(events[-1][0], timezone.utc).strftime("%H:%M UTC")
-        server = f"server {name!r}" if name else "your server"
-        limit = human_bytes(getattr(spawner, "mem_limit", 0))
+        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
+        limit = human_bytes(events[-1][2] if len(events[-1]) > 2 else 0)
         lines.append(
             f"{count} process(es) in {server} were stopped (last at {last}) because it reached its "
             f"memory limit of {limit}. A kernel that was killed restarts empty: re-run your notebook, "
@@ -40,15 +56,22 @@ def oom_notice(user, now=None):
 
 
 def install(template_vars):
-    """Add the notice to ``announcement`` in the hub's *template_vars* (once)."""
-    existing = template_vars.get("announcement")
-    if getattr(existing, "classroomhub_oom_notice", False):
-        return
+    """Add the notice to the announcements in the hub's *template_vars* (once):
+    to ``announcement``, and to ``announcement_home``/``announcement_spawn``
+    where the configuration sets them (they replace ``announcement`` there)."""
+    for key in ANNOUNCEMENTS:
+        existing = template_vars.get(key)
+        if getattr(existing, "classroomhub_oom_notice", False):
+            continue
+        if key != "announcement" and existing is None:
+            continue  # the page shows `announcement`, which has the notice
+        template_vars[key] = _with_notice(existing)
 
+
+def _with_notice(existing):
     def announcement(user):
         base = existing(user) if callable(existing) else (existing or "")
-        notice = oom_notice(user)
-        return "<br>".join(part for part in (base, notice) if part)
+        return "<br>".join(part for part in (base, oom_notice(user)) if part)
 
     announcement.classroomhub_oom_notice = True
-    template_vars["announcement"] = announcement
+    return announcement

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 import weakref
-from collections import deque
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
@@ -17,6 +16,7 @@ from traitlets import (
     Dict,
     Float,
     Integer,
+    List,
     Unicode,
     Enum,
     default,
@@ -284,14 +284,34 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     classroom_sync_timeout = Float(
         60,
-        help="Seconds a start waits for the classroom sync; after that the server starts anyway.",
+        help="""Seconds a start waits for the classroom sync; after that the server
+        starts anyway, with a warning in the log. The sync never takes more than
+        half of `start_timeout`: the other half is kept for launching the server
+        and waiting for its port, so a slow service cannot fail a start.""",
+    ).tag(config=True)
+
+    port_wait_timeout = Float(
+        10,
+        help="""Seconds `start` waits for the new server to accept connections
+        (within what is left of `start_timeout`), so the hub's first readiness
+        check succeeds instead of backing off. A server that is slower is not
+        failed here: `start` returns and the hub waits up to `http_timeout`, as
+        with LocalProcessSpawner. 0 returns as soon as the process runs.""",
     ).tag(config=True)
 
     # -- state -----------------------------------------------------------------------
 
     tier = Unicode(FALLBACK_TIER, help="The owner's tier, from their roster group (set at start).")
 
-    oom_kills = Integer(0, help="Kernels of this server killed for memory so far (persisted).")
+    oom_kills = Integer(0, help="Processes of this server's current run killed for memory (persisted; 0 at each start).")
+
+    oom_kills_total = Integer(0, help="Processes killed for memory over every run of this server (persisted).")
+
+    oom_events = List(
+        help="""Recent OOM kills as ``[unix time, count, memory limit]``, kept for
+        the notice on the hub's pages (`notices.NOTICE_SECONDS`); persisted, and
+        kept across stops and hub restarts.""",
+    )
 
     usage = Dict(help="The last usage sample (see `usage_report`).")
 
@@ -301,7 +321,8 @@ class ClassroomSpawner(LocalProcessSpawner):
         self._tracker = None
         self._oom_base = None
         self._adjusted = set()
-        self.oom_events = deque(maxlen=20)
+        self._run = {}  # what a restarted hub needs of the current run (see get_state)
+        self._restore_settings = False
         template_vars = self.user.settings.get("template_vars") if self.user else None
         if template_vars is not None:
             notices.install(template_vars)
@@ -322,13 +343,15 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     @property
     def backend(self):
-        key = (self.enforcement, self.cgroup_parent)
+        # a running server stays with the backend and parent it started under,
+        # even if the configuration changed before a hub restart
+        key = (self._run.get("enforcement", self.enforcement), self._run.get("cgroup_parent", self.cgroup_parent))
         if key not in _BACKENDS:
             try:
-                backend, skipped = detect(self.enforcement, self.cgroup_parent, log=self.log)
+                backend, skipped = detect(*key, log=self.log)
             except EnforcementUnavailable as e:
                 # only an explicit choice can be unavailable; start() refuses
-                self.log.error("ClassroomSpawner: enforcement %r unavailable: %s", self.enforcement, e)
+                self.log.error("ClassroomSpawner: enforcement %r unavailable: %s", key[0], e)
                 backend, skipped = Enforcement(log=self.log), []
                 backend.unavailable = str(e)
             for reason in skipped:
@@ -389,6 +412,7 @@ class ClassroomSpawner(LocalProcessSpawner):
         return preexec
 
     async def start(self):
+        deadline = time.monotonic() + self.start_timeout  # the hub gives up then
         self._check_named_server_limit()
         accounts = AccountPolicy(parent=self)
         if self.create_system_users:
@@ -407,7 +431,7 @@ class ClassroomSpawner(LocalProcessSpawner):
             self.log.warning("ClassroomSpawner: %s", e)
             raise SpawnRefused(403, f"No server for {self.user.name}: {e}") from None
         if self.classroom_service_url:
-            await sync_before_start(self, self.classroom_service_url, self.classroom_sync_timeout)
+            await self._sync_classroom(deadline)
         await self._make_room()
         backend = self.backend
         limits = self.limits
@@ -447,12 +471,17 @@ class ClassroomSpawner(LocalProcessSpawner):
         finally:
             self._attach = None
         backend.adopt(key, self.pid)
+        self._run = {
+            "started": time.time(),
+            "enforcement": backend.name,
+            "cgroup_parent": self.cgroup_parent,
+        }
+        self._start_monitor()
         try:
-            await self._wait_for_port(ip, port)
+            await self._wait_for_port(ip, port, min(self.port_wait_timeout, deadline - time.monotonic() - 1))
         except BaseException:
             await self.stop(now=True)
             raise
-        self._start_monitor()
         return ip, port
 
     _attach = None
@@ -472,19 +501,34 @@ class ClassroomSpawner(LocalProcessSpawner):
                 f"running: {', '.join(running) or 'none'}. Stop one first."
             )
 
-    async def _wait_for_port(self, ip, port):
-        """Return once the server accepts connections, so the hub's first check succeeds."""
-        deadline = time.monotonic() + self.start_timeout
+    async def _sync_classroom(self, deadline):
+        """Deliver missing course content, within half of what is left of
+        `start_timeout`: a slow or hung service delays a start, never fails it."""
+        budget = min(self.classroom_sync_timeout, (deadline - time.monotonic()) / 2)
+        try:
+            await asyncio.wait_for(sync_before_start(self, self.classroom_service_url, budget), budget)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "Classroom sync for %s did not finish in %.0f s; starting the server without it",
+                self.user.name,
+                budget,
+            )
+
+    async def _wait_for_port(self, ip, port, timeout):
+        """Return once the server accepts connections, so the hub's first check
+        succeeds, or after *timeout* s (the hub then waits with its own checks)."""
+        deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
             status = self.proc.poll() if self.proc is not None else None
             if status is not None:
                 raise RuntimeError(f"The jupyter server of {self._log_name} exited with status {status} while starting")
+            if time.monotonic() >= deadline:
+                self.log.info("%s not listening on port %s after %.1f s; the hub keeps checking", self._log_name, port, timeout)
+                return
             try:
                 _, writer = await asyncio.open_connection(ip or "127.0.0.1", port)
             except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self._log_name} did not listen on port {port} in {self.start_timeout} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, 0.1)
                 continue
@@ -494,7 +538,7 @@ class ClassroomSpawner(LocalProcessSpawner):
     # -- poll / stop ---------------------------------------------------------------
 
     async def poll(self):
-        status = await super().poll()
+        status = await super().poll()  # on exit, clear_state() counts the last OOM kills
         if status is not None:
             # the server is gone: so must be its kernels, daemons and cgroup
             self._stop_monitor()
@@ -508,20 +552,22 @@ class ClassroomSpawner(LocalProcessSpawner):
     async def stop(self, now=False):
         """SIGTERM, then SIGKILL; then kill whatever is left in the group.
 
-        The stock spawner starts with SIGINT, which jupyter_server handles
-        only with a terminal on stdin; a hub started from a script with ``&``
-        even passes SIGINT on as ignored, and every stop then waits the whole
-        `interrupt_timeout`. jupyter_server always stops cleanly on SIGTERM.
+        The stock spawner starts with SIGINT (skipped with *now*), which
+        jupyter_server handles only with a terminal on stdin; a hub started
+        from a script with ``&`` even passes SIGINT on as ignored, and every
+        stop then waits the whole `interrupt_timeout`. jupyter_server always
+        stops cleanly on SIGTERM, so that is the first signal either way.
         """
         self._stop_monitor()
         try:
-            if not now and await self.poll() is None:
+            if await self.poll() is None:
                 await self._signal(signal.SIGTERM)
                 await self.wait_for_death(self.term_timeout)
             if await self.poll() is None:
                 await self._signal(signal.SIGKILL)
                 await self.wait_for_death(self.kill_timeout)
         finally:
+            self._count_last_oom_kills()  # a kill since the last check still counts
             await self.backend.destroy(self.group_key)
             RUNNING.discard(self)
             metrics.forget(self)
@@ -537,21 +583,65 @@ class ClassroomSpawner(LocalProcessSpawner):
             await asyncio.sleep(DEATH_POLL_INTERVAL)
         return True
 
-    def load_state(self, state):
-        super().load_state(state)
-        self.oom_kills = state.get("oom_kills", 0)
-        self.tier = state.get("tier", self.tier)
-        if self.pid:
-            # a server that outlived a hub restart: watch it again
-            self.backend.adopt(self.group_key, self.pid)
-            self._start_monitor(fresh=False)
+    # -- state (hub database) ------------------------------------------------------
+    #
+    # Settings are not stored: a restarted hub recomputes them from the owner's
+    # current groups and the config, as a start does. What cannot be recomputed
+    # is: where the server's group is, when the run began, its OOM kills (and
+    # the group's kill counter already counted), and the notice's events.
 
     def get_state(self):
         state = super().get_state()
-        if self.oom_kills:
-            state["oom_kills"] = self.oom_kills
         state["tier"] = self.tier
+        if self.pid and self._run:
+            state["run"] = {**self._run, "oom_kills": self.oom_kills, "oom_counter": self._oom_base or 0}
+        if self.oom_kills_total:
+            state["oom_kills_total"] = self.oom_kills_total
+        events = notices.recent(self.oom_events)
+        if events:
+            state["oom_events"] = events
         return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.tier = state.get("tier", self.tier)
+        # before runs were recorded, "oom_kills" was the only (lifetime) count
+        self.oom_kills_total = state.get("oom_kills_total", state.get("oom_kills", 0))
+        self.oom_events = notices.recent(state.get("oom_events", []))
+        run = state.get("run") or {}
+        if self.pid:
+            # a server that outlived a hub restart: watch it again, with its settings
+            self._run = {k: run[k] for k in ("started", "enforcement", "cgroup_parent") if k in run}
+            self.oom_kills = run.get("oom_kills", 0)
+            backend = self.backend
+            backend.adopt(self.group_key, self.pid)
+            if "oom_counter" in run:
+                # kills while the hub was down count; a counter that restarted
+                # (the watchdog's lives in the hub) counts from where it is
+                try:
+                    current = backend.usage(self.group_key).oom_kills
+                except OSError:
+                    current = 0
+                self._oom_base = min(run["oom_counter"], current)
+            self._restore_settings = True
+            self._start_monitor(fresh=False)
+
+    def clear_state(self):
+        """The run is over (stopped or exited) or a new one begins: its OOM
+        count restarts at 0; the lifetime total and the notice stay."""
+        self._count_last_oom_kills()
+        super().clear_state()
+        self._run = {}
+        self.oom_kills = 0
+        self._oom_base = None
+
+    def _count_last_oom_kills(self):
+        if self._oom_base is None and not self._run:
+            return
+        try:
+            self._note_oom(self.backend.usage(self.group_key).oom_kills)
+        except OSError as e:  # the group is gone already
+            self.log.debug("ClassroomSpawner: no last OOM count of %s: %s", self._log_name, e)
 
     async def _sweep_stale(self):
         """Remove cgroups of servers that no longer run (after a hub restart)."""
@@ -573,9 +663,12 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     def _start_monitor(self, fresh=True):
         RUNNING.add(self)
-        started = self.orm_spawner.started if self.orm_spawner else None
-        self._tracker = IdleTracker(_timestamp(started) or time.time())
-        self._oom_base = 0 if fresh else None
+        started = self._run.get("started")
+        if started is None and self.orm_spawner is not None:
+            started = _timestamp(self.orm_spawner.started)
+        self._tracker = IdleTracker(started or time.time())
+        if fresh:
+            self._oom_base = 0
         self._adjusted = set()
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor())
@@ -588,6 +681,14 @@ class ClassroomSpawner(LocalProcessSpawner):
     async def _monitor(self):
         next_check = 0.0
         me = asyncio.current_task()
+        if self._restore_settings:
+            # after a hub restart: the same settings a start would apply
+            self._restore_settings = False
+            try:
+                await self.apply_group_overrides()
+                self.backend.adopt(self.group_key, self.pid, self.limits)
+            except Exception:
+                self.log.exception("ClassroomSpawner: settings of %s not restored", self._log_name)
         # a check can stop this very server (pressure, idleness): stop() cannot
         # cancel the task it runs in, so the loop ends once it is not the monitor
         while self._monitor_task is me:
@@ -635,21 +736,23 @@ class ClassroomSpawner(LocalProcessSpawner):
     def _note_oom(self, counter):
         """*counter*: the group's OOM-kill count (0 when the server started)."""
         if self._oom_base is None:
-            self._oom_base = counter  # re-adopted after a restart: already counted
+            self._oom_base = counter  # state without a counter: counted before
         new = counter - self._oom_base
         if new <= 0:
             return
         self._oom_base = counter
         self.oom_kills += new
-        self.oom_events.append((time.time(), new))
+        self.oom_kills_total += new
+        self.oom_events = notices.recent(self.oom_events) + [[time.time(), new, self.mem_limit or 0]]
         metrics.OOM_KILLS.labels(user=self.user.name, server=self.name).inc(new)
         self.log.warning(
-            "OOM: %s process(es) of %s (%s tier) killed at the memory limit of %s (%s so far)",
+            "OOM: %s process(es) of %s (%s tier) killed at the memory limit of %s (%s this run, %s in all)",
             new,
             self._log_name,
             self.tier,
             human_bytes(self.mem_limit),
             self.oom_kills,
+            self.oom_kills_total,
         )
         if self.orm_spawner is not None:
             self.orm_spawner.state = self.get_state()
@@ -733,6 +836,7 @@ class ClassroomSpawner(LocalProcessSpawner):
             "idle_seconds": self.idle_seconds(),
             **self.usage,
             "oom_kills": self.oom_kills,
+            "oom_kills_total": self.oom_kills_total,
         }
 
 

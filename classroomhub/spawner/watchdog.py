@@ -34,8 +34,11 @@ class PsutilWatchdog(Enforcement):
     def create(self, key, limits):
         self._groups[key] = {"limits": limits, "pid": None, "peak": 0, "oom_kills": 0}
 
-    def adopt(self, key, pid):
-        self._groups.setdefault(key, {"limits": None, "peak": 0, "oom_kills": 0})["pid"] = pid
+    def adopt(self, key, pid, limits=None):
+        group = self._groups.setdefault(key, {"limits": None, "peak": 0, "oom_kills": 0})
+        group["pid"] = pid
+        if limits is not None:
+            group["limits"] = limits
 
     def _processes(self, key, search_env=False):
         group = self._groups.get(key)
