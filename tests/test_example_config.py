@@ -238,15 +238,15 @@ def test_a_server_runs_under_systemds_minimal_environment(tmp_path, github):
         remove_cgroup_parent()
 
 
-def failed_start(tmp_path, github, **extra):
-    """Run the hub that must refuse to start: (exit status, its output)."""
-    port = free_ports(1)[0]
+def failed_start(tmp_path, github, port=None, **extra):
+    """Run the hub that must refuse to start (at *port*): (exit status, its output)."""
+    port = port or free_ports(1)[0]
     url, env = hub_env(tmp_path, github, port, clean=True, **extra)
     result = subprocess.run(
         [os.path.join(BIN, "jupyterhub"), "-f", str(EXAMPLE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
-    with pytest.raises(requests.ConnectionError):
-        requests.get(url, timeout=2)
+    with pytest.raises(requests.ConnectionError):  # nothing serves there, in plain HTTP or any other way
+        requests.get(f"http://127.0.0.1:{port}/", timeout=2)
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
@@ -255,6 +255,7 @@ def test_https_without_a_certificate_stops_with_one_line(tmp_path, github):
     rc, out = failed_start(
         tmp_path,
         github,
+        port,
         CLASSROOMHUB_BIND_URL=f"https://127.0.0.1:{port}",
         CLASSROOMHUB_SSL_CERT=str(tmp_path / "missing.pem"),
         CLASSROOMHUB_SSL_KEY=str(tmp_path / "missing.key"),
