@@ -9,6 +9,7 @@ or the command line.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from urllib.parse import urlparse
@@ -151,9 +152,16 @@ class ClassroomService(Application):
     ).tag(config=True)
 
     freezer_parent = Unicode(
-        "classroomhub-collect",
-        help="Folder in the freezer hierarchy for the groups of frozen students (thawed at start if left over).",
+        help="""Folder in the freezer hierarchy for the groups of frozen students
+        (thawed at start if left over). Default: ``classroomhub-collect-`` and
+        8 hex digits of `data_dir`'s path, so that services with their own data
+        folders on one host never thaw each other's students.""",
     ).tag(config=True)
+
+    @default("freezer_parent")
+    def _default_freezer_parent(self):
+        digest = hashlib.sha256(os.fsencode(os.path.realpath(self.data_dir))).hexdigest()
+        return f"classroomhub-collect-{digest[:8]}"
 
     student_cgroup_parent = Unicode(
         "classroomhub",
