@@ -52,6 +52,18 @@ COMMAND = [sys.executable, "-m", "classroomhub.cli"]
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    """The users and the service's folder, from before the hub (and its service)
+    starts until after it stopped (so the folder does not outlive the module)."""
+    if os.geteuid() != 0:  # the tests that need them are skipped (root_only)
+        yield
+        return
+    # NEW has no system account: a student who never logged in yet
+    with service_world([INES, SAM, SUE], DATA_DIR):
+        yield
+
+
 def HUB_CONFIG(c):
     hub_config(c, DATA_DIR, PORT, "--ClassroomService.concurrency=1")
 
@@ -210,13 +222,7 @@ def test_help_shows_defaults_and_examples():
 # -- against the real hub and classroom service -----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def accounts():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates system users and works as them")
-    # NEW has no system account: a student who never logged in yet
-    with service_world([INES, SAM, SUE], DATA_DIR):
-        yield
+
 
 
 def hub_args(app, login):
