@@ -15,6 +15,7 @@ import psutil
 import pytest
 import requests
 from jupyter_client import BlockingKernelClient
+from jupyterhub import orm
 from jupyterhub.tests.utils import api_request, public_url
 
 from classroomhub import cli
@@ -29,7 +30,10 @@ from conftest import login
 TAG = "cs" + secrets.token_hex(2)
 STUDENT, STUDENT2, POWER, OTHER = f"{TAG}-stu", f"{TAG}-stu2", f"{TAG}-pow", f"{TAG}-oth"
 NEWCOMER = f"{TAG}-new"
-PEOPLE = [STUDENT, STUDENT2, POWER, OTHER, NEWCOMER]
+# issue #11's tests (hub restarts, notices, slow sync)
+H2 = "h2" + secrets.token_hex(2)
+RESTARTED, NOTICED, SLOW_SYNC = f"{H2}-rst", f"{H2}-oom", f"{H2}-sync"
+PEOPLE = [STUDENT, STUDENT2, POWER, OTHER, NEWCOMER, RESTARTED, NOTICED, SLOW_SYNC]
 CGROUP_PARENT = f"cst-{TAG}"
 MEM_LIMIT = 256 * 1024**2
 
@@ -39,6 +43,9 @@ users:
   {POWER}: {{tier: power}}
   {OTHER}: {{}}
   {NEWCOMER}: {{}}
+  {RESTARTED}: {{}}
+  {NOTICED}: {{}}
+  {SLOW_SYNC}: {{}}
 courses:
   c1:
     instructors: [{POWER}]
@@ -69,6 +76,8 @@ def HUB_CONFIG(c):
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60
     c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
+    # the late-joiner sync asks the classroom service with a token for it alone
+    c.ClassroomPasswordAuthenticator.everyone_scopes = ["access:services!service=classroom"]
     c.ClassroomSpawner.create_system_users = True
     c.ClassroomSpawner.monitor_interval = 0.5
     c.ClassroomSpawner.memory_reserve = 0
@@ -89,8 +98,8 @@ def remove_test_users_and_cgroups():
         if entry.pw_gecos == "classroomhub user":
             subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
             subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
-    backend = spawner_module._BACKENDS.get(("auto", CGROUP_PARENT))
-    if backend is not None:
+    # "auto", or the backend a server restored after a (simulated) hub restart named
+    for backend in [b for (_, parent), b in spawner_module._BACKENDS.items() if parent == CGROUP_PARENT]:
         for key in backend.keys():
             asyncio.run(backend.destroy(key))
         for folder in set(backend.bases.values()):
@@ -263,19 +272,24 @@ async def test_usage_command_prints_a_table(app, synced, capsys):
         await stop(app, STUDENT)
 
 
+async def kill_a_kernel_for_memory(app, name, spawner):
+    """Start a kernel that touches twice the memory limit; return once the OOM killer took it."""
+    kernel_id = await start_kernel(app, name)
+    client = await kernel_client(name, kernel_id)
+    kernel_pids = group_pids(spawner) - {spawner.pid}
+    # touch every page of twice the limit
+    client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
+    deadline = time.monotonic() + 30
+    while kernel_pids & group_pids(spawner):
+        assert time.monotonic() < deadline, "kernel not killed"
+        await asyncio.sleep(0.2)
+    client.stop_channels()
+
+
 async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):
     spawner = await start(app, STUDENT)
     try:
-        kernel_id = await start_kernel(app, STUDENT)
-        client = await kernel_client(STUDENT, kernel_id)
-        kernel_pids = group_pids(spawner) - {spawner.pid}
-        # touch every page of twice the limit
-        client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
-        deadline = time.monotonic() + 30
-        while kernel_pids & group_pids(spawner):
-            assert time.monotonic() < deadline, "kernel not killed"
-            await asyncio.sleep(0.2)
-        client.stop_channels()
+        await kill_a_kernel_for_memory(app, STUDENT, spawner)
         await spawner.check()
         assert spawner.oom_kills >= 1
         # the server survived and answers
@@ -290,7 +304,7 @@ async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):
         r = await session.get(public_url(app) + "hub/home")
         assert "memory limit of 256 MiB" in r.text
         # the count survives in the spawner state
-        assert app.users[STUDENT].spawner.orm_spawner.state["oom_kills"] >= 1
+        assert app.users[STUDENT].spawner.orm_spawner.state["run"]["oom_kills"] >= 1
     finally:
         await stop(app, STUDENT)
 
@@ -676,7 +690,8 @@ async def test_start_syncs_classroom_content_before_the_server_runs(app, synced,
         def post(self):
             uid = pwd.getpwnam(STUDENT).pw_uid  # the system user exists already
             running = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
-            calls.append((self.request.headers.get("Authorization"), running))
+            token = orm.APIToken.find(app.db, self.request.headers.get("Authorization", "").split()[-1])
+            calls.append((token and token.user.name, token and sorted(token.scopes), running))
             self.finish({"delivered": [{"course": "c1", "material": "w1", "version": 1, "error": "", "counts": {"added": 2}}]})
 
     port = random_port()
@@ -686,10 +701,188 @@ async def test_start_syncs_classroom_content_before_the_server_runs(app, synced,
         spawner = await start(app, STUDENT)
         try:
             assert len(calls) == 1
-            authorization, running = calls[0]
-            assert authorization == f"token {spawner.api_token}"
+            owner, scopes, running = calls[0]
+            # a token of the owner for this call alone, not the server's
+            assert (owner, scopes) == (STUDENT, ["access:services!service=classroom"])
             assert running == []  # nothing of the server ran yet
         finally:
             await stop(app, STUDENT)
     finally:
         server.stop()
+
+
+# -- across stops and hub restarts (issue #11) -----------------------------------
+
+
+async def restart_hub_spawners(app, names):
+    """What a hub restart does to these users' spawners: the objects and this
+    process's enforcement backends are gone; the hub rebuilds the spawners of
+    running servers from its database (load_state) and checks them
+    (JupyterHub's own init_spawners)."""
+    for name in names:
+        user = app.users[name]
+        for server_name, old in list(user.spawners.items()):
+            old.stop_polling()
+            old._stop_monitor()
+            spawner_module.RUNNING.discard(old)
+            user.spawners.pop(server_name)
+    for key in [k for k in spawner_module._BACKENDS if k[1] == CGROUP_PARENT]:
+        del spawner_module._BACKENDS[key]
+    app.db.expire_all()  # read everything back from the database
+    await app.init_spawners()
+
+
+async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, synced, settings):
+    settings(RESTARTED, idle_timeout=1234, max_age=5678, pressure_min_idle=77)
+    before = await start(app, RESTARTED)
+    started = before._tracker.started
+    try:
+        await kill_a_kernel_for_memory(app, RESTARTED, before)
+        await before.check()
+        assert before.oom_kills == 1
+        await restart_hub_spawners(app, [RESTARTED])
+        after = app.users[RESTARTED].spawner
+        assert after is not before and after.active and after.pid == before.pid
+        # settings come back from the owner's groups and the config, as at a start
+        deadline = time.monotonic() + 10
+        while after.mem_limit != MEM_LIMIT:
+            assert time.monotonic() < deadline, f"limits not restored: mem_limit {after.mem_limit}"
+            await asyncio.sleep(0.05)
+        assert (after.tier, after.cpu_limit, after.idle_timeout, after.max_age) == ("student", 0.5, 1234, 5678)
+        assert after.pressure_min_idle == 77
+        assert after.group_key == before.group_key and group_pids(after) == group_pids(before)
+        # the run's start and OOM count, and a kill while the hub was down
+        assert abs(after._tracker.started - started) < 1
+        await kill_a_kernel_for_memory(app, RESTARTED, after)
+        await after.check()
+        assert (after.oom_kills, after.oom_kills_total) == (2, 2)
+        assert after.idle_seconds() is not None and after in spawner_module.RUNNING
+        # limits in the usage API and the metrics
+        r = await api_request(app, "classroom/usage")
+        seen = {s["user"]: s for s in r.json()["servers"]}[RESTARTED]
+        assert (seen["mem_limit"], seen["cpu_limit"], seen["oom_kills"]) == (MEM_LIMIT, 0.5, 2)
+        metrics = await asyncio.to_thread(
+            requests.get, public_url(app) + "hub/metrics", headers={"Authorization": f"token {admin_token(app)}"}
+        )
+        samples = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#"))
+        assert float(samples[f'classroomhub_server_memory_limit_bytes{{server="",user="{RESTARTED}"}}']) == MEM_LIMIT
+        # the stop after the restart removes everything, as before it
+        folders = group_dirs(after)
+        await stop(app, RESTARTED)
+        assert not any(os.path.exists(d) for d in folders)
+    finally:
+        if app.users[RESTARTED].spawner.active:
+            await stop(app, RESTARTED)
+
+
+async def pages_say(app, session, name, text):
+    """Whether the home, spawn and "not running" pages all show *text*."""
+    base = public_url(app)
+    pages = {
+        "home": await session.get(base + "hub/home"),
+        "spawn": await session.get(base + "hub/spawn"),
+        "not running": await session.get(base + f"user/{name}/"),
+    }
+    assert "options-form" in pages["spawn"].text or "spawn_form" in pages["spawn"].text, "not the spawn form"
+    assert pages["not running"].status_code == 424, pages["not running"].status_code
+    return {page: text in r.text for page, r in pages.items()}
+
+
+async def test_an_oom_kill_just_before_a_stop_is_told_after_stop_and_restart(app, synced, settings, monkeypatch):
+    """No check runs between the kill and the stop (monitor every hour): the
+    stop counts it. The notice is on every page after the stop and after a
+    hub restart, beside the admin's announcements; the next run starts at 0."""
+    monkeypatch.setitem(app.tornado_settings["template_vars"], "announcement", "Hub news for all")
+    monkeypatch.setitem(app.tornado_settings["template_vars"], "announcement_home", "Home news")
+    monkeypatch.setitem(app.tornado_settings["template_vars"], "announcement_spawn", "Spawn news")
+    # a form, so /hub/spawn shows the spawn page instead of starting the server
+    monkeypatch.setitem(app.config.ClassroomSpawner, "options_form", "<input name='note'>")
+    settings(NOTICED, monitor_interval=3600)
+    spawner = await start(app, NOTICED)
+    try:
+        await kill_a_kernel_for_memory(app, NOTICED, spawner)
+        assert spawner.oom_kills == 0  # not checked yet
+    finally:
+        await stop(app, NOTICED)
+    state = app.users[NOTICED].orm_user.orm_spawners[""].state
+    assert state["oom_kills_total"] == 1 and "run" not in state
+    assert [e[1:] for e in state["oom_events"]] == [[1, MEM_LIMIT]]
+    notice = "memory limit of 256 MiB"
+    session, _ = await login(app, NOTICED)
+    assert await pages_say(app, session, NOTICED, notice) == {"home": True, "spawn": True, "not running": True}
+    # the admin's own announcements are still there
+    assert "Home news" in (await session.get(public_url(app) + "hub/home")).text
+    assert "Spawn news" in (await session.get(public_url(app) + "hub/spawn")).text
+    assert "Hub news for all" in (await session.get(public_url(app) + f"user/{NOTICED}/")).text
+    # a restarted hub: no spawner objects, its template variables as configured
+    for key, value in (("announcement", "Hub news for all"), ("announcement_home", "Home news"), ("announcement_spawn", "Spawn news")):
+        app.tornado_settings["template_vars"][key] = value
+    await restart_hub_spawners(app, [NOTICED])
+    assert await pages_say(app, session, NOTICED, notice) == {"home": True, "spawn": True, "not running": True}
+    assert "Home news" in (await session.get(public_url(app) + "hub/home")).text
+    # others are not told; an hour later nobody is
+    assert oom_notice(app.users[OTHER]) == ""
+    assert oom_notice(app.users[NOTICED], now=time.time() + 3601) == ""
+    # the next run counts its own kills; the lifetime total stays
+    monkeypatch.delitem(app.config.ClassroomSpawner, "options_form")
+    again = await start(app, NOTICED)
+    try:
+        await again.check()
+        assert (again.oom_kills, again.oom_kills_total) == (0, 1)
+        r = await api_request(app, "classroom/usage")
+        seen = {s["user"]: s for s in r.json()["servers"]}[NOTICED]
+        assert (seen["oom_kills"], seen["oom_kills_total"]) == (0, 1)
+    finally:
+        await stop(app, NOTICED)
+
+
+async def test_a_slow_classroom_sync_does_not_fail_the_start(app, synced, settings, caplog):
+    """The service hangs: the sync gets half of start_timeout, then the server
+    starts anyway, with a warning."""
+    from jupyterhub.utils import random_port
+    from tornado import web
+
+    class HangingSync(web.RequestHandler):
+        async def post(self):
+            await asyncio.sleep(60)
+            self.finish({"delivered": []})
+
+    port = random_port()
+    server = web.Application([("/services/classroom/api/sync", HangingSync)]).listen(port, "127.0.0.1")
+    try:
+        settings(SLOW_SYNC, classroom_service_url=f"http://127.0.0.1:{port}/services/classroom/", start_timeout=20)
+        t0 = time.monotonic()
+        spawner = await start(app, SLOW_SYNC)
+        try:
+            took = time.monotonic() - t0
+            assert spawner.ready and 9 <= took < 20 + 5, took
+            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+            assert any("Classroom sync for " + SLOW_SYNC in w for w in warnings), warnings
+        finally:
+            await stop(app, SLOW_SYNC)
+    finally:
+        server.stop()
+
+
+async def test_an_oom_kill_just_before_the_server_crashes_is_counted(app, synced, settings):
+    """The server dies between two checks, right after a kernel was killed
+    for memory: the poll that finds it gone counts the kill before it removes
+    the group."""
+    settings(NOTICED, monitor_interval=3600)
+    spawner = await start(app, NOTICED)
+    assert oom_notice(app.users[NOTICED]) == ""
+    try:
+        await kill_a_kernel_for_memory(app, NOTICED, spawner)
+        assert spawner.oom_kills == 0  # not checked yet
+        folders = group_dirs(spawner)
+        os.kill(spawner.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while await spawner.poll() is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert "memory limit of 256 MiB" in oom_notice(app.users[NOTICED])
+        assert spawner.orm_spawner.state["oom_kills_total"] == 1
+        assert not any(os.path.exists(d) for d in folders)
+    finally:
+        if app.users[NOTICED].spawner.active:
+            await stop(app, NOTICED)
