@@ -513,6 +513,8 @@ class ClassroomSpawner(LocalProcessSpawner):
                 self.user.name,
                 budget,
             )
+        except Exception as e:  # e.g. the hub cannot make the sync's token
+            self.log.warning("Classroom sync for %s failed; starting the server without it: %s", self.user.name, e)
 
     async def _wait_for_port(self, ip, port, timeout):
         """Return once the server accepts connections, so the hub's first check
