@@ -9,6 +9,7 @@ password (demos, air-gapped labs).
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 
 from jupyterhub.auth import Authenticator
@@ -20,8 +21,9 @@ from traitlets import Bool, Dict, Float, List, Unicode, default, validate
 from .access import DEFAULT_COURSE_SCOPES, DEFAULT_TIER_SCOPES, AccessPolicy
 from .handlers import RosterAPIHandler, UsageAPIHandler
 from .identity import IdentityStore
+from .lastgood import LastGoodRoster
 from .roster import COURSE_ROLES, TIERS, RosterError, load_roster
-from .sync import apply_roster
+from .sync import apply_roster, managed_role_specs, stop_unadmitted_servers
 
 
 _REMEMBERED = object()
@@ -47,6 +49,26 @@ class RosterAuthenticatorMixin(Authenticator):
     @validate("roster_path")
     def _validate_roster_path(self, proposal):
         return os.path.abspath(proposal.value) if proposal.value else ""
+
+    last_good_roster_file = Unicode(
+        help="""Where the hub keeps a copy (mode 0600) of the last roster it applied.
+
+        If the roster file is broken or missing when the hub starts, the hub
+        runs on this copy (logging the file's problems) until the file is
+        fixed; with no copy either, it refuses to start. Default:
+        ``classroomhub-last-good-roster.json`` beside the hub's SQLite
+        database, else in the hub's working directory.
+        """,
+    ).tag(config=True)
+
+    @default("last_good_roster_file")
+    def _default_last_good_roster_file(self):
+        name = "classroomhub-last-good-roster.json"
+        db_url = getattr(self.parent, "db_url", "")
+        db_path = db_url[len("sqlite:///") :].split("?", 1)[0] if db_url.startswith("sqlite:///") else ""
+        if db_path and db_path != ":memory:":
+            return os.path.join(os.path.dirname(os.path.abspath(db_path)), name)
+        return os.path.abspath(name)
 
     roster_poll_interval = Float(
         2.0,
@@ -152,7 +174,9 @@ class RosterAuthenticatorMixin(Authenticator):
     ).tag(config=True)
 
     # The roster decides groups and roles, so login must reset them rather
-    # than only add: these two are what makes demotion revoke.
+    # than only add: these two are what makes demotion revoke. The third
+    # makes a start reset every role to the roster's members (JupyterHub
+    # 6.1 cannot start a second time on the same database without it).
     @default("manage_groups")
     def _default_manage_groups(self):
         return True
@@ -161,7 +185,11 @@ class RosterAuthenticatorMixin(Authenticator):
     def _default_manage_roles(self):
         return True
 
-    @validate("manage_groups", "manage_roles")
+    @default("reset_managed_roles_on_startup")
+    def _default_reset_managed_roles_on_startup(self):
+        return True
+
+    @validate("manage_groups", "manage_roles", "reset_managed_roles_on_startup")
     def _validate_managed(self, proposal):
         if not proposal.value:
             raise ValueError(
@@ -169,6 +197,14 @@ class RosterAuthenticatorMixin(Authenticator):
                 "the roster owns groups and roles"
             )
         return True
+
+    @validate("admin_users")
+    def _validate_admin_users(self, proposal):
+        # JupyterHub makes admin_users admins at every start: the roster's
+        # root tier is the only way to admin
+        if proposal.value:
+            self.log.warning("%s ignores admin_users: the roster's root tier decides", self.__class__.__name__)
+        return set()
 
     @validate("allow_all")
     def _validate_allow_all(self, proposal):
@@ -194,13 +230,43 @@ class RosterAuthenticatorMixin(Authenticator):
             self.service_tier_scopes,
             self.service_course_scopes,
         )
-        self.roster = load_roster(self.roster_path)  # no last good one yet: fail loudly
-        self.roster_error = None
+        self.last_good = LastGoodRoster(self.last_good_roster_file)
         self._roster_stat = self._stat_roster()
+        self.roster, self.roster_error = self._first_roster()
         self._watch_task = None
         self._sync_lock = asyncio.Lock()
         self.last_sync = None
+        self._start_roles = None
         self.log.info("Loaded roster %s", self.roster.summary().replace("\n", "; "))
+
+    def _first_roster(self):
+        """The roster file's roster, else the last one applied; else stop the hub."""
+        try:
+            return load_roster(self.roster_path), None
+        except RosterError as e:
+            error = e
+        kept = self.last_good.load()
+        if kept is None:
+            if self._in_hub():
+                # one line a sysadmin can act on, not a traceback
+                raise SystemExit(f"classroomhub: {_first_problem(error)}") from None
+            raise error
+        roster, saved = kept
+        self.log.error(
+            "Roster %s cannot be used; running on the last good roster (%s people, applied %s, kept in %s) "
+            "until it is fixed:\n%s",
+            self.roster_path,
+            len(roster),
+            saved,
+            self.last_good.path,
+            error,
+        )
+        return roster, str(error)
+
+    def _in_hub(self):
+        from jupyterhub.app import JupyterHub
+
+        return isinstance(self.parent, JupyterHub)
 
     @property
     def hub_app(self):
@@ -305,9 +371,30 @@ class RosterAuthenticatorMixin(Authenticator):
         return True
 
     async def load_managed_roles(self):
-        # Called while the hub starts: a good moment to start watching.
-        self.start_roster_watch()
-        return [dict(r) for r in self.policy.all_roles(self.roster)]
+        """The roster's roles with their exact members, for the hub's start.
+
+        JupyterHub calls this twice while it starts, before it serves
+        anything; the first call applies the roster to the database (a
+        roster edited while the hub was down is in force from the first
+        request) and starts watching the file.
+        """
+        if self._start_roles is None:
+            self._check_default_roles_free()
+            await self.sync_roster(stop_servers=False)
+            self._start_roles = managed_role_specs(self.hub_app.db, self)
+            self.start_roster_watch()
+        return copy.deepcopy(self._start_roles)
+
+    def _check_default_roles_free(self):
+        defined = sorted(
+            {r.get("name") for r in getattr(self.hub_app, "load_roles", [])} & {"user", "admin"}
+        )
+        if defined:
+            raise SystemExit(
+                f"classroomhub: c.JupyterHub.load_roles defines {', '.join(defined)}, whose members the "
+                f"roster decides: remove it; give everyone scopes with {self.__class__.__name__}.everyone_scopes "
+                "and tiers theirs with tier_scopes"
+            )
 
     def get_handlers(self, app):
         return [
@@ -353,16 +440,24 @@ class RosterAuthenticatorMixin(Authenticator):
         self.log.info("Roster changed: %s", roster.summary().replace("\n", "; "))
         return True
 
-    async def sync_roster(self):
-        """Apply the roster in force to the hub's database now."""
+    async def sync_roster(self, stop_servers=True):
+        """Apply the roster in force to the hub's database now, and keep it
+        as the last good one."""
         async with self._sync_lock:
-            report = await apply_roster(self.hub_app, self, stop_servers=self.stop_removed_servers)
+            report = await apply_roster(
+                self.hub_app, self, stop_servers=stop_servers and self.stop_removed_servers
+            )
             self.last_sync = report
             self.log.info("Roster sync: %s", report)
+            self.last_good.save(self.roster)
             return report
 
     def _hub_ready(self):
+        """True once the hub has started: its servers are loaded and routed."""
         app = self.hub_app
+        started = getattr(app, "_start_future", None)  # JupyterHub resolves it at the end of start()
+        if started is not None:
+            return started.done()
         return getattr(app, "tornado_application", None) is not None and getattr(app, "proxy", None)
 
     def start_roster_watch(self):
@@ -371,15 +466,23 @@ class RosterAuthenticatorMixin(Authenticator):
         return self._watch_task
 
     async def _watch_roster(self):
-        synced_digest = None
+        # the roster applied while the hub started needs no sync, only the
+        # servers of people it removed (the hub could not stop them then)
+        synced_digest = self.roster.digest if self._start_roles is not None else None
+        stop_unadmitted = self.stop_removed_servers
+        while not self._hub_ready():
+            await asyncio.sleep(0.1)
         while True:
             try:
-                if self._hub_ready():
-                    self.reload_roster()
+                if stop_unadmitted:
                     report = self.last_sync
-                    if self.roster.digest != synced_digest or (report and report.pending):
-                        await self.sync_roster()
-                        synced_digest = self.roster.digest
+                    await stop_unadmitted_servers(self.hub_app, self, report)
+                    stop_unadmitted = False
+                self.reload_roster()
+                report = self.last_sync
+                if self.roster.digest != synced_digest or (report and report.pending):
+                    await self.sync_roster()
+                    synced_digest = self.roster.digest
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -534,6 +637,14 @@ class ClassroomGitHubAuthenticator(RosterAuthenticatorMixin, GitHubOAuthenticato
                 self.identities.update(previous, github_id=None)
             self.identities.update(login, github_id=github_id, team_tier=auth_model.get("team_tier"))
         return await super().run_post_auth_hook(handler, auth_model)
+
+
+def _first_problem(error):
+    """*error*'s first fatal problem (``file:line: problem``), on one line."""
+    problems = [p for p in error.problems if p.fatal] or error.problems
+    more = len(problems) - 1
+    hint = f" (and {more} more: `classroomhub roster check {problems[0].path}` lists them)" if more else ""
+    return f"{problems[0]}{hint}"
 
 
 def _higher(a, b):

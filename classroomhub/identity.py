@@ -35,17 +35,7 @@ class IdentityStore:
         self._by_login = {k.lower(): dict(v) for k, v in data.get("pins", {}).items()}
 
     def _save(self):
-        folder = os.path.dirname(self.path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".identities-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pins": self._by_login}, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_private_json(self.path, {"pins": self._by_login})
 
     def github_id(self, login):
         entry = self._by_login.get(login.lower())
@@ -74,3 +64,19 @@ class IdentityStore:
 
     def items(self):
         return dict(self._by_login).items()
+
+
+def write_private_json(path, data):
+    """Replace the file *path* with *data* as JSON, mode 0600, atomically
+    (a crash leaves the old file or the new one, never half of one)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + "-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

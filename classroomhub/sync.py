@@ -6,7 +6,14 @@ effect for everybody immediately, and a removal must really revoke: so this
 module writes the grants of every roster person into the hub's database in
 one transaction, and for people no longer admitted removes every group,
 role and token, rotates their cookie id (ending browser sessions) and stops
-their servers.
+their servers. Someone who loses a role or admin also loses the tokens they
+were given by other people's servers (a visit as staff ends at once, not
+when those servers' token cache expires).
+
+The same function runs while the hub starts (before it serves anything),
+so a roster edited while the hub was down is in force from the first
+request; :func:`managed_role_specs` then tells JupyterHub's start-up the
+exact members of each role.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ class SyncReport:
     #: servers that were starting or stopping and must be retried
     pending: list = field(default_factory=list)
     roles_deleted: list = field(default_factory=list)
+    #: people who lost a role or admin: their visits to others' servers ended
+    visits_revoked: list = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self):
@@ -59,8 +68,12 @@ def _role_objects(db, role_specs):
 
     roles = {}
     for spec in role_specs:
+        # JupyterHub's own `user` and `admin` roles are never marked as the
+        # authenticator's: a start-up reset would delete them (and with them
+        # what every server's token may do)
+        managed = spec["name"].startswith(MANAGED_ROLE_PREFIXES)
         roles[spec["name"]] = create_role(
-            db, {**spec, "managed_by_auth": True}, commit=False, reset_to_defaults=False
+            db, {**spec, "managed_by_auth": managed}, commit=False, reset_to_defaults=False
         )
     return roles
 
@@ -119,6 +132,11 @@ async def apply_roster(app, authenticator, stop_servers=True):
             or {r.name for r in orm_user.roles} != set(grant.role_names)
         )
         if changed:
+            lost = (orm_user.admin and not grant.admin) or bool(
+                {r.name for r in orm_user.roles} - set(grant.role_names)
+            )
+            if lost and _revoke_visits(db, orm_user):
+                report.visits_revoked.append(login)
             orm_user.admin = grant.admin
             orm_user.groups = new_groups
             orm_user.roles = new_roles
@@ -140,6 +158,47 @@ async def apply_roster(app, authenticator, stop_servers=True):
     return report
 
 
+def managed_role_specs(db, authenticator):
+    """Every role the roster manages, with exactly the users who hold it.
+
+    For JupyterHub's start-up (``load_managed_roles``): with
+    ``reset_managed_roles_on_startup`` it makes each role's members exactly
+    these, including JupyterHub's ``user`` and ``admin`` roles, whose
+    members the roster decides too.
+    """
+    specs = {"user": {"name": "user", "users": []}, "admin": {"name": "admin", "users": []}}
+    for role in authenticator.policy.all_roles(authenticator.roster):
+        specs[role["name"]] = {**role, "users": []}
+    for (name,) in db.query(orm.User.name).order_by(orm.User.name):
+        grant = authenticator.grant_for(name)
+        for role in grant.roles if grant else ():
+            specs.setdefault(role["name"], {**role, "users": []})["users"].append(name)
+    return list(specs.values())
+
+
+async def stop_unadmitted_servers(app, authenticator, report):
+    """Stop the servers of everyone the roster does not admit (left running
+    by a hub that stopped before their removal)."""
+    for orm_user in app.db.query(orm.User):
+        if authenticator.grant_for(orm_user.name) is None:
+            await _stop_servers(app, orm_user, report, authenticator.log)
+
+
+def _revoke_visits(db, orm_user):
+    """Delete the tokens *orm_user* was given by other users' servers
+    (OAuth): a server trusts such a token for its cache's lifetime."""
+    visits = [
+        token
+        for token in orm_user.api_tokens
+        if token.oauth_client is not None
+        and token.oauth_client.spawner is not None
+        and token.oauth_client.spawner.user_id != orm_user.id
+    ]
+    for token in visits:
+        db.delete(token)
+    return bool(visits)
+
+
 def _revoke(db, orm_user):
     """Strip everything from a user no longer on the roster."""
     changed = bool(orm_user.admin or orm_user.groups or orm_user.roles or orm_user.api_tokens)
@@ -156,6 +215,8 @@ def _revoke(db, orm_user):
 
 
 async def _stop_servers(app, orm_user, report, log):
+    if orm_user.id not in app.users:
+        return  # not loaded, so nothing of theirs runs or starts
     user = app.users[orm_user]
     for name, spawner in list(user.spawners.items()):
         if spawner.pending:
