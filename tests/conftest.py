@@ -66,6 +66,7 @@ async def app(request, roster_file, tmp_path_factory):
     cfg.ClassroomPasswordAuthenticator.roster_path = str(roster_file)
     cfg.ClassroomPasswordAuthenticator.user_password = PASSWORD
     cfg.ClassroomPasswordAuthenticator.roster_poll_interval = 0.2
+    cfg.ClassroomPasswordAuthenticator.last_good_roster_file = str(roster_file.parent / "last-good-roster.json")
     # MockHub's spawner works in /tmp/{username} by default and leaves it there
     cfg.SimpleLocalProcessSpawner.home_dir_template = str(tmp_path_factory.mktemp("homes") / "{username}")
     extra = getattr(request.module, "HUB_CONFIG", None)
