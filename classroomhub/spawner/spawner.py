@@ -252,6 +252,14 @@ class ClassroomSpawner(LocalProcessSpawner):
         picked itself).""",
     ).tag(config=True)
 
+    hub_auth_cache_max_age = Integer(
+        5,
+        help="""Seconds the server trusts the hub's answer about a visitor's
+        token (``HubOAuth.cache_max_age``; JupyterHub's default is 300). When
+        the roster takes someone's staff role, their access to others'
+        servers ends within the roster's poll interval plus this.""",
+    ).tag(config=True)
+
     create_system_users = Bool(
         False,
         help="Create a missing system user at first spawn (useradd), with a private home.",
@@ -374,6 +382,7 @@ class ClassroomSpawner(LocalProcessSpawner):
     def get_args(self):
         args = list(super().get_args())
         args.append(f"--KernelManager.transport={self.kernel_transport}")
+        args.append(f"--HubOAuth.cache_max_age={self.hub_auth_cache_max_age}")
         if self.kernel_cull_timeout:
             interval = self.kernel_cull_interval or max(10, self.kernel_cull_timeout // 6)
             args += [
