@@ -41,31 +41,45 @@ def demo(tmp_path):
     )
     port = free_port()
     password = secrets.token_urlsafe(12)
-    proc = subprocess.Popen(
-        [*classroomhub_cmd(), "demo", "--port", str(port), "--state-dir", str(state), "--password", password],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    demo = {"url": f"http://127.0.0.1:{port}/", "port": port, "password": password, "state": state, **people}
     try:
-        banner = []
-        for line in proc.stdout:
-            banner.append(line)
-            if "Ctrl-C" in line or proc.poll() is not None:
-                break
-        assert any("running at" in line for line in banner), "".join(banner) + _log(state)
-        yield {"proc": proc, "url": f"http://127.0.0.1:{port}/", "password": password, "state": state, **people}
+        demo["proc"] = _start_demo(demo)
+        yield demo
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_demo(demo)
         subprocess.run([*classroomhub_cmd(), "demo", "--state-dir", str(state), "--remove-users"], check=False)
         for login in people.values():
             with pytest.raises(KeyError):
                 pwd.getpwnam(login)
+
+
+def _start_demo(demo):
+    """`classroomhub demo` on *demo*'s state folder and port, once it says it runs."""
+    proc = subprocess.Popen(
+        [*classroomhub_cmd(), "demo", "--port", str(demo["port"]), "--state-dir", str(demo["state"]),
+         "--password", demo["password"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    demo["proc"] = proc
+    banner = []
+    for line in proc.stdout:
+        banner.append(line)
+        if "Ctrl-C" in line or proc.poll() is not None:
+            break
+    assert any("running at" in line for line in banner), "".join(banner) + _log(demo["state"])
+    return proc
+
+
+def _stop_demo(demo):
+    proc = demo.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _log(state):
@@ -153,3 +167,23 @@ def test_demo_end_to_end(demo):
         if controller and controller in os.path.basename(mount).split(",")
     ]
     assert leftovers and not [d for d in leftovers if os.path.exists(d)]
+
+
+def test_demo_starts_again_on_its_state(demo):
+    """Stopped and started on the same state folder (database, roster, users),
+    the demo comes back with the same people and a roster edited meanwhile."""
+    url, stu = demo["url"], demo["student"]
+    session, r = _login(url, stu, demo["password"])
+    assert r.status_code == 302
+    _stop_demo(demo)
+    roster = demo["state"] / "roster.yaml"
+    roster.write_text(roster.read_text().replace(f"students: [{stu}]", "students: []"))
+    _start_demo(demo)
+    _, r = _login(url, demo["owner"], demo["password"])
+    assert r.status_code == 302, _log(demo["state"])
+    _, r = _login(url, stu, demo["password"])
+    assert r.status_code == 403, "removed while the demo was stopped"
+    _stop_demo(demo)
+    _start_demo(demo)
+    _, r = _login(url, demo["owner"], demo["password"])
+    assert r.status_code == 302, _log(demo["state"])
