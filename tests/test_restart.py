@@ -119,7 +119,11 @@ class Hub:
         """Ctrl-C: the hub stops its proxy and leaves the servers running."""
         if self.proc is None:
             return
-        proxies = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "configurable-http-proxy" in " ".join(c.cmdline())]
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []  # it exited by itself (failed start)
+        proxies = [c for c in children if "configurable-http-proxy" in " ".join(c.cmdline())]
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=30)
