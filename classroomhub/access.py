@@ -21,32 +21,13 @@ from dataclasses import dataclass
 
 from jupyterhub.roles import get_default_roles
 
-from .roster import COURSE_ROLE_KEYS, tier_rank
+from .roster import COURSE_ROLE_KEYS
+from .tiers import DEFAULT_TIER_SCOPES, tier_group, tier_rank
 
 _ROLE_GROUP_SUFFIX = {role: key for key, role in COURSE_ROLE_KEYS.items()}
 #: Prefixes of the roles this package manages; anything else is left alone.
 MANAGED_ROLE_PREFIXES = ("classroom-", "course-")
 
-DEFAULT_TIER_SCOPES = {
-    "root": [],  # root is JupyterHub's built-in admin role
-    "admin": [
-        "admin-ui",
-        "list:users",
-        "read:users",
-        "read:groups",
-        "list:groups",
-        "read:roles",
-        "list:services",
-        "read:services",
-        # servers of the tiers below, never of root or other admins
-        "admin:servers!group=tier-power",
-        "admin:servers!group=tier-student",
-        "access:servers!group=tier-power",
-        "access:servers!group=tier-student",
-    ],
-    "power": [],
-    "student": [],
-}
 DEFAULT_COURSE_SCOPES = {
     "instructor": [
         "list:users!group={students}",
@@ -57,10 +38,6 @@ DEFAULT_COURSE_SCOPES = {
     "ta": [],
     "student": [],
 }
-
-
-def tier_group(tier):
-    return f"tier-{tier}"
 
 
 def course_group(course_id, role):

@@ -18,12 +18,13 @@ from oauthenticator.github import GitHubOAuthenticator
 from tornado import web
 from traitlets import Bool, Dict, Float, List, Unicode, default, validate
 
-from .access import DEFAULT_COURSE_SCOPES, DEFAULT_TIER_SCOPES, AccessPolicy
+from .access import DEFAULT_COURSE_SCOPES, AccessPolicy
 from .handlers import RosterAPIHandler, UsageAPIHandler
 from .identity import IdentityStore
 from .lastgood import LastGoodRoster
-from .roster import COURSE_ROLES, TIERS, RosterError, load_roster
+from .roster import COURSE_ROLES, RosterError, load_roster
 from .sync import apply_roster, managed_role_specs, stop_unadmitted_servers
+from .tiers import DEFAULT_TIER_SCOPES, TIERS, higher_tier
 
 
 _REMEMBERED = object()
@@ -611,7 +612,7 @@ class ClassroomGitHubAuthenticator(RosterAuthenticatorMixin, GitHubOAuthenticato
             )
             for team in teams:
                 key = f"{team['organization']['login']}:{team['slug']}".lower()
-                best = _higher(best, wanted_teams.get(key))
+                best = higher_tier(best, wanted_teams.get(key))
         for org, tier in self.team_tiers.items():
             if ":" in org:
                 continue
@@ -624,7 +625,7 @@ class ClassroomGitHubAuthenticator(RosterAuthenticatorMixin, GitHubOAuthenticato
                 validate_cert=self.validate_server_cert,
             )
             if resp.code == 204:
-                best = _higher(best, tier)
+                best = higher_tier(best, tier)
         return best
 
     async def run_post_auth_hook(self, handler, auth_model):
@@ -645,11 +646,3 @@ def _first_problem(error):
     more = len(problems) - 1
     hint = f" (and {more} more: `classroomhub roster check {problems[0].path}` lists them)" if more else ""
     return f"{problems[0]}{hint}"
-
-
-def _higher(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if TIERS.index(a) < TIERS.index(b) else b

@@ -23,13 +23,12 @@ from types import MappingProxyType
 
 import yaml
 
+from .tiers import DEFAULT_TIER, TIERS, unknown_tier
+
 # libyaml's composer is about 4x faster on large rosters; a file it rejects is
 # composed again by the pure-Python loader, whose error messages read better.
 _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-#: Tiers, most privileged first.
-TIERS = ("root", "admin", "power", "student")
-DEFAULT_TIER = "student"
 #: Course roles, most privileged first, and the roster key listing each.
 COURSE_ROLES = ("instructor", "ta", "student")
 COURSE_ROLE_KEYS = {"instructors": "instructor", "tas": "ta", "students": "student"}
@@ -44,11 +43,6 @@ LOGIN_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,38}")
 # Course ids end up in JupyterHub group and role names, whose rules are the
 # strictest of the two (see jupyterhub.roles._role_name_pattern).
 COURSE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}[a-z0-9]")
-
-
-def tier_rank(tier):
-    """Higher is more privileged."""
-    return len(TIERS) - TIERS.index(tier)
 
 
 @dataclass(frozen=True)
@@ -244,7 +238,7 @@ class _Builder:
                 continue
             tier = words[1].lower() if len(words) == 2 else DEFAULT_TIER
             if tier not in TIERS:
-                self.error(lineno, _unknown_tier(words[1]))
+                self.error(lineno, unknown_tier(words[1]))
                 continue
             self.add_person(words[0], lineno, tier)
         if not self.people and not self.problems:
@@ -330,7 +324,7 @@ class _Builder:
                 # shorthand: `alice: admin`
                 tier = value_node.value.lower()
                 if tier not in TIERS:
-                    self.error(line, f"user {raw!r}: {_unknown_tier(value_node.value)}")
+                    self.error(line, f"user {raw!r}: {unknown_tier(value_node.value)}")
                     continue
             else:
                 fields = self.mapping(value_node, f"user {raw!r}", USER_KEYS, allow_null=True)
@@ -343,7 +337,7 @@ class _Builder:
                         continue
                     tier = str(tier_node.value).lower()
                     if tier not in TIERS:
-                        self.error(_line(tier_node), f"user {raw!r}: {_unknown_tier(tier_node.value)}")
+                        self.error(_line(tier_node), f"user {raw!r}: {unknown_tier(tier_node.value)}")
                         continue
                 if "github_id" in fields:
                     id_node = fields["github_id"][1]
@@ -486,7 +480,3 @@ def _describe(node):
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     return repr(node.value)
-
-
-def _unknown_tier(tier):
-    return f"unknown tier {tier!r} (expected one of {', '.join(TIERS)})"

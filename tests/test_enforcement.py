@@ -29,9 +29,9 @@ from classroomhub.spawner.enforcement import (
     Limits,
     detect,
     group_key,
-    human_bytes,
 )
 from classroomhub.spawner.watchdog import PsutilWatchdog
+from classroomhub.units import human_bytes
 
 GiB = 1024**3
 MiB = 1024**2

@@ -14,7 +14,8 @@ from jupyterhub.roles import _validate_role_name
 from jupyterhub.scopes import _check_scopes_exist
 
 from classroomhub import cli
-from classroomhub.access import DEFAULT_COURSE_SCOPES, DEFAULT_TIER_SCOPES, AccessPolicy
+from classroomhub.access import DEFAULT_COURSE_SCOPES, AccessPolicy
+from classroomhub.tiers import DEFAULT_TIER_SCOPES
 from classroomhub.roster import RosterError, guess_format, load_roster, parse_roster
 
 PATH = "roster.yaml"

@@ -12,7 +12,7 @@ import requests
 from jupyterhub.tests.mocking import MockHub
 from jupyterhub.utils import random_port
 
-from classroomhub.service.hooks import sync_hook
+from classroomhub.synchook import sync_hook
 
 from conftest import write_roster
 from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+from ..units import human_bytes
 from .client import HubClient, add_hub_arguments
 
 
 def format_usage(servers):
     """A top-like table of /hub/api/classroom/usage, biggest memory first."""
-    from ..spawner.enforcement import human_bytes
 
     header = f"{'USER':<20} {'SERVER':<10} {'TIER':<8} {'MEM':>10} {'PEAK':>10} {'LIMIT':>10} {'CPU s':>9} {'PROCS':>5} {'OOM':>4} {'IDLE':>7}"
     rows = [header]

@@ -15,12 +15,12 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..roster import COURSE_ROLE_KEYS, COURSE_ROLES, TIERS
+from ..roster import COURSE_ROLE_KEYS, COURSE_ROLES
+from ..tiers import DEFAULT_TIER, STAFF_TIERS, tier_of
 from .scopes import GRADE, INSTRUCT, allows
 
 #: group suffix -> course role ("students" -> "student")
 GROUP_ROLES = dict(COURSE_ROLE_KEYS)
-PRIVILEGED_TIERS = ("root", "admin")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Person:
     and the token's scopes must *both* allow a staff action."""
 
     name: str
-    tier: str = "student"
+    tier: str = DEFAULT_TIER
     courses: dict = field(default_factory=dict)  # course id -> "instructor" | "ta" | "student"
     #: the request's token's scopes; none: no staff powers at all
     scopes: frozenset = frozenset()
@@ -37,10 +37,10 @@ class Person:
     @property
     def privileged(self):
         """The admin and root tiers, with a token carrying their every-course powers."""
-        return self.tier in PRIVILEGED_TIERS and (allows(self.scopes, INSTRUCT) or allows(self.scopes, GRADE))
+        return self.tier in STAFF_TIERS and (allows(self.scopes, INSTRUCT) or allows(self.scopes, GRADE))
 
     def _may(self, scope, course, roles):
-        roster = self.tier in PRIVILEGED_TIERS or self.courses.get(course) in roles
+        roster = self.tier in STAFF_TIERS or self.courses.get(course) in roles
         return roster and allows(self.scopes, scope, course)
 
     def can_release(self, course):
@@ -53,7 +53,7 @@ class Person:
 
     def can_open_servers(self, course, roles):
         """Whether the course's *roles* (see ``live_server_roles``) include this person's."""
-        return self.can_see_reports(course) and (self.tier in PRIVILEGED_TIERS or self.courses.get(course) in roles)
+        return self.can_see_reports(course) and (self.tier in STAFF_TIERS or self.courses.get(course) in roles)
 
 
 def parse_group(name):
@@ -69,10 +69,7 @@ def parse_group(name):
 
 def person_from_groups(name, groups):
     person = Person(name)
-    for tier in TIERS:  # highest first
-        if f"tier-{tier}" in groups:
-            person.tier = tier
-            break
+    person.tier = tier_of(groups)
     for group in groups:
         parsed = parse_group(group)
         if parsed:

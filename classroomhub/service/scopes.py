@@ -20,8 +20,9 @@ from __future__ import annotations
 from jupyterhub.services.auth import check_scopes
 
 from ..access import course_group
+from ..synchook import SERVICE_NAME, access_scope
 
-SERVICE_NAME = "classroom"
+__all__ = ["SERVICE_NAME", "INSTRUCT", "GRADE", "CUSTOM_SCOPES", "COURSE_SCOPES", "TIER_SCOPES", "access_scope", "allows"]
 INSTRUCT = f"custom:{SERVICE_NAME}:instruct"
 GRADE = f"custom:{SERVICE_NAME}:grade"
 #: for ``c.JupyterHub.custom_scopes``
@@ -42,10 +43,6 @@ COURSE_SCOPES = {
 }
 #: per tier: the admin and root tiers have the service's powers in every course
 TIER_SCOPES = {"root": [INSTRUCT, GRADE], "admin": [INSTRUCT, GRADE]}
-
-
-def access_scope(service_name=SERVICE_NAME):
-    return f"access:services!service={service_name}"
 
 
 def allows(token_scopes, scope, course=None):

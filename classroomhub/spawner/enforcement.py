@@ -127,15 +127,6 @@ def group_key(username, server_name=""):
     return key
 
 
-def human_bytes(n):
-    """``1.0 GiB``, ``300 MiB``; ``unlimited`` for 0 or None."""
-    if not n:
-        return "unlimited"
-    if n >= 1024**3:
-        return f"{n / 1024**3:.1f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
-
-
 def read_small(path):
     """The bytes of a small (pseudo-)file, or None if it cannot be read.
 

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 from html import escape
 
-from .enforcement import human_bytes
+from ..units import human_bytes
 
 NOTICE_SECONDS = 3600
 

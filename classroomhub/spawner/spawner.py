@@ -24,13 +24,13 @@ from traitlets import (
 )
 
 from ..accounts import AccountPolicy, AccountRefused
-from ..roster import TIERS
 from ..servers import stop_server
-from ..service.hooks import sync_before_start
+from ..units import human_bytes
+from ..tiers import DEFAULT_TIER, DEFAULT_TIER_SETTINGS, TIERS, tier_of, unknown_tier
+from ..synchook import sync_before_start
 from . import metrics, notices
 from .culling import IdleTracker, idlest_first, mem_available
-from .enforcement import KEY_ENV, Enforcement, EnforcementUnavailable, Limits, detect, group_key, human_bytes
-from .settings import DEFAULT_TIER_SETTINGS, FALLBACK_TIER
+from .enforcement import KEY_ENV, Enforcement, EnforcementUnavailable, Limits, detect, group_key
 from .users import ensure_system_user
 
 class SpawnRefused(web.HTTPError):
@@ -86,7 +86,7 @@ class ClassroomSpawner(LocalProcessSpawner):
         merged = {tier: dict(values) for tier, values in DEFAULT_TIER_SETTINGS.items()}
         for tier, values in proposal.value.items():
             if tier not in TIERS:
-                raise ValueError(f"tier_settings: unknown tier {tier!r} (expected one of {', '.join(TIERS)})")
+                raise ValueError(f"tier_settings: {unknown_tier(tier)}")
             self._check_setting_names(f"tier_settings[{tier!r}]", values)
             merged[tier].update(values)
         return merged
@@ -309,7 +309,7 @@ class ClassroomSpawner(LocalProcessSpawner):
 
     # -- state -----------------------------------------------------------------------
 
-    tier = Unicode(FALLBACK_TIER, help="The owner's tier, from their roster group (set at start).")
+    tier = Unicode(DEFAULT_TIER, help="The owner's tier, from their roster group (set at start).")
 
     oom_kills = Integer(0, help="Processes of this server's current run killed for memory (persisted; 0 at each start).")
 
@@ -370,8 +370,7 @@ class ClassroomSpawner(LocalProcessSpawner):
     # -- settings ----------------------------------------------------------------------
 
     async def apply_group_overrides(self):
-        groups = {g.name for g in self.user.groups}
-        self.tier = next((t for t in TIERS if f"tier-{t}" in groups), FALLBACK_TIER)
+        self.tier = tier_of(g.name for g in self.user.groups)
         self._apply_overrides(self.tier_settings.get(self.tier, {}))
         await super().apply_group_overrides()
         personal = self.user_settings.get(self.user.name.lower())
