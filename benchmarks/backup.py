@@ -54,9 +54,9 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from classroomhub.ops.backup import Backup, Restore  # noqa: E402
 from classroomhub.ops.locations import Locations  # noqa: E402
-from classroomhub.service.migrations import upgrade_database  # noqa: E402
-from classroomhub.service.models import AuditEvent, Delivered, Release, Submission, make_private_sqlite  # noqa: E402
-from classroomhub.service.store import ReleaseStore  # noqa: E402
+from classroomhub.service.db.migrations import upgrade_database  # noqa: E402
+from classroomhub.service.db.models import AuditEvent, Delivered, Release, Submission, make_private_sqlite  # noqa: E402
+from classroomhub.service.files.store import ReleaseStore  # noqa: E402
 
 TARGET_TIME = 1.25  # ours / cp -a
 COURSE = "data101"

@@ -63,10 +63,10 @@ import sys
 import tempfile
 import time
 
-from classroomhub.service import runas
-from classroomhub.service.collect import Collector
-from classroomhub.service.models import open_database
-from classroomhub.service.store import ReleaseStore, snapshot_folder
+from classroomhub.service.files import runas
+from classroomhub.service.domain.collect import Collector
+from classroomhub.service.db.models import open_database
+from classroomhub.service.files.store import ReleaseStore, snapshot_folder
 from _common import Users, make_notebook, ms, secs
 
 COURSE, ASSIGNMENT = "data101", "hw1"

@@ -48,9 +48,9 @@ import sys
 import tempfile
 import time
 
-from classroomhub.service import runas
-from classroomhub.service.delivery import Release, deliver_all
-from classroomhub.service.store import ReleaseStore, import_folder
+from classroomhub.service.files import runas
+from classroomhub.service.files.delivery import Release, deliver_all
+from classroomhub.service.files.store import ReleaseStore, import_folder
 from _common import WORDS, Users, make_notebook, ms, secs
 
 COURSE, MATERIAL, DATASET = "data101", "week1", "dataset"

@@ -5,7 +5,7 @@ check, a roster person called ``postgres``, ``daemon`` or ``root`` would get
 a server running as that account, and deliveries, collections and imports
 would run as it. One policy, used at ``classroomhub roster check``, at every
 spawn (ClassroomSpawner) and whenever the classroom service works as
-someone (:meth:`classroomhub.service.runas.Account.of`), refuses:
+someone (:meth:`classroomhub.service.files.runas.Account.of`), refuses:
 
 - ``root`` and every account below ``UID_MIN`` of ``/etc/login.defs``
   (the system's own accounts);

@@ -333,9 +333,9 @@ def small_state(folder, service_db_url=None):
     """A hub's state without a hub: its database, secret, roster and pins,
     and a service database and store with released, collected, orphaned and
     shared content. Returns (Locations, {what: value})."""
-    from classroomhub.service.migrations import upgrade_database
-    from classroomhub.service.models import Release, Submission
-    from classroomhub.service.store import ReleaseStore
+    from classroomhub.service.db.migrations import upgrade_database
+    from classroomhub.service.db.models import Release, Submission
+    from classroomhub.service.files.store import ReleaseStore
 
     folder.mkdir(parents=True, exist_ok=True)
     hub_db = folder / "jupyterhub.sqlite"

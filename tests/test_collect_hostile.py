@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from classroomhub.service import runas
-from classroomhub.service.collect import Collector
-from classroomhub.service.models import open_database
+from classroomhub.service.files import runas
+from classroomhub.service.domain.collect import Collector
+from classroomhub.service.db.models import open_database
 
 # the same users, homes, store and both worker runners as the delivery tests
 from test_delivery import (  # noqa: F401 - fixtures

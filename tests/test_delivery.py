@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from classroomhub.service import runas
-from classroomhub.service.delivery import Release, deliver_all, deliver_to
-from classroomhub.service.store import ReleaseStore, SourceError, import_folder
+from classroomhub.service.files import runas
+from classroomhub.service.files.delivery import Release, deliver_all, deliver_to
+from classroomhub.service.files.store import ReleaseStore, SourceError, import_folder
 from classroomhub.spawner.users import ensure_system_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")

@@ -25,13 +25,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from classroomhub.service import runas
-from classroomhub.service.collect import Collector
-from classroomhub.service.freezer import Freezer, freezer_cgroup_of, processes_of
-from classroomhub.service.limits import TooMany
-from classroomhub.service.models import DeliveryReport, Release, open_database
-from classroomhub.service.releases import Releases
-from classroomhub.service.store import ReleaseStore
+from classroomhub.service.files import runas
+from classroomhub.service.domain.collect import Collector
+from classroomhub.service.files.freezer import Freezer, freezer_cgroup_of, processes_of
+from classroomhub.service.domain.limits import TooMany
+from classroomhub.service.db.models import DeliveryReport, Release, open_database
+from classroomhub.service.domain.releases import Releases
+from classroomhub.service.files.store import ReleaseStore
 from classroomhub.spawner.users import ensure_system_user
 
 # both ways of starting workers (a process per home, the fork server)
@@ -573,7 +573,7 @@ async def test_a_hand_in_copied_after_the_due_date_with_changes_is_late(homes, c
         f.write(b"after")
     row = await collector.submit(COURSE, MATERIAL, ALICE, late=False, due=due)
     assert row.late and row.changed == ["hw.ipynb"]
-    from classroomhub.service.collect import graded_choice
+    from classroomhub.service.domain.collect import graded_choice
 
     assert graded_choice([row], due) is row  # the first late one, flagged as such
 

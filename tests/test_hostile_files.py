@@ -36,7 +36,7 @@ from classroomhub import cli
 from classroomhub.accounts import MANAGED_GROUP, AccountPolicy, AccountRefused, uid_min
 from classroomhub.demo import free_ports
 from classroomhub.roster import RosterError, parse_roster
-from classroomhub.service.releases import check_name
+from classroomhub.service.domain.releases import check_name
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.spawner.users import ensure_system_user
 
@@ -243,7 +243,7 @@ HOSTILE_NAMES = [' a"b.txt ', "ünïcödé 名前.txt", "line\nbreak.txt", "semi
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES + [os.fsdecode(b"latin1-\xe9\xff.txt")])
 def test_content_disposition_names_any_file_exactly(name):
-    from classroomhub.service.grading import attachment
+    from classroomhub.service.web.grading import attachment
 
     header = attachment(name)
     assert header.isascii() and "\n" not in header and "\r" not in header
@@ -460,7 +460,7 @@ def test_an_older_store_and_database_are_made_private(tmp_path):
     from sqlalchemy import select
 
     from classroomhub.service.app import ClassroomService
-    from classroomhub.service.models import Release, Submission
+    from classroomhub.service.db.models import Release, Submission
 
     folder = tmp_path / "old"
     first = ClassroomService()

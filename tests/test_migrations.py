@@ -23,8 +23,8 @@ from sqlalchemy import MetaData, create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
 import postgres
-from classroomhub.service import models
-from classroomhub.service.migrations import SchemaTooNew, alembic_config, backup_beside, upgrade_database
+from classroomhub.service.db import models
+from classroomhub.service.db.migrations import SchemaTooNew, alembic_config, backup_beside, upgrade_database
 from postgres import postgres_url  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).parent.parent
@@ -35,7 +35,7 @@ T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def release_models(tmp_path_factory):
-    """classroomhub.service.models exactly as released at a9f3de8."""
+    """classroomhub.service.db.models exactly as released at a9f3de8."""
     source = subprocess.run(
         ["git", "-C", str(REPO), "show", f"{RELEASE}:classroomhub/service/models.py"],
         capture_output=True,
@@ -110,7 +110,7 @@ def dump(url, like=None):
 def schema_diff(url):
     """What the models describe and the database lacks (or has in excess);
     not empty after a change to models.py that no revision in
-    classroomhub/service/migrations/versions/ brings to existing databases."""
+    classroomhub/service/db/migrations/versions/ brings to existing databases."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -146,7 +146,7 @@ def service_args(tmp_path, url):
 @pytest.fixture(autouse=True)
 def keep_account_policy(monkeypatch):
     """A service started in this process sets the class-wide account policy: put it back after."""
-    from classroomhub.service import runas
+    from classroomhub.service.files import runas
 
     monkeypatch.setattr(runas.Account, "policy", runas.Account.policy)
 

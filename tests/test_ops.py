@@ -56,7 +56,7 @@ def test_a_wheel_built_from_the_checkout_carries_the_example_config(tmp_path):
     (wheel,) = tmp_path.glob("classroomhub-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("classroomhub/data/jupyterhub_config.example.py").decode() == example_config_text()
-        assert "classroomhub/service/openapi.yaml" in archive.namelist()
+        assert "classroomhub/service/web/openapi.yaml" in archive.namelist()
         entry_points = archive.read(next(n for n in archive.namelist() if n.endswith("entry_points.txt"))).decode()
     assert "classroomhub = classroomhub.cli:main" in entry_points
 

@@ -1,4 +1,4 @@
-"""classroomhub.service.render: a student's notebook as a script-free page for
+"""classroomhub.service.web.render: a student's notebook as a script-free page for
 graders, checked statically and, adversarially, in Debian's Chromium."""
 
 import asyncio
@@ -13,7 +13,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from classroomhub.service.render import CONTENT_SECURITY_POLICY, render_notebook
+from classroomhub.service.web.render import CONTENT_SECURITY_POLICY, render_notebook
 
 from browser import browser  # noqa: F401  (the fixture)
 

@@ -32,7 +32,7 @@ def show_progress(poll, interval=0.5):
 
 
 def print_reports(reports):
-    from ..service.delivery import STATUSES
+    from ..service.files.delivery import STATUSES
 
     print(f"{'STUDENT':<24} " + " ".join(f"{s:>12}" for s in STATUSES))
     for report in reports:

@@ -50,7 +50,7 @@ from .dbcopy import (
 from .locations import Locations
 
 FORMAT = 1
-#: the store's content-addressed areas (see classroomhub.service.store):
+#: the store's content-addressed areas (see classroomhub.service.files.store):
 #: released files, and what was collected from homes
 STORE_AREAS = ("objects", "private")
 
@@ -107,7 +107,7 @@ def _alembic_revision(copy_path):
 def referenced_objects(db_url):
     """Every sha256 the service's database names (releases, deliveries,
     submissions, feedback)."""
-    from ..service.models import Delivered, Feedback, Release, Submission
+    from ..service.db.models import Delivered, Feedback, Release, Submission
 
     engine = create_engine(db_url)
     try:
@@ -409,7 +409,7 @@ class Restore:
         os.replace(part, target)
 
     def _store(self, info):
-        from ..service.store import ReleaseStore
+        from ..service.files.store import ReleaseStore
 
         store = ReleaseStore(self.locations.store_dir)  # the store's own layout and folder modes
         jobs = []

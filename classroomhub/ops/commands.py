@@ -64,7 +64,7 @@ def cmd_restore(args):
 
 
 def cmd_upgrade_db(args):
-    from ..service.migrations import SchemaTooNew, backup_beside, upgrade_database
+    from ..service.db.migrations import SchemaTooNew, backup_beside, upgrade_database
     from .dbcopy import sqlite_path
 
     if args.db_url:

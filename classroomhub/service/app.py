@@ -22,21 +22,21 @@ from traitlets.config import Application
 
 from .._version import __version__
 from ..accounts import AccountPolicy
-from .api import api_handlers
-from .assignments import assignment_handlers
-from .collect import Collector
-from .grading import grading_handlers
-from .grading_pages import assignment_page_handlers
-from .hub import HubClient
+from .web.api import api_handlers
+from .web.assignments import assignment_handlers
+from .domain.collect import Collector
+from .web.grading import grading_handlers
+from .web.grading_pages import assignment_page_handlers
+from .web.hub import HubClient
 from ..ops.dbcopy import CopyError
-from .migrations import SchemaTooNew, backup_beside, upgrade_database
-from .models import Feedback, Release, Submission, make_private_sqlite, open_database
-from .pages import page_handlers
-from .releases import Releases
-from . import runas
-from .freezer import Freezer
-from .runas import Account, ForkServer
-from .store import ReleaseStore
+from .db.migrations import SchemaTooNew, backup_beside, upgrade_database
+from .db.models import Feedback, Release, Submission, make_private_sqlite, open_database
+from .web.pages import page_handlers
+from .domain.releases import Releases
+from .files import runas
+from .files.freezer import Freezer
+from .files.runas import Account, ForkServer
+from .files.store import ReleaseStore
 
 #: the SQLite database's file name, in ``data_dir/db/`` by default
 DATABASE = "classroom.sqlite"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from .scopes import COURSE_SCOPES, CUSTOM_SCOPES, SERVICE_NAME, TIER_SCOPES, access_scope
+from .web.scopes import COURSE_SCOPES, CUSTOM_SCOPES, SERVICE_NAME, TIER_SCOPES, access_scope
 
 #: what the service asks of the hub: people's groups and course groups' members
 SERVICE_SCOPES = ["list:users", "read:users:groups", "list:groups", "read:groups"]

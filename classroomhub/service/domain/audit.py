@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import AuditEvent
+from ..db.models import AuditEvent
 
 
 def record(service, person, action, course, material="", student="", detail=""):

@@ -21,10 +21,10 @@ import yaml
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from .limits import TooMany
-from .releases import check_name
+from ..domain.limits import TooMany
+from ..domain.releases import check_name
 from .scopes import access_scope
-from .store import SourceError
+from ..files.store import SourceError
 
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.yaml")
 RELEASE_KEYS = {"source": str, "git": str, "ref": str, "restore_deleted": bool, "shared": bool, "wait": bool}

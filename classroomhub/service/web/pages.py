@@ -29,7 +29,7 @@ from tornado import web
 from tornado.escape import xhtml_escape
 
 from .api import BaseHandler
-from .delivery import STATUSES
+from ..files.delivery import STATUSES
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 #: statuses worth a line of detail in a report

@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..roster import COURSE_ROLE_KEYS, COURSE_ROLES
-from ..tiers import DEFAULT_TIER, STAFF_TIERS, tier_of
+from ...roster import COURSE_ROLE_KEYS, COURSE_ROLES
+from ...tiers import DEFAULT_TIER, STAFF_TIERS, tier_of
 from .scopes import GRADE, INSTRUCT, allows
 
 #: group suffix -> course role ("students" -> "student")

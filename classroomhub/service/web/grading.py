@@ -21,14 +21,14 @@ from urllib.parse import quote
 from sqlalchemy import select
 from tornado import web
 
-from . import runas
+from ..files import runas
 from .assignments import AssignmentBase
-from .audit import record
-from .collect import FEEDBACK_FOLDER, aware
-from .delivery import Release, deliver_to
-from .models import AuditEvent, Feedback, Submission
-from .releases import TAKEN
-from .store import SourceError, snapshot_folder
+from ..domain.audit import record
+from ..domain.collect import FEEDBACK_FOLDER, aware
+from ..files.delivery import Release, deliver_to
+from ..db.models import AuditEvent, Feedback, Submission
+from ..domain.releases import TAKEN
+from ..files.store import SourceError, snapshot_folder
 from .pages import PageHandler
 from .render import CONTENT_SECURITY_POLICY, render_notebook
 

@@ -15,9 +15,9 @@ from urllib.parse import quote
 from tornado import web
 
 from .api import BaseHandler
-from .audit import record
-from .collect import aware, graded_of
-from .limits import TooMany
+from ..domain.audit import record
+from ..domain.collect import aware, graded_of
+from ..domain.limits import TooMany
 
 ASSIGNMENT_KEYS = {"due": str, "late_seconds": int}
 EXTENSION_KEYS = {"due": str}

@@ -24,8 +24,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from ..._version import __version__
-from ...ops.dbcopy import copy_database, kind_of, sqlite_path
+from ...._version import __version__
+from ....ops.dbcopy import copy_database, kind_of, sqlite_path
 from ..models import Base
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -16,12 +16,12 @@ import tempfile
 
 from sqlalchemy import func, select
 
-from . import runas
-from .delivery import Release as Job
-from .delivery import deliver_to
+from ..files import runas
+from ..files.delivery import Release as Job
+from ..files.delivery import deliver_to
 from .limits import KeyedLocks, RateLimit
-from .models import Delivered, DeliveryReport, Release, utcnow
-from .store import SourceError, import_folder
+from ..db.models import Delivered, DeliveryReport, Release, utcnow
+from ..files.store import SourceError, import_folder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # statuses after which the store's version is what lies in the home

@@ -24,10 +24,10 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from . import runas
+from ..files import runas
 from .limits import KeyedLocks, RateLimit, TooMany
-from .models import Assignment, Extension, GradedChoice, Submission, utcnow
-from .store import SourceError, snapshot_folder
+from ..db.models import Assignment, Extension, GradedChoice, Submission, utcnow
+from ..files.store import SourceError, snapshot_folder
 
 #: folders in the assignment folder that are not the student's work
 FEEDBACK_FOLDER = "feedback"

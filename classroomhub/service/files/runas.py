@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..accounts import AccountPolicy
+from ...accounts import AccountPolicy
 from . import worker
 
 WORKER = os.path.abspath(worker.__file__)
@@ -105,8 +105,8 @@ def server_cgroups(login, parent="classroomhub"):
     lays them out below the hub's own cgroup (whose child this service is):
     the memory and pids hierarchies of cgroup v1, the group of v2. Only
     those that exist (their server runs)."""
-    from ..spawner.cgroups import _join, _mountinfo, _own_cgroups  # the spawner's layout, one definition
-    from ..spawner.enforcement import group_key
+    from ...spawner.cgroups import _join, _mountinfo, _own_cgroups  # the spawner's layout, one definition
+    from ...spawner.enforcement import group_key
 
     own, found = _own_cgroups(), []
     for mount, fstype, options in _mountinfo():

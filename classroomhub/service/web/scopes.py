@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from jupyterhub.services.auth import check_scopes
 
-from ..access import course_group
-from ..synchook import SERVICE_NAME, access_scope
+from ...access import course_group
+from ...synchook import SERVICE_NAME, access_scope
 
 __all__ = ["SERVICE_NAME", "INSTRUCT", "GRADE", "CUSTOM_SCOPES", "COURSE_SCOPES", "TIER_SCOPES", "access_scope", "allows"]
 INSTRUCT = f"custom:{SERVICE_NAME}:instruct"

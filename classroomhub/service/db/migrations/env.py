@@ -1,10 +1,10 @@
 """Alembic's environment for the service's database, driven from
-:mod:`classroomhub.service.migrations` (no alembic.ini): the caller hands
+:mod:`classroomhub.service.db.migrations` (no alembic.ini): the caller hands
 over an open connection in ``config.attributes["connection"]``."""
 
 from alembic import context
 
-from classroomhub.service.models import Base
+from classroomhub.service.db.models import Base
 
 connection = context.config.attributes["connection"]
 # batch mode: SQLite can alter a table only by copying it
