@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import Users, secs  # noqa: E402
 
 from classroomhub.demo import free_ports  # noqa: E402
-from classroomhub.spawner.enforcement import EnforcementUnavailable, detect  # noqa: E402
+from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
 
 TARGET_RATIO = 2.0  # restart with N servers <= 2x a start with none
 

@@ -176,7 +176,7 @@ def remove_demo_users(record):
 
 def remove_demo_cgroups():
     """The hub stopped its servers (and their cgroups); remove the folder holding them."""
-    from .spawner.enforcement import EnforcementUnavailable, detect
+    from .spawner import EnforcementUnavailable, detect
 
     try:
         backend, _ = detect("auto", DEMO_CGROUP_PARENT)

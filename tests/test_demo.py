@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from classroomhub.demo import DEMO_CGROUP_PARENT, DEMO_MARKER, free_port
-from classroomhub.spawner import cgroups
+from classroomhub.spawner import cgroupfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the demo creates system users")
 
@@ -161,9 +161,9 @@ def test_demo_end_to_end(demo):
     # and removes the folder that held the servers' cgroups
     leftovers = [
         os.path.join(mount, own.lstrip("/"), DEMO_CGROUP_PARENT)
-        for mount, fstype, _ in cgroups._mountinfo()
+        for mount, fstype, _ in cgroupfs.mountinfo()
         if fstype == "cgroup"
-        for controller, own in cgroups._own_cgroups().items()
+        for controller, own in cgroupfs.own_cgroups().items()
         if controller and controller in os.path.basename(mount).split(",")
     ]
     assert leftovers and not [d for d in leftovers if os.path.exists(d)]

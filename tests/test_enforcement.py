@@ -20,16 +20,16 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from classroomhub.spawner import cgroups
+from classroomhub.spawner import cgroupfs, cgroups
 from classroomhub.spawner.culling import IdleTracker, idlest_first, mem_available
 from classroomhub.spawner.enforcement import (
     KEY_ENV,
     Enforcement,
     EnforcementUnavailable,
     Limits,
-    detect,
     group_key,
 )
+from classroomhub.spawner.detection import detect
 from classroomhub.spawner.watchdog import PsutilWatchdog
 from classroomhub.units import human_bytes
 
@@ -78,7 +78,7 @@ class FakeKernel:
         self.mkdir(path, controllers=enabled)
 
     def procs(self, folder):
-        return cgroups._read_pids(os.path.join(folder, "cgroup.procs"))
+        return cgroupfs.read_pids(os.path.join(folder, "cgroup.procs"))
 
     def write_text(self, path, value):
         folder, name = os.path.split(path)
@@ -282,9 +282,8 @@ def test_v2_detection_from_mountinfo(tmp_path, monkeypatch):
     )
     own = tmp_path / "cgroup"
     own.write_text("0::/user.slice\n")
-    read_mountinfo, read_own = cgroups._mountinfo, cgroups._own_cgroups
-    monkeypatch.setattr(cgroups, "_mountinfo", lambda: read_mountinfo(str(mountinfo)))
-    monkeypatch.setattr(cgroups, "_own_cgroups", lambda: read_own(str(own)))
+    monkeypatch.setattr(cgroups, "mountinfo", lambda: cgroupfs.mountinfo(str(mountinfo)))
+    monkeypatch.setattr(cgroups, "own_cgroups", lambda: cgroupfs.own_cgroups(str(own)))
     backend, skipped = detect("auto", "course-hub")
     assert backend.name == "cgroup-v2"
     assert skipped == []
@@ -297,10 +296,10 @@ def test_v2_detection_from_mountinfo(tmp_path, monkeypatch):
 
 
 def test_cgroup_parent_relative_or_absolute():
-    assert cgroups._join("/sys/fs/cgroup", "/system.slice/jupyterhub.service", "classroomhub") == (
+    assert cgroupfs.group_path("/sys/fs/cgroup", "/system.slice/jupyterhub.service", "classroomhub") == (
         "/sys/fs/cgroup/system.slice/jupyterhub.service/classroomhub"
     )
-    assert cgroups._join("/sys/fs/cgroup", "/system.slice/jupyterhub.service", "/hubs/a") == "/sys/fs/cgroup/hubs/a"
+    assert cgroupfs.group_path("/sys/fs/cgroup", "/system.slice/jupyterhub.service", "/hubs/a") == "/sys/fs/cgroup/hubs/a"
 
 
 # -- cgroup v1 ------------------------------------------------------------------------

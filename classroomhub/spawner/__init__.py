@@ -1,6 +1,7 @@
 """ClassroomSpawner: per-tier limits enforced by cgroups, no orphans, usage, culling."""
 
-from .enforcement import Enforcement, EnforcementUnavailable, Limits, Usage, detect, group_key
+from .detection import detect
+from .enforcement import Enforcement, EnforcementUnavailable, Limits, Usage, group_key
 from .spawner import ClassroomSpawner
 
 __all__ = [

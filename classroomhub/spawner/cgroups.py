@@ -1,9 +1,9 @@
 """cgroup v2 and v1 backends: the kernel enforces the limits.
 
 Each server gets a cgroup below ``<hub's own cgroup>/<cgroup_parent>/`` (or
-below the hierarchy root when ``cgroup_parent`` is absolute). The server
-process joins it in the forked child, before exec, so every byte it and its
-kernels allocate is charged there.
+below the hierarchy root when ``cgroup_parent`` is absolute; see
+:func:`.cgroupfs.group_path`). The server process joins it in the forked
+child, before exec, so every byte it and its kernels allocate is charged there.
 """
 
 from __future__ import annotations
@@ -14,51 +14,19 @@ import os
 import signal
 import time
 
-from .enforcement import (
-    Enforcement,
-    EnforcementUnavailable,
+from .cgroupfs import (
     OpenFiles,
-    Usage,
+    group_path,
+    mountinfo,
+    own_cgroups,
     read_int,
     read_keyed,
+    read_pids,
     write_text,
 )
+from .enforcement import Enforcement, EnforcementUnavailable, Usage
 
 CPU_PERIOD_US = 100_000
-
-
-def _mountinfo(path="/proc/self/mountinfo"):
-    """Yield (mount_point, fstype, super_options) of every mount."""
-    with open(path) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rest = left.split(), right.split()
-            if len(fields) >= 5 and len(rest) >= 3:
-                yield fields[4], rest[0], rest[2].split(",")
-
-
-def _own_cgroups(path="/proc/self/cgroup"):
-    """{controller or '' for v2: path of this process's cgroup}."""
-    result = {}
-    with open(path) as f:
-        for line in f:
-            _, controllers, cgpath = line.rstrip("\n").split(":", 2)
-            for controller in controllers.split(",") if controllers else [""]:
-                result[controller] = cgpath
-    return result
-
-
-def _join(mount, own, parent):
-    base = parent if parent.startswith("/") else os.path.join(own, parent)
-    return os.path.normpath(os.path.join(mount, base.lstrip("/")))
-
-
-def _read_pids(path):
-    try:
-        with open(path) as f:
-            return [int(line) for line in f if line.strip()]
-    except OSError:
-        return []
 
 
 def _make_dirs(path):
@@ -114,7 +82,7 @@ class _CgroupBackend(Enforcement):
     def pids(self, key):
         seen = set()
         for folder in self.group_dirs(key):
-            seen.update(_read_pids(os.path.join(folder, "cgroup.procs")))
+            seen.update(read_pids(os.path.join(folder, "cgroup.procs")))
         return sorted(seen)
 
     def keys(self):
@@ -178,16 +146,16 @@ class CgroupV2(_CgroupBackend):
         super().__init__(log=log)
         self.root = root
         self.own = os.path.normpath(os.path.join(root, own.lstrip("/")))
-        self.base = _join(root, own, parent)
+        self.base = group_path(root, own, parent)
         self.primary_base = self.base
         self._ready = False
 
     @classmethod
     def from_host(cls, parent="classroomhub", log=None):
-        mounts = [m for m, fstype, _ in _mountinfo() if fstype == "cgroup2"]
+        mounts = [m for m, fstype, _ in mountinfo() if fstype == "cgroup2"]
         if not mounts:
             raise EnforcementUnavailable("no cgroup2 filesystem is mounted")
-        own = _own_cgroups().get("")
+        own = own_cgroups().get("")
         if own is None:
             raise EnforcementUnavailable("this process is not in a cgroup v2 hierarchy")
         root = mounts[0]
@@ -240,7 +208,7 @@ class CgroupV2(_CgroupBackend):
                 raise
             leaf = os.path.join(self.own, "hub")
             self.make_dir(leaf)
-            for pid in _read_pids(os.path.join(self.own, "cgroup.procs")):
+            for pid in read_pids(os.path.join(self.own, "cgroup.procs")):
                 try:
                     write_text(os.path.join(leaf, "cgroup.procs"), pid)
                 except OSError:
@@ -311,14 +279,14 @@ class CgroupV1(_CgroupBackend):
     def __init__(self, hierarchies, parent="classroomhub", log=None):
         """*hierarchies*: {controller: (mount point, this process's path in it)}."""
         super().__init__(log=log)
-        self.bases = {c: _join(mount, own, parent) for c, (mount, own) in hierarchies.items()}
+        self.bases = {c: group_path(mount, own, parent) for c, (mount, own) in hierarchies.items()}
         self.primary_base = self.bases["memory"]
 
     @classmethod
     def from_host(cls, parent="classroomhub", log=None):
-        own = _own_cgroups()
+        own = own_cgroups()
         hierarchies = {}
-        for mount, fstype, options in _mountinfo():
+        for mount, fstype, options in mountinfo():
             if fstype != "cgroup":
                 continue
             for controller in cls.required + cls.optional:

@@ -1,19 +1,21 @@
 """The one interface every limit-enforcement backend implements.
 
 A backend keeps a *group* of processes per server (a cgroup, or a process
-tree the watchdog follows), identified by a key such as ``alice`` or
-``alice--analysis``. ClassroomSpawner talks to it only through
-:class:`Enforcement`; :func:`detect` picks the best backend this host offers.
+tree the watchdog follows), identified by :func:`group_key`, such as
+``alice`` or ``alice--analysis``. ClassroomSpawner talks to it only through
+:class:`Enforcement`; :func:`.detection.detect` picks the best backend this
+host offers. The backends: :mod:`.cgroups` (v2 and v1) and :mod:`.watchdog`
+(psutil).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import resource
 from dataclasses import asdict, dataclass
 
+#: environment variable carrying the server's group key into every process it
+#: starts (the watchdog finds double-forked daemons by it)
 KEY_ENV = "CLASSROOMHUB_SERVER_KEY"
 
 
@@ -125,129 +127,3 @@ def group_key(username, server_name=""):
     if server_name:
         key += "--" + _escape(server_name)
     return key
-
-
-def read_small(path):
-    """The bytes of a small (pseudo-)file, or None if it cannot be read.
-
-    os.open/os.read rather than open(): no buffered file object, which is
-    most of the cost when a usage sample reads five cgroup files per server.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-class OpenFiles:
-    """Small files read again and again (cgroup usage), kept open: pread on
-    an open fd costs ~1 us, open/read/close ~10 us."""
-
-    def __init__(self, limit=None):
-        self._fds = {}
-        if limit is None:
-            # a quarter of the hub's fd budget at most: sockets need the rest
-            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-            limit = max(0, min(4096, soft // 4)) if soft != resource.RLIM_INFINITY else 4096
-        self.limit = limit
-
-    def read(self, path):
-        fd = self._fds.get(path)
-        if fd is None:
-            if len(self._fds) >= self.limit:
-                return read_small(path)  # over budget: open, read, close
-            try:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None
-        try:
-            return os.pread(fd, 65536, 0)
-        except OSError:  # the cgroup went away under us
-            self._close(path)
-            return None
-
-    def forget(self, folder):
-        """Close every file below *folder* (before it is removed)."""
-        prefix = folder.rstrip("/") + "/"
-        for path in [p for p in self._fds if p.startswith(prefix)]:
-            self._close(path)
-
-    def _close(self, path):
-        fd = self._fds.pop(path, None)
-        if fd is not None:
-            os.close(fd)
-
-
-def read_int(path, default=0, read=read_small):
-    text = read(path)
-    if text is None:
-        return default
-    text = text.strip()
-    if text == b"max":
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        return default
-
-
-def read_keyed(path, read=read_small):
-    """``key value`` lines (memory.events, cpu.stat, memory.oom_control) as a dict."""
-    result = {}
-    for line in (read(path) or b"").splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            try:
-                result[parts[0].decode()] = int(parts[1])
-            except ValueError:
-                pass
-    return result
-
-
-def write_text(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def detect(preference="auto", cgroup_parent="classroomhub", log=None):
-    """The best backend available, given *preference*.
-
-    *preference* is ``auto`` (cgroup v2, then v1, then psutil), or one of
-    ``cgroup-v2``, ``cgroup-v1``, ``psutil``, ``none`` to insist on it.
-    Returns ``(backend, reasons)``: *reasons* says why better ones were skipped.
-    """
-    from .cgroups import CgroupV1, CgroupV2
-    from .watchdog import PsutilWatchdog
-
-    log = log or logging.getLogger(__name__)
-    candidates = {
-        "cgroup-v2": lambda: CgroupV2.from_host(cgroup_parent, log=log),
-        "cgroup-v1": lambda: CgroupV1.from_host(cgroup_parent, log=log),
-        "psutil": lambda: PsutilWatchdog(log=log),
-        "none": lambda: Enforcement(log=log),
-    }
-    order = list(candidates) if preference == "auto" else [preference]
-    reasons = []
-    for name in order:
-        try:
-            return candidates[name](), reasons
-        except EnforcementUnavailable as e:
-            reasons.append(f"{name}: {e}")
-    # only reachable with an explicit preference that is unavailable
-    raise EnforcementUnavailable("; ".join(reasons))

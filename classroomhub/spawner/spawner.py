@@ -30,7 +30,8 @@ from ..tiers import DEFAULT_TIER, DEFAULT_TIER_SETTINGS, TIERS, tier_of, unknown
 from ..synchook import sync_before_start
 from . import metrics, notices
 from .culling import IdleTracker, idlest_first, mem_available
-from .enforcement import KEY_ENV, Enforcement, EnforcementUnavailable, Limits, detect, group_key
+from .detection import detect
+from .enforcement import KEY_ENV, Enforcement, EnforcementUnavailable, Limits, group_key
 from .users import ensure_system_user
 
 class SpawnRefused(web.HTTPError):

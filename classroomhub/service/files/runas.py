@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 
 from ...accounts import AccountPolicy
+from ...spawner.cgroupfs import group_path, mountinfo, own_cgroups  # the spawner's layout, one definition
+from ...spawner.enforcement import group_key
 from . import worker
 
 WORKER = os.path.abspath(worker.__file__)
@@ -105,15 +107,12 @@ def server_cgroups(login, parent="classroomhub"):
     lays them out below the hub's own cgroup (whose child this service is):
     the memory and pids hierarchies of cgroup v1, the group of v2. Only
     those that exist (their server runs)."""
-    from ...spawner.cgroups import _join, _mountinfo, _own_cgroups  # the spawner's layout, one definition
-    from ...spawner.enforcement import group_key
-
-    own, found = _own_cgroups(), []
-    for mount, fstype, options in _mountinfo():
+    own, found = own_cgroups(), []
+    for mount, fstype, options in mountinfo():
         controllers = [""] if fstype == "cgroup2" else [c for c in ("memory", "pids") if c in options]
         for controller in controllers if fstype in ("cgroup", "cgroup2") else ():
             if controller in own:
-                procs = os.path.join(_join(mount, own[controller], parent), group_key(login), "cgroup.procs")
+                procs = os.path.join(group_path(mount, own[controller], parent), group_key(login), "cgroup.procs")
                 if os.path.exists(procs):
                     found.append(procs)
     return found
