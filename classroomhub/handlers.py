@@ -1,14 +1,19 @@
-"""Hub API endpoint for the roster: ``/hub/api/classroom/roster``.
+"""The hub API endpoints the roster authenticators add (``get_handlers``).
 
-``GET`` reports the roster in force and the last sync; ``POST`` re-reads the
-file and applies it at once (what ``classroomhub roster sync`` calls).
-Both need ``admin:users``, which only the root tier holds by default: the
-roster is the hub owner's.
+``/hub/api/classroom/roster``: ``GET`` reports the roster in force and the
+last sync; ``POST`` re-reads the file and applies it at once (what
+``classroomhub roster sync`` calls). Both need ``admin:users``, which only
+the root tier holds by default: the roster is the hub owner's.
+
+``/hub/api/classroom/usage``: what each running ClassroomSpawner uses (what
+``classroomhub usage`` shows).
 """
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
+
+from .spawner import ClassroomSpawner
 
 
 class RosterAPIHandler(APIHandler):
@@ -49,8 +54,6 @@ class UsageAPIHandler(APIHandler):
     """
 
     async def get(self):
-        from .spawner import ClassroomSpawner
-
         may_read = self.get_scope_filter("read:servers")
         if "read:servers" not in self.parsed_scopes:
             raise web.HTTPError(403, "reading usage needs the read:servers scope")

@@ -64,6 +64,14 @@ class RosterError(ValueError):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def first_problem(self):
+        """The first fatal problem (``file:line: problem``) on one line, saying
+        how many more there are and how to list them."""
+        problems = [p for p in self.problems if p.fatal] or self.problems
+        more = len(problems) - 1
+        hint = f" (and {more} more: `classroomhub roster check {problems[0].path}` lists them)" if more else ""
+        return f"{problems[0]}{hint}"
+
 
 @dataclass(frozen=True)
 class Person:

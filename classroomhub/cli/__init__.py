@@ -3,6 +3,10 @@
 Each module of this package adds its commands with ``register(subparsers, command)``;
 :data:`COMMAND_MODULES` lists them in the order ``--help`` shows them. A new
 command group is a module with a ``register`` function and one entry there.
+
+A command reports a failure by raising: :func:`main` prints what
+:func:`one_line` makes of it as ``classroomhub <command>: message`` and
+exits with its status, so no command repeats that.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import signal
 import sys
 import textwrap
 
-from .client import CommandError
+from .._version import __version__
+from ..errors import CommandError
+from ..roster import RosterError
 
 #: modules (relative to this package, or absolute) whose ``register(subparsers, command)`` adds commands
 COMMAND_MODULES = [
@@ -58,8 +64,6 @@ def command(subparsers, name, help, examples=(), description=None):
 
 
 def build_parser():
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="classroomhub",
         description="A classroom JupyterHub: rosters, courses and assignments, usage, and running the hub.",
@@ -73,18 +77,28 @@ def build_parser():
     return parser
 
 
+def one_line(error):
+    """What :func:`main` prints of an error a command raised, and the exit status."""
+    if isinstance(error, RosterError):  # a roster named on the command line
+        return error.first_problem(), 2
+    if isinstance(error, OSError) and error.filename and error.strerror:  # a file it reads or writes
+        return f"{error.filename}: {error.strerror}", 1
+    return str(error), getattr(error, "status", 1)
+
+
 def main(argv=None):
     """Run one command; its exit status (130 after Ctrl-C, as a shell expects)."""
     args = build_parser().parse_args(argv)
     name = getattr(args, "prog", "classroomhub")  # set by command()
     try:
         return args.func(args)
-    except CommandError as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        return e.status
     except KeyboardInterrupt:
         print(f"\n{name}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:  # `classroomhub usage | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except (CommandError, RosterError, OSError) as e:
+        message, status = one_line(e)
+        print(f"{name}: {message}", file=sys.stderr)
+        return status

@@ -10,7 +10,8 @@ import zipfile
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
-from .client import CommandError, HubClient, add_service_arguments
+from ..errors import CommandError
+from .client import HubClient, add_service_arguments
 from .course import progress_bar
 
 

@@ -1,6 +1,6 @@
 """The HTTP client of the ``classroomhub`` command: the hub's REST API and services behind it.
 
-Every failure becomes one :class:`CommandError` line: an HTTP error with the
+Every failure becomes one :class:`~classroomhub.errors.CommandError` line: an HTTP error with the
 hub's or the service's own message, an answer that is not JSON, a token that
 is not accepted, and a redirect. A redirect is never followed: a POST turned
 into a GET (what HTTP clients do on 301/302) would silently do nothing, and
@@ -16,18 +16,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..errors import CommandError
+
 DEFAULT_HUB_URL = "http://127.0.0.1:8000"
 DEFAULT_SERVICE_PREFIX = "/services/classroom"
 # where the hub, or a HubOAuth service, sends a request whose token it does not accept
 LOGIN_PATHS = ("/hub/login", "/hub/api/oauth2/authorize")
-
-
-class CommandError(Exception):
-    """A failure the command reports as one line (``str(e)``) and exits with ``status``."""
-
-    def __init__(self, message, status=1):
-        super().__init__(message)
-        self.status = status
 
 
 class Redirected(Exception):

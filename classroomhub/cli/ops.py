@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 
-from .client import CommandError
+from ..errors import CommandError
+from ..roster import load_roster
 
 
 def write_file(path, text, mode=0o644, force=False):
@@ -20,8 +22,6 @@ def write_file(path, text, mode=0o644, force=False):
         fd = os.open(path, flags, mode)
     except FileExistsError:
         raise CommandError(f"{path} exists: pass --force to replace it") from None
-    except OSError as e:
-        raise CommandError(f"{path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         os.fchmod(fd, mode)
         f.write(text)
@@ -60,17 +60,11 @@ def cmd_systemd_unit(args):
 
 
 def cmd_term_end(args):
-    import datetime
-
     from ..ops.term import archive_home, leaving_accounts, remove_account
-    from ..roster import RosterError, load_roster
 
     keep = list(args.keep)
     if args.keep_roster:
-        try:
-            keep += list(load_roster(args.keep_roster).people)
-        except RosterError as e:
-            raise CommandError(str(e).splitlines()[0], 2) from None
+        keep += list(load_roster(args.keep_roster).people)
     leaving = leaving_accounts(keep=keep, match=args.match)
     if not leaving:
         print("no accounts to remove (none the hub created match, or all are kept)")

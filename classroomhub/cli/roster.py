@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..roster import RosterError, load_roster
+from ..accounts import AccountPolicy
+from ..roster import RosterError, account_problems, load_roster
 from .client import HubClient, add_hub_arguments
 
 
@@ -17,14 +18,11 @@ def cmd_roster_check(args):
         print(f"{args.file}: {errors} error(s); roster not usable", file=sys.stderr)
         return 1
     print(roster.summary())
-    from ..accounts import AccountPolicy
-    from ..roster import account_problems
-
     refused = account_problems(roster, AccountPolicy(allowed_system_accounts=args.allow_system_account))
     for problem in refused:
         print(problem, file=sys.stderr)
     if args.verbose:
-        from ..access import AccessPolicy
+        from ..access import AccessPolicy  # here: it imports JupyterHub, which `--help` need not wait for
 
         policy = AccessPolicy()
         for login in sorted(roster.people):

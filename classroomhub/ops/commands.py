@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli.client import CommandError
+from ..errors import CommandError
 
 
 def _say(message):
