@@ -1,12 +1,12 @@
 """What a roster grants: JupyterHub groups, roles and the admin flag.
 
-Pure functions over a :class:`~classroomhub.roster.Roster`, shared by the
-login path, the live roster sync and ``classroomhub roster check``, so the
-three can never disagree.
+:class:`AccessPolicy` computes it from a :class:`~classroomhub.roster.Roster`
+without side effects, for the login path, the live roster sync and
+``classroomhub roster check`` alike, so the three can never disagree.
 
 Naming (stable, documented in docs/reference/access.md):
 
-* ``tier-<tier>`` — one group per tier;
+* ``tier-<tier>`` — one group per tier (:func:`classroomhub.tiers.tier_group`);
 * ``course-<id>-instructors`` / ``-tas`` / ``-students`` — one group per
   course role;
 * ``classroom-<tier>`` — the role carrying a tier's extra scopes;
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from jupyterhub.roles import get_default_roles
 
 from .roster import COURSE_ROLE_KEYS
-from .tiers import DEFAULT_TIER_SCOPES, tier_group, tier_rank
+from .tiers import DEFAULT_TIER_SCOPES, higher_tier, tier_group
 
 _ROLE_GROUP_SUFFIX = {role: key for key, role in COURSE_ROLE_KEYS.items()}
 #: Prefixes of the roles this package manages; anything else is left alone.
@@ -142,9 +142,7 @@ class AccessPolicy:
         login = login.lower()
         if login in roster.blocked:
             return None
-        tier = roster.tier(login)
-        if extra_tier and (tier is None or tier_rank(extra_tier) > tier_rank(tier)):
-            tier = extra_tier
+        tier = higher_tier(roster.tier(login), extra_tier or None)
         if tier is None:
             return None
         groups = [tier_group(tier)]

@@ -1,13 +1,13 @@
-"""GitHub identities pinned to hub accounts.
+"""GitHub identities pinned to hub accounts, and the private JSON files that keep state.
 
 GitHub logins can be renamed and then registered again by someone else; the
 numeric account id cannot. The first successful login of a roster user pins
 their id to the hub account; later logins must present the same id.
 
-Stored as a small JSON file (0600) next to the hub's database by default,
-rewritten atomically, so it survives restarts and is easy to inspect or
-edit by an operator (``classroomhub identities``-style tooling can come
-later; the file is the API).
+The pins are a small JSON file (0600, ``ClassroomGitHubAuthenticator.identity_file``,
+by default in the hub's working directory), rewritten atomically by
+:func:`write_private_json`, so they survive restarts and an operator can
+read them or, with the hub stopped, edit them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import threading
 
 
 class IdentityStore:
+    """The pins of the file *path*: per lower-case login, its ``github_id``
+    and the ``team_tier`` its last login found."""
+
     def __init__(self, path):
         self.path = os.path.abspath(path)
         self._lock = threading.Lock()

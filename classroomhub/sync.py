@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from jupyterhub import orm
+from jupyterhub.roles import create_role
 from jupyterhub.utils import new_token
 
 from .access import MANAGED_ROLE_PREFIXES
@@ -64,8 +65,6 @@ def _group_objects(db, names):
 
 def _role_objects(db, role_specs):
     """Create or update the managed roles; return {name: orm.Role}."""
-    from jupyterhub.roles import create_role
-
     roles = {}
     for spec in role_specs:
         # JupyterHub's own `user` and `admin` roles are never marked as the
