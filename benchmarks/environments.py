@@ -1,0 +1,189 @@
+"""Environments benchmark: uv against ``python -m venv`` + ``pip install``.
+
+a. Build time of a 10-package environment (small pure-Python packages from
+   PyPI, pinned so both installers install the same files), with a cold
+   cache (an empty cache folder: everything is downloaded) and a warm one:
+   uv with the cache of a first build; pip with every wheel in a local
+   folder (``--no-index --find-links``, pip's fastest form: no network at
+   all), because pip's own HTTP cache stays empty on this network (it
+   keeps no response from the index here, so pip's "warm" build would be
+   a cold one). Both installers start from the
+   interpreter the hub runs on, compile bytecode (pip does by default; uv
+   with ``--compile-bytecode``, as the engine runs it) and install wheels
+   only. ours: ``uv venv`` + ``uv pip install`` (the engine's commands,
+   :mod:`classroomhub.environments.installers`); baseline, same run,
+   interleaved: ``python -m venv`` + ``pip install``.
+b. Disk: the space one environment takes and the space a second version
+   (one package at another version) adds, counting each inode once: uv
+   hard-links files from its cache (so a version costs mostly the
+   bytecode it compiles), pip copies them.
+
+Needs the network (PyPI). Creates everything in a temporary folder and
+removes it. Run from the repository root::
+
+    PATH=$PWD/.venv/bin:$PATH python benchmarks/environments.py
+    ... python benchmarks/environments.py --quick     # one round (~1 min)
+
+Prints medians and ratios; ends with one line per target (PASS/MISS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from classroomhub.environments.disk import disk_bytes
+from classroomhub.environments.installers import PipInstaller, UvInstaller, build_venv
+
+#: ten small pure-Python packages (python-dateutil also brings six)
+PACKAGES = [
+    "attrs==26.1.0",
+    "idna==3.20",
+    "iniconfig==2.3.1",
+    "more-itertools==11.2.1",
+    "packaging==26.4",
+    "pyparsing==3.3.3",
+    "python-dateutil==4.0.0",
+    "six==1.17.0",
+    "tabulate==0.10.0",
+    "toolz==1.2.0",
+]
+#: the second version: one package at another release
+SECOND = [p if not p.startswith("tabulate") else "tabulate==0.9.0" for p in PACKAGES]
+TARGET_BUILD_RATIO = 0.3  # the issue's target: build <= 0.3x venv+pip, warm cache
+
+# isolated from this machine's pip/uv configuration (extra indexes, find-links, constraints)
+ISOLATED = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": "", "UV_CONSTRAINT": ""}
+
+
+def mib(n):
+    return f"{n / 2**20:.1f} MiB"
+
+
+def base_python():
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def write_requirements(folder, name, packages):
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write("\n".join(packages) + "\n")
+    return path
+
+
+async def timed_build(installer, python, target, requirements):
+    with open(target + ".log", "w") as log:
+        tic = time.perf_counter()
+        frozen = await build_venv(installer, python, target, requirements, log)
+        seconds = time.perf_counter() - tic
+    return seconds, frozen
+
+
+def make(kind, cache, wheelhouse=None):
+    cls = {"uv": UvInstaller, "pip": PipInstaller}[kind]
+    extra = dict(ISOLATED)
+    if wheelhouse:
+        extra.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=wheelhouse)
+    return cls(cache, extra_env=extra)
+
+
+async def fill_wheelhouse(folder, requirements):
+    """Download the wheels of *requirements* into *folder* (not timed)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "-d", folder, "-r", requirements,
+        env={**os.environ, **ISOLATED},
+    )
+    if await proc.wait() != 0:
+        raise SystemExit("pip download failed")
+
+
+async def bench(tmp, rounds):
+    python = base_python()
+    req1 = write_requirements(tmp, "v1.txt", PACKAGES)
+    req2 = write_requirements(tmp, "v2.txt", SECOND)
+    times = {(k, c): [] for k in ("uv", "pip") for c in ("cold", "warm")}
+    disk = {}
+    wheelhouse = os.path.join(tmp, "wheelhouse")
+    await fill_wheelhouse(wheelhouse, req1)
+    await fill_wheelhouse(wheelhouse, req2)
+    print(f"a. build a {len(PACKAGES)}-package environment on {python} (median of {rounds}; cold = empty cache)")
+    for r in range(rounds):
+        for kind in ("pip", "uv"):  # interleaved, baseline first each round
+            cache = os.path.join(tmp, f"cache-{kind}-{r}")
+            cold_target = os.path.join(tmp, f"{kind}-{r}-cold")
+            warm_target = os.path.join(tmp, f"{kind}-{r}-warm")
+            installer = make(kind, cache)
+            seconds, frozen = await timed_build(installer, python, cold_target, req1)
+            times[kind, "cold"].append(seconds)
+            if kind == "pip":
+                installer = make(kind, cache, wheelhouse)
+            seconds, _ = await timed_build(installer, python, warm_target, req1)
+            times[kind, "warm"].append(seconds)
+            if r == 0:
+                missing = {p.lower() for p in PACKAGES} - {f.lower() for f in frozen}
+                if missing:
+                    raise SystemExit(f"{kind} did not install {sorted(missing)}: {frozen}")
+                # disk: the cache and the first environment, then what a second version adds
+                seen = set()
+                cache_bytes = disk_bytes(cache, seen=seen)
+                first = disk_bytes(cold_target, seen=seen)
+                second_target = os.path.join(tmp, f"{kind}-second")
+                await timed_build(installer, python, second_target, req2)
+                added = disk_bytes(second_target, seen=seen)
+                apparent = sum(
+                    os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(cold_target) for f in fs
+                )
+                disk[kind] = (cache_bytes, first, added, apparent)
+            for path in (cold_target, warm_target, cache):
+                shutil.rmtree(path, ignore_errors=True)
+    medians = {key: statistics.median(v) for key, v in times.items()}
+    print(f"   {'':28} {'uv':>9} {'venv+pip':>9} {'ratio':>7}")
+    for cache in ("cold", "warm"):
+        uv, pip = medians["uv", cache], medians["pip", cache]
+        print(f"   {cache + ' cache, seconds':28} {uv:9.2f} {pip:9.2f} {uv / pip:7.2f}")
+    print("\nb. disk (each inode counted once: hard links from the cache take no more space)")
+    print(f"   {'':34} {'uv':>10} {'venv+pip':>10}")
+    rows = [
+        ("cache after one build", 0),
+        ("first environment (beyond cache)", 1),
+        ("second version adds", 2),
+        ("environment, apparent size", 3),
+    ]
+    for label, i in rows:
+        print(f"   {label:34} {mib(disk['uv'][i]):>10} {mib(disk['pip'][i]):>10}")
+    return medians, disk
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round instead of --rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (each: cold + warm build with each installer)")
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else max(1, args.rounds)
+    tmp = tempfile.mkdtemp(prefix="bench-env-")
+    try:
+        medians, disk = asyncio.run(bench(tmp, rounds))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = medians["uv", "warm"] / medians["pip", "warm"]
+    print()
+    print(
+        f"{'PASS' if ratio <= TARGET_BUILD_RATIO else 'MISS'}  build, warm cache: uv {ratio:.2f}x venv+pip "
+        f"(target <= {TARGET_BUILD_RATIO}x)"
+    )
+    cheaper = disk["uv"][2] < disk["pip"][2]
+    print(
+        f"{'PASS' if cheaper else 'MISS'}  an extra version: uv adds {mib(disk['uv'][2])}, "
+        f"venv+pip {mib(disk['pip'][2])}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Managed environments: shared virtual environments built per course, tier
+or for everyone, each published as a Jupyter kernel (docs/environments.md).
+
+Layering: below the spawner and the service; it uses only the tiers and the
+course group names.
+"""
+
+from .installers import BuildError
+from .manager import EnvError, EnvironmentBusy, EnvironmentManager
+from .spec import EnvironmentSpec, SpecError, parse_packages, read_packages
+from .visibility import kernel_dirs, may_use, server_environment, usable_environments
+
+__all__ = [
+    "BuildError",
+    "EnvError",
+    "EnvironmentBusy",
+    "EnvironmentManager",
+    "EnvironmentSpec",
+    "SpecError",
+    "kernel_dirs",
+    "may_use",
+    "parse_packages",
+    "read_packages",
+    "server_environment",
+    "usable_environments",
+]

@@ -1,0 +1,164 @@
+"""The installers that build a virtual environment from a package list.
+
+``uv`` is the default: on this kind of machine it builds a 10-package
+environment many times faster than ``python -m venv`` + ``pip install``
+and hard-links files from its cache instead of copying them, so an extra
+version costs little disk (``benchmarks/environments.py`` measures both).
+``pip`` is kept as the baseline of that benchmark and as a fallback.
+
+Both are run as child processes with their output written to the build
+log line by line (and to an optional progress callback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections import deque
+
+try:  # the PyPI package ships its binary and this finder
+    from uv import find_uv_bin
+except ImportError:  # uv missing: the pip installer still works
+    find_uv_bin = None
+
+
+class BuildError(RuntimeError):
+    """A build step failed; ``output`` holds the end of its output (the installer's error)."""
+
+    def __init__(self, message, output=""):
+        super().__init__(message)
+        self.output = output
+
+    def __str__(self):
+        text = super().__str__()
+        return f"{text}\n{self.output}" if self.output else text
+
+
+def find_uv():
+    """The ``uv`` executable of the ``uv`` package (a dependency), else the one on PATH."""
+    found = None
+    if find_uv_bin is not None:
+        try:
+            found = find_uv_bin()
+        except FileNotFoundError:
+            pass
+    found = found or shutil.which("uv")
+    if not found:
+        raise BuildError("uv is not installed (pip install uv), or choose installer 'pip'")
+    return found
+
+
+async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25):
+    """Run *cmd*, appending its output to the open file *log*; raise
+    :class:`BuildError` with the output's last *tail* lines if it fails."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+    )
+    last = deque(maxlen=tail)
+    try:
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            log.write(line + "\n")
+            last.append(line)
+            if progress is not None:
+                progress(line)
+        status = await proc.wait()
+    except BaseException:  # cancelled or interrupted: leave no installer behind
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    log.write(f"[exit status {status}]\n")
+    log.flush()
+    if status != 0:
+        raise BuildError(f"{os.path.basename(cmd[0])} {cmd[1]} failed (exit status {status})", "\n".join(last))
+
+
+class UvInstaller:
+    """``uv venv`` + ``uv pip install`` (hard links from a shared cache)."""
+
+    name = "uv"
+
+    def __init__(self, cache_dir, allow_builds=False, extra_env=None):
+        self.cache_dir = cache_dir
+        self.allow_builds = allow_builds
+        self.extra_env = extra_env or {}
+
+    def env(self):
+        env = dict(os.environ)
+        env.update(
+            UV_CACHE_DIR=self.cache_dir,
+            UV_PYTHON_DOWNLOADS="never",  # the base interpreter is given, never fetched
+            UV_NO_PROGRESS="1",
+            NO_COLOR="1",
+        )
+        env.pop("VIRTUAL_ENV", None)  # the hub's own environment is never a target
+        env.update(self.extra_env)
+        return env
+
+    def create_cmd(self, python, target):
+        return [find_uv(), "venv", "--no-config", "--no-project", "--python", python, target]
+
+    def install_cmd(self, target, requirements_file):
+        cmd = [find_uv(), "pip", "install", "--no-config", "--python", os.path.join(target, "bin", "python")]
+        cmd += ["--link-mode", "hardlink", "--compile-bytecode"]
+        if not self.allow_builds:
+            cmd.append("--no-build")  # wheels only: no package's build code runs as root
+        return cmd + ["-r", requirements_file]
+
+    def freeze_cmd(self, target):
+        return [find_uv(), "pip", "freeze", "--no-config", "--python", os.path.join(target, "bin", "python")]
+
+
+class PipInstaller:
+    """``python -m venv`` + ``pip install`` (copies; pip's cache keeps wheels)."""
+
+    name = "pip"
+
+    def __init__(self, cache_dir, allow_builds=False, extra_env=None):
+        self.cache_dir = cache_dir
+        self.allow_builds = allow_builds
+        self.extra_env = extra_env or {}
+
+    def env(self):
+        env = dict(os.environ)
+        env.update(PIP_CACHE_DIR=self.cache_dir, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+        env.pop("VIRTUAL_ENV", None)
+        env.update(self.extra_env)
+        return env
+
+    def create_cmd(self, python, target):
+        return [python, "-m", "venv", target]
+
+    def install_cmd(self, target, requirements_file):
+        cmd = [os.path.join(target, "bin", "python"), "-m", "pip", "install"]
+        if not self.allow_builds:
+            cmd += ["--only-binary", ":all:"]
+        return cmd + ["-r", requirements_file]
+
+    def freeze_cmd(self, target):
+        return [os.path.join(target, "bin", "python"), "-m", "pip", "freeze", "--all"]
+
+
+INSTALLERS = {"uv": UvInstaller, "pip": PipInstaller}
+
+
+async def build_venv(installer, python, target, requirements_file, log, progress=None):
+    """Create a virtual environment at *target* on *python* and install
+    *requirements_file* into it; returns ``pip freeze``'s lines."""
+    env = installer.env()
+    await run_logged(installer.create_cmd(python, target), log, env=env, cwd=os.path.dirname(target), progress=progress)
+    await run_logged(installer.install_cmd(target, requirements_file), log, env=env, cwd=target, progress=progress)
+    proc = await asyncio.create_subprocess_exec(
+        *installer.freeze_cmd(target), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=target
+    )
+    out, _ = await proc.communicate()
+    return [line for line in out.decode().splitlines() if line.strip()]

@@ -1,0 +1,343 @@
+"""Build, switch, list and remove shared environments.
+
+Every build makes a new version beside the old ones, built with the
+configured installer on the interpreter the hub runs on, then made
+read-only; only a complete build becomes ``current`` (a symlink renamed
+over the old one, so a server never sees half a switch). A failed build
+removes its folder, keeps its log and leaves the version in force alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import stat
+import sys
+from dataclasses import dataclass
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from traitlets import Bool, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .disk import disk_bytes
+from .inuse import processes_using
+from .installers import INSTALLERS, BuildError, build_venv
+from .kernelspec import write_kernelspec
+from .layout import Layout, write_json_atomic
+from .spec import EnvironmentSpec, SpecError
+
+#: the package every environment gets, so that it can run a Jupyter kernel
+KERNEL_PACKAGE = "ipykernel"
+
+
+class EnvError(RuntimeError):
+    """An operation on an environment cannot be done; the message says why."""
+
+
+class EnvironmentBusy(EnvError):
+    """Another build or removal of the environment is running."""
+
+
+@dataclass
+class VersionInfo:
+    version: int
+    current: bool
+    manifest: dict
+    pids: tuple = ()
+
+
+@dataclass
+class EnvironmentInfo:
+    spec: EnvironmentSpec
+    current: int | None
+    versions: list  # VersionInfo, oldest first
+    path: str
+
+
+def _world_usable(path):
+    """Whether every user can run *path*: the file and each folder above it (DESIGN §8: not pyenv under /root)."""
+    path = os.path.realpath(path)
+    mode = os.stat(path).st_mode
+    if not (mode & stat.S_IXOTH and mode & stat.S_IROTH):
+        return False
+    folder = os.path.dirname(path)
+    while folder != "/":
+        if not os.stat(folder).st_mode & stat.S_IXOTH:
+            return False
+        folder = os.path.dirname(folder)
+    return True
+
+
+def make_read_only(top):
+    """Every folder 0555, every file 0444 (0555 if executable): readable by all, writable by nobody but root."""
+    for folder, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
+        os.chmod(folder, 0o555)
+
+
+def _writable_again(top):
+    """Give folders back their owner's write bit so a non-root owner can delete them."""
+    for folder, dirs, files in os.walk(top):
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o755)
+
+
+class EnvironmentManager(LoggingConfigurable):
+    """Shared environments under ``<data_dir>/environments``."""
+
+    data_dir = Unicode(
+        help="Folder of the hub's data; environments are built in its ``environments`` folder. "
+        "It must not be inside the hub's own environment (sys.prefix)."
+    ).tag(config=True)
+
+    @validate("data_dir")
+    def _valid_data_dir(self, proposal):
+        path = os.path.realpath(proposal["value"] or ".")
+        prefix = os.path.realpath(sys.prefix)
+        if path == prefix or path.startswith(prefix + os.sep):
+            raise SpecError(f"{path} is inside the hub's own environment ({prefix}); choose a data folder outside it")
+        return path
+
+    installer = Unicode(
+        "uv", help="The installer that builds environments: 'uv' (fast, hard links from its cache) or 'pip'."
+    ).tag(config=True)
+
+    @validate("installer")
+    def _valid_installer(self, proposal):
+        if proposal["value"] not in INSTALLERS:
+            raise SpecError(f"unknown installer {proposal['value']!r} (expected one of {', '.join(INSTALLERS)})")
+        return proposal["value"]
+
+    base_python = Unicode(
+        help="The interpreter environments are built on. Default: the one the hub runs on (its base "
+        "interpreter when the hub runs in a virtual environment). Every user must be able to run it."
+    ).tag(config=True)
+
+    @default("base_python")
+    def _default_base_python(self):
+        return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+    @validate("base_python")
+    def _valid_base_python(self, proposal):
+        path = proposal["value"]
+        if not os.path.isfile(path) or not _world_usable(path):
+            raise SpecError(f"{path}: not an interpreter every user may run (check it and the folders above it)")
+        return path
+
+    cache_dir = Unicode(
+        help="The installer's cache. Keep it on the same file system as data_dir: uv then hard-links "
+        "the installed files instead of copying them. Default: <data_dir>/environments/.cache/<installer>."
+    ).tag(config=True)
+
+    @default("cache_dir")
+    def _default_cache_dir(self):
+        return os.path.join(self.layout.root, ".cache", self.installer)
+
+    allow_builds = Bool(
+        False,
+        help="Allow packages without a wheel to be built from source. A build runs the package's own "
+        "code as the hub's user (root): keep it off unless every package list comes from root.",
+    ).tag(config=True)
+
+    @property
+    def layout(self):
+        return Layout(os.path.join(self.data_dir, "environments"))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def names(self):
+        return self.layout.names()
+
+    def spec(self, name):
+        try:
+            with open(self.layout.declaration(name)) as f:
+                return EnvironmentSpec.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise EnvError(f"no environment named {name!r}") from None
+
+    def manifest(self, name, version):
+        with open(self.layout.manifest(name, version)) as f:
+            return json.load(f)
+
+    def info(self, name, with_processes=False):
+        """An :class:`EnvironmentInfo` of *name*; with the pids using each version if asked."""
+        layout = self.layout
+        spec = self.spec(name)
+        current = layout.current(name)
+        versions = layout.versions(name)
+        usage = processes_using([layout.version_dir(name, v) for v in versions]) if with_processes else None
+        infos = []
+        for v in versions:
+            pids = tuple(sorted(usage.pids[layout.version_dir(name, v)])) if usage else ()
+            infos.append(VersionInfo(v, v == current, self.manifest(name, v), pids))
+        return EnvironmentInfo(spec, current, infos, layout.env_dir(name))
+
+    def build_log(self, name, version=None):
+        """The build log of *version* (default: the latest build, failed or not)."""
+        if version is None:
+            version = self.layout.next_version(name) - 1
+        try:
+            with open(self.layout.log_file(name, version), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise EnvError(f"no build log of {name} version {version}") from None
+
+    def disk_bytes(self, name):
+        return disk_bytes(self.layout.env_dir(name))
+
+    # -- changing ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name):
+        os.makedirs(self.layout.env_dir(name), mode=0o755, exist_ok=True)
+        fd = os.open(self.layout.lock_file(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EnvironmentBusy(f"environment {name}: another build or removal is running") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def _prepare_root(self):
+        os.makedirs(self.layout.root, mode=0o755, exist_ok=True)
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+
+    def _write_spec(self, spec):
+        write_json_atomic(self.layout.declaration(spec.name), spec.to_dict())
+
+    async def create(self, spec, progress=None):
+        """Declare *spec* and build its first version; returns the version.
+        A failed first build leaves nothing declared (but its log)."""
+        self._prepare_root()
+        if os.path.exists(self.layout.declaration(spec.name)):
+            raise EnvError(f"environment {spec.name} exists already (update it instead)")
+        with self._locked(spec.name):
+            version = await self._build(spec, progress)
+            self._write_spec(spec)
+            return version
+
+    async def update(self, name, packages=None, audience=None, display_name=None, default=None, rebuild=None, progress=None):
+        """Change *name*'s declaration; build and switch to a new version when
+        *packages* are given (or *rebuild*). Returns the new version, or None
+        when only the declaration changed. A failed build changes nothing."""
+        old = self.spec(name)
+        data = old.to_dict()
+        for key, value in (("packages", packages), ("audience", audience), ("display_name", display_name), ("default", default)):
+            if value is not None:
+                data[key] = value
+        spec = EnvironmentSpec.from_dict(data)
+        if rebuild is None:
+            rebuild = packages is not None or spec.display_name != old.display_name
+        self._prepare_root()
+        with self._locked(name):
+            version = await self._build(spec, progress) if rebuild else None
+            self._write_spec(spec)
+            return version
+
+    async def _build(self, spec, progress):
+        layout = self.layout
+        name = spec.name
+        version = layout.next_version(name)
+        target = layout.version_dir(name, version)
+        os.makedirs(os.path.dirname(layout.log_file(name, version)), mode=0o755, exist_ok=True)
+        packages = list(spec.packages)
+        if not any(canonicalize_name(Requirement(p).name) == KERNEL_PACKAGE for p in packages):
+            packages.append(KERNEL_PACKAGE)
+        requirements = layout.log_file(name, version)[: -len(".log")] + ".requirements.txt"
+        with open(requirements, "w") as f:
+            f.write("\n".join(packages) + "\n")
+        installer = INSTALLERS[self.installer](self.cache_dir, allow_builds=self.allow_builds)
+        self.log.info("Environment %s: building version %d with %s", name, version, self.installer)
+        with open(layout.log_file(name, version), "w") as log:
+            log.write(f"# environment {name}, version {version}, {self.installer} on {self.base_python}\n")
+            try:
+                frozen = await build_venv(installer, self.base_python, target, requirements, log, progress)
+                write_kernelspec(target, spec, version)
+                manifest = {
+                    "environment": name,
+                    "version": version,
+                    "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "installer": self.installer,
+                    "python": self.base_python,
+                    "requested": packages,
+                    "installed": frozen,
+                    "kernel_name": spec.kernel_name,
+                    "display_name": spec.display_name,
+                }
+                write_json_atomic(layout.manifest(name, version), manifest)  # last: the version is complete
+                make_read_only(target)
+            except BaseException as e:
+                log.write(f"# build failed: {e}\n")
+                self._remove_tree(target)
+                self.log.warning("Environment %s: version %d failed; %s stays in force", name, version, layout.current(name))
+                if isinstance(e, BuildError):
+                    raise BuildError(f"environment {name}: version {version} failed to build; "
+                                     f"version {layout.current(name)} stays in force", e.output) from None
+                raise
+            layout.switch(name, version)
+            log.write(f"# switched {name} to version {version}\n")
+        self.log.info("Environment %s: version %d in force", name, version)
+        return version
+
+    def _remove_tree(self, path):
+        if os.path.lexists(path):
+            _writable_again(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def prune(self, name):
+        """Remove the versions of *name* that are not current and that no process
+        uses; returns ``(removed, kept)`` where kept maps a version to its pids."""
+        layout = self.layout
+        with self._locked(name):
+            current = layout.current(name)
+            old = [v for v in layout.versions(name) if v != current]
+            usage = processes_using([layout.version_dir(name, v) for v in old])
+            if usage.blind and old:
+                raise EnvError(
+                    f"{usage.blind} processes could not be inspected (run as root): no version of {name} removed"
+                )
+            removed, kept = [], {}
+            for v in old:
+                pids = usage.pids[layout.version_dir(name, v)]
+                if pids:
+                    kept[v] = sorted(pids)
+                    continue
+                # gone from listings first (no manifest), then deleted
+                os.chmod(layout.version_dir(name, v), 0o755)
+                os.unlink(layout.manifest(name, v))
+                self._remove_tree(layout.version_dir(name, v))
+                removed.append(v)
+            if removed:
+                self.log.info("Environment %s: removed versions %s", name, ", ".join(map(str, removed)))
+            return removed, kept
+
+    def remove(self, name, force=False):
+        """Remove *name* entirely, unless a process uses one of its versions (or *force*)."""
+        layout = self.layout
+        self.spec(name)  # exists
+        with self._locked(name):
+            folders = [layout.version_dir(name, v) for v in layout.versions(name)]
+            usage = processes_using(folders)
+            busy = {f: p for f, p in usage.pids.items() if p}
+            if not force and (busy or usage.blind):
+                detail = "; ".join(f"{os.path.basename(f)}: pids {sorted(p)}" for f, p in busy.items())
+                raise EnvError(
+                    f"environment {name} is in use ({detail or f'{usage.blind} processes not inspectable'}); "
+                    "stop those kernels or use force"
+                )
+            # unlisted at once (the rename), then deleted
+            graveyard = os.path.join(layout.root, f".removed-{name}-{os.getpid()}")
+            os.rename(layout.env_dir(name), graveyard)
+        self._remove_tree(graveyard)
+        self.log.info("Environment %s removed", name)

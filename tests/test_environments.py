@@ -1,0 +1,339 @@
+"""Managed environments (classroomhub.environments): real environments built
+with uv from small real PyPI packages, used by a real system user.
+
+Builds are fast because uv's cache is kept between runs in the project's
+``.state/uv-cache`` (same file system as the test data, so files are hard
+links); a fresh machine downloads about 10 MB once. Two successful builds
+and one failing build are shared by the whole module.
+"""
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from classroomhub.access import course_group
+from classroomhub.environments import (
+    BuildError,
+    EnvError,
+    EnvironmentManager,
+    EnvironmentSpec,
+    SpecError,
+    kernel_dirs,
+    may_use,
+    parse_packages,
+    server_environment,
+)
+from classroomhub.environments.visibility import choose_default
+from classroomhub.tiers import tier_group
+
+from service_hub import system_users
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache")
+STUDENT = f"ev{secrets.token_hex(3)}"
+COURSE = "ev101"
+OTHER_COURSE = "ev202"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds as root and runs code as a real system user")
+
+
+def groups_of(tier="student", **courses):
+    """JupyterHub group names of a person: a tier and {course: role}."""
+    return [tier_group(tier)] + [course_group(c, role) for c, role in courses.items()]
+
+
+# -- package lists (no build) ------------------------------------------------------------
+
+
+def test_requirements_lines():
+    text = "# course packages\nsix==1.17.0\n\niniconfig>=2  # inline note\nrequests[socks] ; python_version >= '3.8'\n"
+    assert parse_packages(text, "requirements.txt") == [
+        "six==1.17.0",
+        "iniconfig>=2",
+        'requests[socks]; python_version >= "3.8"',
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("six\n--index-url https://evil.example/simple\n", "requirements.txt:2: pip options are not accepted"),
+        ("six\n-r other.txt\n", "requirements.txt:2: pip options"),
+        ("evil @ https://evil.example/evil.whl\n", "requirements.txt:1: direct references"),
+        ("six\nnot a package!!\n", "requirements.txt:2: not a package requirement"),
+        ("# nothing\n", "no packages listed"),
+    ],
+)
+def test_requirements_refused(text, message):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[")):
+        parse_packages(text, "requirements.txt")
+
+
+def test_pyproject_dependencies():
+    text = textwrap.dedent(
+        """\
+        [project]
+        name = "week3"
+        dependencies = [
+            "six==1.17.0",
+            "iniconfig",
+        ]
+        """
+    )
+    assert parse_packages(text, "pyproject.toml") == ["six==1.17.0", "iniconfig"]
+    with pytest.raises(SpecError, match=r"pyproject.toml:4: direct references"):
+        parse_packages(text.replace('"six==1.17.0"', '"six @ file:///etc/passwd"'), "pyproject.toml")
+    with pytest.raises(SpecError, match="no \\[project\\] dependencies"):
+        parse_packages("[tool.x]\n", "pyproject.toml")
+
+
+def test_environment_yml_pip_packages():
+    text = "name: week3\ndependencies:\n  - six==1.17.0\n  - pip:\n    - iniconfig\n"
+    assert parse_packages(text, "environment.yml") == ["six==1.17.0", "iniconfig"]
+    with pytest.raises(SpecError, match=r"environment.yml:3: 'numpy=1.26' is a conda package"):
+        parse_packages("dependencies:\n  - six\n  - numpy=1.26\n", "environment.yml")
+
+
+def test_declaration_checks():
+    with pytest.raises(SpecError, match="invalid environment name"):
+        EnvironmentSpec("../etc", ["six"])
+    with pytest.raises(SpecError, match="unknown tier 'wizard'"):
+        EnvironmentSpec("x", ["six"], audience=["tier:wizard"])
+    with pytest.raises(SpecError, match="invalid audience"):
+        EnvironmentSpec("x", ["six"], audience=["group:staff"])
+    assert EnvironmentSpec("geo", ["six"]).display_name == "Python 3 (geo)"
+
+
+def test_data_dir_outside_the_hubs_environment():
+    with pytest.raises(SpecError, match="inside the hub's own environment"):
+        EnvironmentManager(data_dir=os.path.join(sys.prefix, "data"))
+
+
+# -- who may use what (no build) -----------------------------------------------------------
+
+
+def test_may_use_by_course_tier_and_everyone():
+    course = EnvironmentSpec("c", ["six"], audience=[f"course:{COURSE}"])
+    power = EnvironmentSpec("p", ["six"], audience=["tier:power"])
+    everyone = EnvironmentSpec("e", ["six"])
+    for role in ("instructor", "ta", "student"):
+        assert may_use(course, groups_of(**{COURSE: role}))
+    assert not may_use(course, groups_of(**{OTHER_COURSE: "student"}))
+    assert not may_use(course, groups_of("root"))  # a course's kernel is for its people only
+    assert may_use(power, groups_of("power")) and may_use(power, groups_of("root"))
+    assert not may_use(power, groups_of("student", **{COURSE: "instructor"}))
+    assert may_use(everyone, []) and may_use(everyone, groups_of("student"))
+
+
+def test_default_environment_most_specific_wins():
+    specs = [
+        EnvironmentSpec("base", ["six"], default=True),
+        EnvironmentSpec("research", ["six"], audience=["tier:power"], default=True),
+        EnvironmentSpec("course", ["six"], audience=[f"course:{COURSE}"], default=True),
+        EnvironmentSpec("extra", ["six"], audience=[f"course:{COURSE}"]),  # not a default
+    ]
+    assert choose_default(specs, groups_of()).name == "base"
+    assert choose_default(specs, groups_of("power")).name == "research"
+    assert choose_default(specs, groups_of("power", **{COURSE: "student"})).name == "course"
+    assert choose_default(specs[3:], groups_of(**{COURSE: "student"})) is None
+
+
+# -- real builds ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    # not below pytest's 0700 tmp_path: the student must reach the environments
+    folder = tempfile.mkdtemp(prefix="ev-envs-")
+    os.chmod(folder, 0o755)
+    yield folder
+    for top, dirs, _ in os.walk(folder):
+        os.chmod(top, 0o755)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def manager(data_dir):
+    os.makedirs(UV_CACHE, exist_ok=True)
+    return EnvironmentManager(data_dir=data_dir, cache_dir=UV_CACHE)
+
+
+@pytest.fixture(scope="module")
+def student():
+    with system_users([STUDENT]):
+        yield STUDENT
+
+
+@pytest.fixture(scope="module")
+def course_env(manager):
+    """Environment ``course`` for ev101 at version 1 (six 1.17.0)."""
+    lines = []
+    version = asyncio.run(
+        manager.create(EnvironmentSpec("course", ["six==1.17.0"], audience=[f"course:{COURSE}"], default=True), lines.append)
+    )
+    assert version == 1
+    assert any("six==1.17.0" in line for line in lines), "the installer's output reaches the progress callback"
+    return manager
+
+
+def as_user(login, *cmd, env=None, timeout=120):
+    return subprocess.run(
+        list(cmd), user=login, group=login, extra_groups=[], env=env or {"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+        capture_output=True, text=True, timeout=timeout, cwd="/",
+    )
+
+
+@needs_root
+def test_build_publishes_a_read_only_kernel(course_env):
+    layout = course_env.layout
+    assert layout.current("course") == 1
+    version_dir = layout.version_dir("course", 1)
+    with open(os.path.join(layout.kernels_dir("course"), "kernels", "env-course", "kernel.json")) as f:
+        kernel = json.load(f)
+    assert kernel["argv"][0] == os.path.join(version_dir, "bin", "python")  # the version, not `current`
+    assert kernel["display_name"] == "Python 3 (course)"
+    info = course_env.info("course")
+    assert "six==1.17.0" in info.versions[0].manifest["installed"]
+    assert any(p.startswith("ipykernel==") for p in info.versions[0].manifest["installed"])
+    assert "Installed" in course_env.build_log("course", 1)
+    for top, dirs, files in os.walk(version_dir):
+        for entry in [top] + [os.path.join(top, f) for f in files]:
+            mode = os.lstat(entry).st_mode
+            if not stat.S_ISLNK(mode):
+                assert not mode & 0o222, f"{entry} is writable ({oct(mode)})"
+                assert mode & stat.S_IROTH, f"{entry} is not readable by others"
+
+
+@needs_root
+def test_student_uses_but_cannot_change_a_shared_environment(course_env, student):
+    layout = course_env.layout
+    python = layout.python("course", 1)
+    result = as_user(student, python, "-c", "import six; print(six.__version__)")
+    assert result.returncode == 0 and result.stdout.strip() == "1.17.0", result.stderr
+    site = as_user(student, python, "-c", "import six, os; print(os.path.dirname(six.__file__))").stdout.strip()
+    attempts = {
+        "new file": f"open({os.path.join(site, 'evil.py')!r}, 'w')",
+        "change a module": f"open({os.path.join(site, 'six.py')!r}, 'a')",
+        "new version": f"import os; os.mkdir({layout.version_dir('course', 99)!r})",
+        "switch current": f"import os; os.symlink('/tmp', {layout.current_link('course') + '.x'!r})",
+        "kernelspec": f"open({os.path.join(layout.kernels_dir('course'), 'kernels', 'env-course', 'kernel.json')!r}, 'a')",
+    }
+    for what, code in attempts.items():
+        result = as_user(student, python, "-c", code)
+        assert result.returncode != 0 and "PermissionError" in result.stderr, f"{what}: {result.stdout}{result.stderr}"
+    # and the installer itself, run as the student, cannot install into it
+    result = as_user(student, shutil.which("uv"), "pip", "install", "--no-config", "--offline", "--python", python, "iniconfig")
+    assert result.returncode != 0, result.stdout + result.stderr
+
+
+KERNEL_SCRIPT = """\
+import sys
+from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_client.manager import start_new_kernel
+try:
+    km, kc = start_new_kernel(kernel_name="env-course", startup_timeout=90)
+except NoSuchKernel:
+    print("NO SUCH KERNEL")
+    sys.exit(0)
+try:
+    reply = kc.execute_interactive("import six, sys; print(six.__version__, sys.prefix)", timeout=60)
+    assert reply["content"]["status"] == "ok", reply
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+"""
+
+
+def start_kernel_as(login, groups, manager, runtime):
+    """Start ``env-course`` with jupyter_client as *login*, with the JUPYTER_PATH a server of *groups* gets."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": runtime, "JUPYTER_RUNTIME_DIR": runtime, "JUPYTER_DATA_DIR": runtime}
+    env.update(server_environment(manager, groups, env))
+    return as_user(login, sys.executable, "-c", KERNEL_SCRIPT, env=env)
+
+
+@needs_root
+def test_course_kernel_for_its_people_only(course_env, student, tmp_path_factory):
+    runtime = tempfile.mkdtemp(prefix="ev-runtime-")
+    shutil.chown(runtime, student, student)
+    try:
+        result = start_kernel_as(student, groups_of(**{COURSE: "student"}), course_env, runtime)
+        assert result.returncode == 0, result.stderr
+        assert f"1.17.0 {course_env.layout.version_dir('course', 1)}" in result.stdout, result.stdout + result.stderr
+        result = start_kernel_as(student, groups_of(**{OTHER_COURSE: "student"}), course_env, runtime)
+        assert result.stdout.strip() == "NO SUCH KERNEL", result.stdout + result.stderr
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert kernel_dirs(course_env, groups_of(**{OTHER_COURSE: "student"})) == []
+
+
+@needs_root
+def test_server_environment(course_env):
+    env = {"PATH": "/usr/bin:/bin", "JUPYTER_PATH": "/opt/extra"}
+    ours = server_environment(course_env, groups_of(**{COURSE: "ta"}), env)
+    assert ours["JUPYTER_PATH"].split(os.pathsep) == [course_env.layout.kernels_dir("course"), "/opt/extra"]
+    assert ours["PATH"].split(os.pathsep)[0] == os.path.join(course_env.layout.version_dir("course", 1), "bin")
+    assert server_environment(course_env, groups_of(**{OTHER_COURSE: "ta"}), env) == {}
+
+
+@needs_root
+def test_broken_package_list_keeps_the_version_in_force(course_env):
+    with pytest.raises(BuildError) as caught:
+        asyncio.run(course_env.update("course", packages=["six==0.0.999"]))
+    message = str(caught.value)
+    assert "version 1 stays in force" in message
+    assert "six==0.0.999" in message and "unsatisfiable" in message  # the installer's own error
+    layout = course_env.layout
+    assert layout.current("course") == 1
+    assert layout.versions("course") == [1]
+    assert not os.path.exists(layout.version_dir("course", 2))
+    assert "unsatisfiable" in course_env.build_log("course", 2)
+    assert course_env.spec("course").packages == ["six==1.17.0"]
+
+
+@needs_root
+def test_update_beside_a_running_kernel_then_prune(course_env, student):
+    layout = course_env.layout
+    old_python = layout.python("course", 1)
+    # a kernel-like process of the old version: it imports six only after the switch
+    holder = subprocess.Popen(
+        [old_python, "-c", "import sys; sys.stdin.readline(); import six; print(six.__version__, flush=True); sys.stdin.readline()"],
+        user=student, group=student, extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+    )
+    try:
+        version = asyncio.run(course_env.update("course", packages=["six==1.16.0"]))
+        assert layout.current("course") == version
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "1.17.0"  # it kept its version
+        new = as_user(student, layout.python("course", version), "-c", "import six; print(six.__version__)")
+        assert new.stdout.strip() == "1.16.0", new.stderr
+
+        removed, kept = course_env.prune("course")
+        assert removed == [] and kept == {1: [holder.pid]}
+        with pytest.raises(EnvError, match=r"in use \(1: pids \[%d\]\)" % holder.pid):
+            course_env.remove("course")
+    finally:
+        holder.kill()
+        holder.wait()
+    removed, kept = course_env.prune("course")
+    assert removed == [1] and kept == {}
+    assert layout.versions("course") == [version]
+    assert not os.path.exists(layout.version_dir("course", 1))
+
+
+@needs_root
+def test_remove(course_env):
+    course_env.remove("course")
+    assert course_env.names() == []
+    assert not os.path.exists(course_env.layout.env_dir("course"))
+    with pytest.raises(EnvError, match="no environment named 'course'"):
+        course_env.info("course")
