@@ -1,12 +1,19 @@
-"""Running the file worker as one person (their gid, groups and file-system uid).
+"""Running work as one person: the file worker, and commands such as ``git``.
 
 The classroom service runs as root; it never reads or writes a home itself.
-Each job is a short-lived worker process (a fork of the fork server, or a new
-``python -I -S worker.py MODE``) that takes on the person's credentials
-(:func:`.worker.become`) in a clean environment, with a timeout and a memory
-limit, so a planted link or FIFO meets the kernel's permission checks and
-cannot hang the service. Its real and saved uid stay root's: the person
-cannot stop or kill it.
+File work goes to a worker (:mod:`.worker`) that starts as root, then takes
+on the person's groups, gid and effective (so file-system) uid in a clean
+environment (:func:`.worker.become`), with a timeout and a memory limit, so
+a planted link or FIFO meets the kernel's permission checks and cannot hang
+the service. Its real and saved uid stay root's: the person cannot stop or
+kill it. Each job (one home, one folder) gets a worker process of its own,
+from one of two runners: :class:`ForkServer` (the service's default, see
+``fork_server``), a long-lived root process with the worker loaded that
+forks a child per job, or :class:`Subprocesses`, a new ``python -I -S``
+process per job (:func:`worker_command`).
+
+:func:`popen_options` is the other way: a command (``git clone`` of a
+release's source) started wholly as the person, real uid included.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from dataclasses import dataclass
 from ...accounts import AccountPolicy
 from ...spawner.cgroupfs import group_path, mountinfo, own_cgroups  # the spawner's layout, one definition
 from ...spawner.enforcement import group_key
-from . import worker
+from .exporting import FRAME, WINDOW
 
-WORKER = os.path.abspath(worker.__file__)
-# files an export's worker is told about at once (it waits when worker.WINDOW are in flight)
-ACK_EVERY = worker.WINDOW // 4
+#: the folder from which a worker imports this package, as the top-level package ``files``
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# files an export's worker is told about at once (it waits when WINDOW are in flight)
+ACK_EVERY = WINDOW // 4
 
 
 class WorkerError(RuntimeError):
@@ -67,8 +75,11 @@ class Account:
 
 
 def worker_command(mode):
-    # -I: no environment, no user site; -S: no site-packages at all
-    return [sys.executable, "-I", "-S", WORKER, mode]
+    """A new worker process for *mode* (see :mod:`.worker`)."""
+    # -I: no environment, no user site; -S: no site-packages at all. On the path
+    # goes this package's parent only; the worker's modules use the standard library alone.
+    boot = f"import sys; sys.path[:0] = [{PACKAGE_PARENT!r}]; from files.worker import main; main()"
+    return [sys.executable, "-I", "-S", "-c", boot, mode]
 
 
 def popen_options(account):
@@ -337,13 +348,13 @@ class Export:
 
     def message(self):
         """The next ``(message, fd or None)``; *fd* is the caller's to close."""
-        while len(self.data) < worker.FRAME.size:
+        while len(self.data) < FRAME.size:
             self._receive()
-        (length,) = worker.FRAME.unpack_from(self.data)
-        end = worker.FRAME.size + length
+        (length,) = FRAME.unpack_from(self.data)
+        end = FRAME.size + length
         while len(self.data) < end:
             self._receive()
-        message = json.loads(self.data[worker.FRAME.size : end])
+        message = json.loads(self.data[FRAME.size : end])
         del self.data[:end]
         if "path" not in message:
             if self.since_ns is not None:

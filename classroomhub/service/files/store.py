@@ -33,7 +33,7 @@ import stat
 from datetime import datetime, timedelta, timezone
 
 from . import runas
-from .worker import Refused, kind_of, split_relpath
+from .nofollow import Refused, kind_of, split_relpath
 
 # files up to this size are read into memory (hashed before anything is written)
 SMALL_FILE = 1 << 20
