@@ -65,6 +65,7 @@ import time
 
 from classroomhub.service.files import runas
 from classroomhub.service.domain.collect import Collector
+from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.db.models import open_database
 from classroomhub.service.files.store import ReleaseStore, snapshot_folder
 from _common import Users, make_notebook, ms, secs
@@ -230,16 +231,9 @@ class Bench:
         where = os.path.join(self.root, f"ours{self.runs}")
         store = ReleaseStore(os.path.join(where, "store"))
         sessions = open_database(f"sqlite:///{where}/b.sqlite")
-        collector = Collector(
-            sessions,
-            store,
-            None,  # the hub is only asked by the due-date scheduler
-            self.log,
-            max_bytes=MAX_BYTES,
-            max_file_bytes=MAX_FILE_BYTES,
-            concurrency=concurrency,
-        )
-        collector.runner = self.runner
+        # no hub: it is only asked by the due-date scheduler
+        context = ServiceContext(sessions, store, self.log, runner=self.runner, worker_timeout=600, concurrency=concurrency)
+        collector = Collector(context, max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES)
         os.sync()
         tic = time.perf_counter()
         rows = await collector.collect(COURSE, ASSIGNMENT, students)
@@ -269,8 +263,8 @@ class Bench:
         where = os.path.join(self.root, "fixed")
         store = ReleaseStore(os.path.join(where, "store"))
         sessions = open_database(f"sqlite:///{where}/b.sqlite")
-        collector = Collector(sessions, store, None, self.log, max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES)
-        collector.runner = self.runner
+        context = ServiceContext(sessions, store, self.log, runner=self.runner, worker_timeout=600)
+        collector = Collector(context, max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES)
         process, forked, row = [], [], []
         try:
             for _ in range(repeat):

@@ -49,7 +49,7 @@ import tempfile
 import time
 
 from classroomhub.service.files import runas
-from classroomhub.service.files.delivery import Release, deliver_all
+from classroomhub.service.files.delivery import DeliveryJob, deliver_all
 from classroomhub.service.files.store import ReleaseStore, import_folder
 from _common import WORDS, Users, make_notebook, ms, secs
 
@@ -159,7 +159,7 @@ class Bench:
 
     async def ours_full(self, students, concurrency, per_process=False):
         wipe(self.homes(students))
-        rel = Release(COURSE, MATERIAL, 1, self.files_a)
+        rel = DeliveryJob(COURSE, MATERIAL, 1, self.files_a)
         runner = runas.Subprocesses if per_process else self.runner
         tic = time.perf_counter()
         reports = await deliver_all(self.store, rel, students, concurrency=concurrency, runner=runner)
@@ -178,7 +178,7 @@ class Bench:
     async def update(self, students, version, concurrency):
         """Release *version*: one notebook differs from what the homes hold."""
         new, old = (self.files_b, self.files_a) if version % 2 == 0 else (self.files_a, self.files_b)
-        rel = Release(COURSE, MATERIAL, version, new)
+        rel = DeliveryJob(COURSE, MATERIAL, version, new)
         previous = {s: self.last[s] for s in students}  # with the stamps, as the service keeps them
         os.sync()
         tic = time.perf_counter()
@@ -194,7 +194,7 @@ class Bench:
         homes = self.homes(students)
         wipe(homes)
         before = [disk_usage(h) for h in homes]
-        rel = Release(COURSE, DATASET, 1, {os.path.basename(BIG_NAME): meta}, shared=True)
+        rel = DeliveryJob(COURSE, DATASET, 1, {os.path.basename(BIG_NAME): meta}, shared=True)
         tic = time.perf_counter()
         reports = await deliver_all(self.store, rel, students, runner=self.runner)
         seconds = time.perf_counter() - tic

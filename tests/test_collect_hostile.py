@@ -18,6 +18,7 @@ import pytest
 
 from classroomhub.service.files import runas
 from classroomhub.service.domain.collect import Collector
+from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.db.models import open_database
 
 # the same users, homes, store and both worker runners as the delivery tests
@@ -47,17 +48,8 @@ MAX_BYTES, MAX_FILE_BYTES = 50 * 1024**2, 5 * 1024**2
 @pytest.fixture
 def collector(store, tmp_path, runner):
     sessions = open_database(f"sqlite:///{tmp_path}/collect.sqlite")
-    collector = Collector(
-        sessions,
-        store,
-        None,
-        logging.getLogger("test"),
-        max_bytes=MAX_BYTES,
-        max_file_bytes=MAX_FILE_BYTES,
-        timeout=20,
-        max_files=30_000,
-    )
-    collector.runner = runner
+    context = ServiceContext(sessions, store, logging.getLogger("test"), runner=runner, worker_timeout=20)
+    collector = Collector(context, max_bytes=MAX_BYTES, max_file_bytes=MAX_FILE_BYTES, max_files=30_000)
     yield collector
     sessions.kw["bind"].dispose()
 
@@ -244,14 +236,14 @@ async def test_a_stuck_export_is_killed_at_the_timeout(homes, store, collector, 
     if isinstance(runner, runas.ForkServer):
         # 20,000 files take seconds to hand over: far from done at 0.2 s
         work(homes[ALICE], {f"f{i:05d}": b"x" for i in range(20_000)})
-        collector.timeout = 0.2
+        collector.context.worker_timeout = 0.2
     else:
         work(homes[ALICE], {"hw1.ipynb": b"work"})
         monkeypatch.setattr(runas, "worker_command", lambda mode: ["sleep", "60"])
-        collector.timeout = 1
+        collector.context.worker_timeout = 1
     t0 = time.monotonic()
     row = (await collector.collect(COURSE, MATERIAL, [ALICE]))[0]
     assert time.monotonic() - t0 < 3
-    assert row.error == f"nothing collected: gave up after {collector.timeout:g} s in the home of {ALICE}"
+    assert row.error == f"nothing collected: gave up after {collector.context.worker_timeout:g} s in the home of {ALICE}"
     time.sleep(0.2)
     assert not subprocess.run(["pgrep", "-u", ALICE], capture_output=True).stdout

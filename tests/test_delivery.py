@@ -19,7 +19,7 @@ import time
 import pytest
 
 from classroomhub.service.files import runas
-from classroomhub.service.files.delivery import Release, deliver_all, deliver_to
+from classroomhub.service.files.delivery import DeliveryJob, deliver_all, deliver_to
 from classroomhub.service.files.store import ReleaseStore, SourceError, import_folder
 from classroomhub.spawner.users import ensure_system_user
 
@@ -180,12 +180,12 @@ def sha(text):
 
 
 def release(files, store, version=1, **kw):
-    """A Release of {relpath: text}, its objects put into *store* directly."""
+    """A DeliveryJob of {relpath: text}, its objects put into *store* directly."""
     manifest = {}
     for rel, text in files.items():
         digest, size = store.add_bytes(text.encode())
         manifest[rel] = {"sha256": digest, "size": size, "mode": 0o644}
-    return Release("data101", "week1", version, manifest, **kw)
+    return DeliveryJob("data101", "week1", version, manifest, **kw)
 
 
 def by_path(report):

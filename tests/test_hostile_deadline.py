@@ -27,10 +27,11 @@ from sqlalchemy import func, select
 
 from classroomhub.service.files import runas
 from classroomhub.service.domain.collect import Collector
+from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.files.freezer import Freezer, freezer_cgroup_of, processes_of
 from classroomhub.service.domain.limits import TooMany
 from classroomhub.service.db.models import DeliveryReport, Release, open_database
-from classroomhub.service.domain.releases import Releases
+from classroomhub.service.domain.releases import ReleaseService
 from classroomhub.service.files.store import ReleaseStore
 from classroomhub.spawner.users import ensure_system_user
 
@@ -106,19 +107,8 @@ def sessions(tmp_path):
 
 @pytest.fixture
 def collector(sessions, store, runner, freezer):
-    collector = Collector(
-        sessions,
-        store,
-        None,
-        LOG,
-        max_bytes=50 * 1024**2,
-        max_file_bytes=5 * 1024**2,
-        timeout=20,
-        freezer=freezer,
-        max_files=30_000,
-    )
-    collector.runner = runner
-    return collector
+    context = ServiceContext(sessions, store, LOG, runner=runner, worker_timeout=20)
+    return Collector(context, max_bytes=50 * 1024**2, max_file_bytes=5 * 1024**2, freezer=freezer, max_files=30_000)
 
 
 def folder_of(account):
@@ -559,7 +549,7 @@ async def test_hand_ins_are_rate_limited_and_counted(homes, collector):
     with pytest.raises(TooMany) as e:
         await collector.submit(COURSE, MATERIAL, ALICE, late=False, due=due)
     assert e.value.retry_after is None and "4 times, the most allowed" in str(e.value)
-    assert len(collector.submissions(COURSE, MATERIAL, ALICE)) == 4
+    assert len(collector.rules.submissions(COURSE, MATERIAL, ALICE)) == 4
 
 
 async def test_a_hand_in_copied_after_the_due_date_with_changes_is_late(homes, collector, store):
@@ -573,7 +563,7 @@ async def test_a_hand_in_copied_after_the_due_date_with_changes_is_late(homes, c
         f.write(b"after")
     row = await collector.submit(COURSE, MATERIAL, ALICE, late=False, due=due)
     assert row.late and row.changed == ["hw.ipynb"]
-    from classroomhub.service.domain.collect import graded_choice
+    from classroomhub.service.domain.assignments import graded_choice
 
     assert graded_choice([row], due) is row  # the first late one, flagged as such
 
@@ -598,9 +588,7 @@ async def test_a_hand_in_and_the_deadline_snapshot_at_once(homes, collector, fre
 
 
 def releases_of(sessions, store, runner, timeout):
-    releases = Releases(sessions, store, LOG, concurrency=4, timeout=timeout)
-    releases.runner = runner
-    return releases
+    return ReleaseService(ServiceContext(sessions, store, LOG, runner=runner, worker_timeout=timeout, concurrency=4))
 
 
 def new_release(sessions, store, version, text, extra=0):

@@ -22,21 +22,24 @@ from traitlets.config import Application
 
 from .._version import __version__
 from ..accounts import AccountPolicy
-from .web.api import api_handlers
-from .web.assignments import assignment_handlers
-from .domain.collect import Collector
-from .web.grading import grading_handlers
-from .web.grading_pages import assignment_page_handlers
-from .web.hub import HubClient
 from ..ops.dbcopy import CopyError
 from .db.migrations import SchemaTooNew, backup_beside, upgrade_database
 from .db.models import Feedback, Release, Submission, make_private_sqlite, open_database
-from .web.pages import page_handlers
-from .domain.releases import Releases
+from .domain.assignments import AssignmentRules
+from .domain.collect import Collector
+from .domain.context import ServiceContext
+from .domain.grading import Grading
+from .domain.releases import ReleaseService
 from .files import runas
 from .files.freezer import Freezer
 from .files.runas import Account, ForkServer
 from .files.store import ReleaseStore
+from .web.api import api_handlers
+from .web.assignments import assignment_handlers
+from .web.grading import grading_handlers
+from .web.grading_pages import assignment_page_handlers
+from .web.hub import HubClient
+from .web.pages import page_handlers
 
 #: the SQLite database's file name, in ``data_dir/db/`` by default
 DATABASE = "classroom.sqlite"
@@ -182,8 +185,6 @@ class ClassroomService(Application):
         per home: about 30 ms less per student. Off: one process per home.""",
     ).tag(config=True)
 
-    runner = None
-
     live_server_roles = List(
         Unicode(),
         ["instructor"],
@@ -248,43 +249,50 @@ class ClassroomService(Application):
         Account.policy = AccountPolicy(parent=self)
         self._move_legacy_database()
         self._upgrade_database()
-        self.sessions = open_database(self.db_url)
-        self.store = ReleaseStore(self.store_dir)
-        self.store.sweep_lent()
-        self._seal_collected_objects()
-        self.hub = HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, log=self.log)
-        self.releases = Releases(
-            self.sessions,
-            self.store,
-            self.log,
+        store = ReleaseStore(self.store_dir)
+        store.sweep_lent()
+        # what every part shares, made once: the domain objects get it, handlers find it in the settings
+        self.context = context = ServiceContext(
+            sessions=open_database(self.db_url),
+            store=store,
+            log=self.log,
+            hub=HubClient(self.hub_api_url, self.api_token, self.hub_cache_seconds, log=self.log),
+            worker_timeout=self.worker_timeout,
             concurrency=self.concurrency or None,
-            timeout=self.worker_timeout,
-            max_bytes=self.max_release_bytes,
-            sync_rate=(self.sync_rate_limit, self.sync_rate_window),
         )
-        self.collector = Collector(
-            self.sessions,
-            self.store,
-            self.hub,
-            self.log,
+        self._seal_collected_objects()
+        context.releases = ReleaseService(
+            context, max_bytes=self.max_release_bytes, sync_rate=(self.sync_rate_limit, self.sync_rate_window)
+        )
+        context.rules = AssignmentRules(context)
+        context.collector = Collector(
+            context,
+            context.rules,
             max_bytes=self.max_collect_bytes,
             max_file_bytes=self.max_collect_file_bytes,
-            timeout=self.worker_timeout,
-            concurrency=self.concurrency or None,
             max_files=self.max_collect_files,
             max_submissions=self.max_submissions,
             submit_rate=(self.submit_rate_limit, self.submit_rate_window),
         )
+        context.grading = Grading(context, max_bytes=self.max_collect_bytes)
         runas.Subprocesses.memory = self.worker_memory_bytes
-        self.collector.cgroup_parent = self.student_cgroup_parent or None
+        context.collector.cgroup_parent = self.student_cgroup_parent or None
         if self.freeze_at_deadline:
             freezer = Freezer(parent=self.freezer_parent, log=self.log)
             if freezer.available:
-                self.collector.freezer = freezer
+                context.collector.freezer = freezer
             else:
                 self.log.warning("No writable cgroup v1 freezer at %s: deadline snapshots run unfrozen", freezer.root)
-        self._tasks = set()
-        self._wake = None
+
+    @property
+    def sessions(self):
+        """The database's session factory (the context's)."""
+        return self.context.sessions
+
+    @property
+    def store(self):
+        """The release store (the context's)."""
+        return self.context.store
 
     def _upgrade_database(self):
         """Bring the database to this release's schema (after a backup beside
@@ -329,10 +337,11 @@ class ClassroomService(Application):
     def _seal_collected_objects(self):
         """A store written before it had a private area kept collected work
         with the released files: move what was only ever collected (once)."""
-        marker = os.path.join(self.store.private, ".sealed")
+        store = self.context.store
+        marker = os.path.join(store.private, ".sealed")
         if os.path.exists(marker):
             return
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             released = {m["sha256"] for files in db.scalars(select(Release.files)) for m in files.values()}
             collected = {
                 m["sha256"]
@@ -340,26 +349,10 @@ class ClassroomService(Application):
                 for files in db.scalars(select(model.files))
                 for m in files.values()
             }
-        moved = self.store.make_private(collected - released)
+        moved = store.make_private(collected - released)
         if moved:
             self.log.info("Moved %d collected files into the store's private area", moved)
         os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-
-    def keep(self, task):
-        """Hold a background task until it is done (and log its failure)."""
-        self._tasks.add(task)
-
-        def done(t):
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception():
-                self.log.error("Background task failed", exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    def wake_scheduler(self):
-        """A due date changed: the collection scheduler looks again now."""
-        if self._wake is not None:
-            self._wake.set()
 
     def make_app(self):
         prefix = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
@@ -373,31 +366,33 @@ class ClassroomService(Application):
         ]
         return web.Application(
             handlers,
-            classroom=self,
+            context=self.context,
+            service_prefix=prefix,
+            hub_base_url=self.hub_base_url,
+            live_server_roles=self.live_server_roles,
             cookie_secret=os.urandom(32),
             xsrf_cookies=False,
         )
 
     async def serve(self):
         url = urlparse(self.bind_url)
+        context = self.context
         if self.fork_server:
-            self.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log, memory=self.worker_memory_bytes)
-            await self.runner.start()
-            self.releases.runner = self.collector.runner = self.runner
+            context.runner = ForkServer(os.path.join(self.data_dir, "run"), log=self.log, memory=self.worker_memory_bytes)
+            await context.runner.start()
         app = self.make_app()
         server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
         self.log.info("classroomhub service %s listening on %s%s", __version__, self.bind_url, self.base_url)
-        self._wake = asyncio.Event()
         # collects whatever came due while the service was down, then each due date
-        self.keep(asyncio.ensure_future(self.collector.run(self.collect_interval, self._wake)))
+        context.keep(asyncio.ensure_future(context.collector.run(self.collect_interval)))
         # deliveries cut off by a stop go on to the students not reached yet
-        self.keep(asyncio.ensure_future(self.releases.resume(self.hub)))
+        context.keep(asyncio.ensure_future(context.releases.resume()))
         try:
             await asyncio.Event().wait()
         finally:
             server.stop()
-            if self.runner is not None:
-                await self.runner.stop()
+            if context.runner is not None:
+                await context.runner.stop()
 
     def start(self):
         asyncio.run(self.serve())

@@ -1,88 +1,66 @@
-"""Due dates and collection: the service snapshots students' work itself.
+"""Collection: the service snapshots students' work itself.
 
 At each student's effective due date (the assignment's, or their
-extension's) the scheduler snapshots ``~/<course>/<material>/`` as the
-student (the same export walker as releases: no link followed, special
-files and oversized files left out with a note) into the store. The time is
-the service's, never the student's. A due date that passed while the service
-was down is collected at start-up and marked ``caught_up``; one snapshot per
-student and due date, whatever is interrupted and run again.
+extension's: :mod:`.assignments`) the scheduler snapshots
+``~/<course>/<material>/`` as the student (the same export walker as
+releases: no link followed, special files and oversized files left out with
+a note) into the store. The time is the service's, never the student's. A
+due date that passed while the service was down is collected at start-up
+and marked ``caught_up``; one snapshot per student and due date, whatever is
+interrupted and run again.
 
 Nothing a student does after their due date counts as on time: for a
-deadline snapshot their processes are frozen (:mod:`.freezer`), the worker
-copying is one they cannot signal, and every file and folder whose ctime is
-past the due date once copied is listed in ``changed`` and makes the
-snapshot late. ``finished`` records when the copy ended.
+deadline snapshot their processes are frozen (:mod:`..files.freezer`), the
+worker copying is one they cannot signal, and every file and folder whose
+ctime is past the due date once copied is listed in ``changed`` and makes
+the snapshot late. ``finished`` records when the copy ended.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from ..db.models import Assignment, Extension, Submission, utcnow
 from ..files import runas
-from .limits import KeyedLocks, RateLimit, TooMany
-from ..db.models import Assignment, Extension, GradedChoice, Submission, utcnow
 from ..files.store import SourceError, snapshot_folder
+from .assignments import AssignmentRules, aware
+from .limits import KeyedLocks, RateLimit, TooMany
 
 #: folders in the assignment folder that are not the student's work
 FEEDBACK_FOLDER = "feedback"
 
 
-def aware(dt):
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def graded_choice(submissions, due):
-    """The submission that counts: the last one on time, else the first late one."""
-    grace = aware(due) + timedelta(seconds=60)
-    on_time = [
-        s for s in submissions if not s.error and not s.late and (s.kind == "deadline" or aware(s.taken) <= grace)
-    ]
-    if on_time:
-        return max(on_time, key=lambda s: (aware(s.taken), s.id))
-    late = [s for s in submissions if not s.error]
-    return min(late, key=lambda s: (aware(s.taken), s.id)) if late else None
-
-
-def graded_of(submissions, due, override=None):
-    """The submission that counts for one student: the instructor's choice
-    (*override*, a GradedChoice) if it is one of *submissions*; else the rule
-    (:func:`graded_choice`) with a due date, the latest without one."""
-    if override is not None:
-        chosen = next((s for s in submissions if s.id == override.submission_id), None)
-        if chosen is not None:
-            return chosen
-    if due is not None:
-        return graded_choice(submissions, due)
-    valid = [s for s in submissions if not s.error]
-    return max(valid, key=lambda s: (aware(s.taken), s.id)) if valid else None
+class SubmissionsClosed(Exception):
+    """A hand-in after the assignment's late window closed."""
 
 
 class Collector:
+    """Snapshots of students' assignment folders: at due dates, on an
+    instructor's "collect now", and a student's own hand-ins.
+
+    *rules*: the :class:`~.assignments.AssignmentRules` giving due dates
+    (a new one on *context* if not given).
+    """
+
     def __init__(
         self,
-        sessions,
-        store,
-        hub,
-        log,
+        context,
+        rules=None,
+        *,
         max_bytes,
         max_file_bytes,
-        timeout=600,
-        concurrency=None,
         max_files=10_000,
         max_submissions=20,
         submit_rate=(5, 600),
         freezer=None,
     ):
-        self.sessions = sessions
-        self.store = store
-        self.hub = hub
-        self.log = log
+        self.context = context
+        self.rules = rules or AssignmentRules(context)
+        self.log = context.log
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
@@ -91,52 +69,17 @@ class Collector:
         self.freezer = freezer  # a Freezer: students' processes stop for their deadline snapshot
         # ClassroomSpawner's cgroup_parent: a hand-in's worker joins the student's server's groups
         self.cgroup_parent = None
-        self.timeout = timeout
-        self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
-        self.runner = None  # how workers start (see runas); None: a process per home
+        self.limit = context.places()
         self.progress = {}  # (course, material) -> {"total", "done", "running"}
         self.started = datetime.now(timezone.utc)
         self._students = KeyedLocks()  # one snapshot of a student at a time
-
-    # -- due dates ----------------------------------------------------------------------
-
-    def assignment(self, course, material):
-        with self.sessions() as db:
-            return db.get(Assignment, (course, material))
-
-    def extensions(self, course, material):
-        with self.sessions() as db:
-            rows = db.scalars(select(Extension).where(Extension.course == course, Extension.material == material))
-            return {row.student: aware(row.due) for row in rows}
-
-    def set_due(self, course, material, due, late_seconds, by):
-        with self.sessions() as db:
-            row = db.get(Assignment, (course, material)) or Assignment(course=course, material=material)
-            row.due, row.late_seconds, row.set_by, row.updated = due, late_seconds, by, utcnow()
-            db.add(row)
-            db.commit()
-            return row
-
-    def set_extension(self, course, material, student, due, by):
-        with self.sessions() as db:
-            if due is None:
-                row = db.get(Extension, (course, material, student))
-                if row is not None:
-                    db.delete(row)
-            else:
-                db.merge(Extension(course=course, material=material, student=student, due=due, set_by=by))
-            db.commit()
-
-    def due_of(self, assignment, student, extensions=None):
-        extensions = self.extensions(assignment.course, assignment.material) if extensions is None else extensions
-        return extensions.get(student, aware(assignment.due))
 
     # -- snapshots ----------------------------------------------------------------------
 
     def check_submit(self, course, material, student):
         """Raise :class:`~.limits.TooMany` if *student* may not hand in now."""
         if self.max_submissions:
-            with self.sessions() as db:
+            with self.context.sessions() as db:
                 count = db.scalar(
                     select(func.count(Submission.id)).where(
                         Submission.course == course,
@@ -148,6 +91,16 @@ class Collector:
             if count >= self.max_submissions:
                 raise TooMany(f"{student} has handed in {material} {count} times, the most allowed")
         self.submit_rate.take((course, material, student))
+
+    async def hand_in(self, assignment, student):
+        """*student* hands in their work now: early, or late within the
+        assignment's late window (:class:`SubmissionsClosed` after it)."""
+        due = self.rules.due_of(assignment, student)
+        now = datetime.now(timezone.utc)
+        closes = due + timedelta(seconds=assignment.late_seconds)
+        if now > closes:
+            raise SubmissionsClosed(f"Submissions closed at {closes.isoformat()}")
+        return await self.submit(assignment.course, assignment.material, student, late=now > due, due=due)
 
     async def submit(self, course, material, student, late, due):
         """A student's own hand-in, within the limits (:class:`~.limits.TooMany` past them)."""
@@ -190,15 +143,15 @@ class Collector:
                 raise
         try:
             return await snapshot_folder(
-                self.store,
+                self.context.store,
                 account,
                 [course, material],
                 max_bytes=self.max_bytes,
                 max_file_bytes=self.max_file_bytes,
                 max_entries=self.max_files,
                 skip_top=[FEEDBACK_FOLDER],
-                timeout=self.timeout,
-                runner=self.runner,
+                timeout=self.context.worker_timeout,
+                runner=self.context.runner,
                 changed_since=due,
                 changed=changed,
                 cgroups=cgroups,
@@ -240,7 +193,7 @@ class Collector:
                 "%s/%s of %s (%s): %s changed after the due date %s: late",
                 course, material, student, kind, ", ".join(changed[:5]), due.isoformat(),
             )
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             db.add(row)
             try:
                 db.commit()
@@ -260,11 +213,11 @@ class Collector:
         """Snapshot every student now (an instructor's "collect now")."""
         progress = self.progress[(course, material)] = {"total": len(students), "done": 0, "running": True}
 
-        assignment = self.assignment(course, material)
-        extensions = self.extensions(course, material) if assignment else {}
+        assignment = self.rules.assignment(course, material)
+        extensions = self.rules.extensions(course, material) if assignment else {}
 
         async def one(student):
-            due = self.due_of(assignment, student, extensions) if assignment else None
+            due = self.rules.due_of(assignment, student, extensions) if assignment else None
             row = await self.snapshot(course, material, student, kind, due=due)
             progress["done"] += 1
             return row
@@ -274,73 +227,11 @@ class Collector:
         finally:
             progress["running"] = False
 
-    def submissions(self, course, material, student=None, students=None):
-        """Submissions of a material: of one *student*, of a list of *students*, or all."""
-        with self.sessions() as db:
-            query = select(Submission).where(Submission.course == course, Submission.material == material)
-            if student is not None:
-                query = query.where(Submission.student == student)
-            if students is not None:
-                query = query.where(Submission.student.in_(list(students)))
-            return db.scalars(query.order_by(Submission.student, Submission.taken, Submission.id)).all()
-
-    def submitters(self, course, material):
-        """Everyone with a submission of a material (no file lists read)."""
-        with self.sessions() as db:
-            return set(
-                db.scalars(
-                    select(Submission.student)
-                    .where(Submission.course == course, Submission.material == material)
-                    .distinct()
-                )
-            )
-
-    # -- which submission counts ------------------------------------------------------
-
-    def overrides(self, course, material):
-        """{student: GradedChoice} of an assignment."""
-        with self.sessions() as db:
-            rows = db.scalars(select(GradedChoice).where(GradedChoice.course == course, GradedChoice.material == material))
-            return {row.student: row for row in rows}
-
-    def set_graded(self, course, material, student, submission_id, by):
-        """Make *submission_id* the one that counts for *student* (returns the
-        choice); None: back to the rule (returns the choice taken back, if any)."""
-        with self.sessions() as db:
-            if submission_id is None:
-                row = db.get(GradedChoice, (course, material, student))
-                if row is not None:
-                    db.delete(row)
-                db.commit()
-                return row
-            choice = GradedChoice(
-                course=course, material=material, student=student, submission_id=submission_id, by=by, at=utcnow()
-            )
-            row = db.merge(choice)
-            db.commit()
-            return row
-
-    def graded(self, course, material):
-        """{student: (their submissions, the one that counts or None, GradedChoice or None)}
-        for every student with a submission of the material."""
-        assignment = self.assignment(course, material)
-        extensions = self.extensions(course, material)
-        overrides = self.overrides(course, material)
-        by_student = {}
-        for row in self.submissions(course, material):
-            by_student.setdefault(row.student, []).append(row)
-        table = {}
-        for student, rows in by_student.items():
-            due = extensions.get(student, aware(assignment.due)) if assignment else None
-            override = overrides.get(student)
-            table[student] = (rows, graded_of(rows, due, override), override)
-        return table
-
     # -- the scheduler ------------------------------------------------------------------
 
     async def pending(self, now):
         """(assignment, student, due) whose due date has passed without a deadline snapshot."""
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             assignments = db.scalars(select(Assignment)).all()
             # only the keys: every round would otherwise load every snapshot's file list
             done = {
@@ -353,13 +244,13 @@ class Collector:
             }
         if not assignments:
             return []
-        courses = await self.hub.courses()
+        courses = await self.context.hub.courses()
         found = []
         for assignment in assignments:
             students = courses.get(assignment.course, {}).get("student", [])
-            extensions = self.extensions(assignment.course, assignment.material)
+            extensions = self.rules.extensions(assignment.course, assignment.material)
             for student in students:
-                due = self.due_of(assignment, student, extensions)
+                due = self.rules.due_of(assignment, student, extensions)
                 if due <= now and (assignment.course, assignment.material, student, due) not in done:
                     found.append((assignment, student, due))
         return found
@@ -392,7 +283,7 @@ class Collector:
 
     async def next_due(self, now):
         """Seconds until the next due date of any student, or None."""
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             dues = [aware(a.due) for a in db.scalars(select(Assignment))]
             dues += [aware(e.due) for e in db.scalars(select(Extension))]
         future = [(d - now).total_seconds() for d in dues if d > now]
@@ -402,9 +293,10 @@ class Collector:
         """Collect at each due date (and whatever was missed) until cancelled.
 
         Sleeps until the next due date, at most *interval* seconds; setting
-        the event *wake* (a due date changed) makes it look again at once.
+        the event *wake* (by default the rules' ``changed``: a due date was
+        set) makes it look again at once.
         """
-        wake = wake or asyncio.Event()
+        wake = wake or self.rules.changed
         if self.freezer is not None and self.freezer.available:
             # a service killed mid-snapshot left its students frozen
             await asyncio.to_thread(self.freezer.sweep)

@@ -2,7 +2,9 @@
 
 Ties the store (immutable content), the delivery workers (as each student)
 and the database (what each student was given). Used by the REST API, the
-late-joiner sync and the benchmarks.
+late-joiner sync and the benchmarks. Names: a ``Release`` is the database
+row of one version; a :class:`~..files.delivery.DeliveryJob` is what one
+worker writes into one home; :class:`ReleaseService` does the work.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import tempfile
 
 from sqlalchemy import func, select
 
-from ..files import runas
-from ..files.delivery import Release as Job
-from ..files.delivery import deliver_to
-from .limits import KeyedLocks, RateLimit
 from ..db.models import Delivered, DeliveryReport, Release, utcnow
+from ..files import runas
+from ..files.delivery import DeliveryJob, deliver_to
 from ..files.store import SourceError, import_folder
+from .limits import KeyedLocks, RateLimit
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # statuses after which the store's version is what lies in the home
@@ -37,7 +38,8 @@ def check_name(kind, value):
 
 
 def job_for(release):
-    return Job(
+    """The delivery job of a ``Release`` row, for each home."""
+    return DeliveryJob(
         release.course,
         release.material,
         release.version,
@@ -47,29 +49,18 @@ def job_for(release):
     )
 
 
-class Releases:
-    def __init__(
-        self,
-        sessions,
-        store,
-        log,
-        concurrency=None,
-        timeout=120,
-        max_bytes=10 * 1024**3,
-        git_timeout=300,
-        sync_rate=(6, 60),
-    ):
-        self.sessions = sessions
-        self.store = store
-        self.log = log
-        self.concurrency = concurrency
-        self.timeout = timeout
+class ReleaseService:
+    """Makes releases and delivers them, with the database, store and
+    workers of *context* (a :class:`~.context.ServiceContext`)."""
+
+    def __init__(self, context, *, max_bytes=10 * 1024**3, git_timeout=300, sync_rate=(6, 60)):
+        self.context = context
+        self.log = context.log
         self.max_bytes = max_bytes
         self.git_timeout = git_timeout
-        self.runner = None  # how workers start (see runas); None: a process per home
         self.progress = {}  # release id -> {"total": n, "done": k, "running": bool}
         # homes written at once, by all deliveries together: a slow home holds one place
-        self.limit = asyncio.Semaphore(concurrency or 2 * (os.cpu_count() or 1))
+        self.limit = context.places()
         # one delivery of a material into one home at a time, never a wait on other homes
         self._homes = KeyedLocks()
         self._syncs = {}  # student -> the sync running for them (later calls share it)
@@ -87,7 +78,9 @@ class Releases:
         if source:
             if not os.path.isabs(source):
                 raise ValueError(f"source must be an absolute path, not {source!r}")
-            files, skipped = await import_folder(self.store, account, source, max_bytes=self.max_bytes, runner=self.runner)
+            files, skipped = await import_folder(
+                self.context.store, account, source, max_bytes=self.max_bytes, runner=self.context.runner
+            )
             # a folder name need not be UTF-8; the database and the API want text
             origin = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         else:
@@ -96,7 +89,7 @@ class Releases:
             origin = origin.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         if not files:
             raise SourceError(f"{origin} has no files to release")
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             latest = db.scalar(
                 select(func.max(Release.version)).where(Release.course == course, Release.material == material)
             )
@@ -115,6 +108,15 @@ class Releases:
             db.commit()
         self.log.info("Release %s/%s v%s by %s: %s files from %s", course, material, release.version, author, len(files), origin)
         return release
+
+    async def start(self, course, material, author, students, **fields):
+        """:meth:`create` a new version (*fields*: its keyword arguments) and
+        deliver it to *students* in the background; returns (the release,
+        the delivery task)."""
+        release = await self.create(course, material, author, **fields)
+        task = asyncio.ensure_future(self.deliver(release, students))
+        self.context.keep(task)
+        return release, task
 
     async def _import_git(self, account, url, ref):
         """Clone as *account* into a private temporary folder, import, remove."""
@@ -150,7 +152,9 @@ class Releases:
                 raise SourceError(f"git clone of {url} took more than {self.git_timeout} s") from None
             if result.returncode != 0:
                 raise SourceError(f"git clone of {url} failed: {result.stderr.strip().splitlines()[-1:] or ''}")
-            return await import_folder(self.store, account, clone, max_bytes=self.max_bytes, runner=self.runner)
+            return await import_folder(
+                self.context.store, account, clone, max_bytes=self.max_bytes, runner=self.context.runner
+            )
         finally:
             # removed as the account: the clone is theirs
             await asyncio.to_thread(subprocess.run, ["rm", "-rf", "--", clone], **runas.popen_options(account))
@@ -173,11 +177,13 @@ class Releases:
         async def one(student):
             async with self._homes.hold((release.course, release.material, student)):
                 async with self.limit:
-                    with self.sessions() as db:
+                    with self.context.sessions() as db:
                         row = db.get(Delivered, (release.course, release.material, student))
                         previous = dict(row.files) if row is not None else {}
-                    report = await deliver_to(self.store, student, job, previous, self.timeout, self.runner)
-                with self.sessions() as db:  # recorded at once: a restart redoes only the homes not recorded
+                    report = await deliver_to(
+                        self.context.store, student, job, previous, self.context.worker_timeout, self.context.runner
+                    )
+                with self.context.sessions() as db:  # recorded at once: a restart redoes only the homes not recorded
                     self._record(db, release, report, previous)
                     db.commit()
             progress["done"] += 1
@@ -188,7 +194,7 @@ class Releases:
         finally:
             progress["running"] = False
         if finish:
-            with self.sessions() as db:
+            with self.context.sessions() as db:
                 row = db.get(Release, release.id)
                 row.finished = release.finished = utcnow()
                 db.commit()
@@ -204,19 +210,19 @@ class Releases:
         )
         return reports
 
-    async def resume(self, hub, attempts=30, pause=2.0):
+    async def resume(self, attempts=30, pause=2.0):
         """Finish deliveries a stopped service left unfinished: every release
-        not marked finished goes to the course's students (as the *hub*
-        client has them now) who have no report of it yet; one already
+        not marked finished goes to the course's students (as the hub has
+        them now) who have no report of it yet; one already
         recorded is never delivered twice. Returns the releases resumed.
         """
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             unfinished = db.scalars(select(Release).where(Release.finished.is_(None)).order_by(Release.id)).all()
         if not unfinished:
             return []
         for attempt in range(attempts):
             try:
-                courses = await hub.courses()
+                courses = await self.context.hub.courses()
                 break
             except Exception as e:  # the hub may not answer yet while it starts us
                 if attempt + 1 == attempts:
@@ -227,11 +233,11 @@ class Releases:
         latest = {(r.course, r.material): r.id for r in self.latest_releases({r.course for r in unfinished})}
         for release in unfinished:
             if latest.get((release.course, release.material)) != release.id:
-                with self.sessions() as db:  # a newer version replaced it: that one is delivered
+                with self.context.sessions() as db:  # a newer version replaced it: that one is delivered
                     db.get(Release, release.id).finished = utcnow()
                     db.commit()
                 continue
-            with self.sessions() as db:
+            with self.context.sessions() as db:
                 done = set(db.scalars(select(DeliveryReport.student).where(DeliveryReport.release_id == release.id)))
             todo = [s for s in courses.get(release.course, {}).get("student", []) if s not in done]
             self.log.warning(
@@ -272,7 +278,7 @@ class Releases:
         """The newest release of every material of *courses*."""
         if not courses:
             return []
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             newest = (
                 select(Release.course, Release.material, func.max(Release.version).label("version"))
                 .where(Release.course.in_(list(courses)))
@@ -298,7 +304,7 @@ class Releases:
         a timeout) is tried again; one with per-file results is not.
         """
         delivered = []
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             done = set(
                 db.scalars(
                     select(DeliveryReport.release_id).where(
@@ -324,7 +330,7 @@ class Releases:
         return await asyncio.shield(running)
 
     def find(self, course, material, version=None):
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             query = select(Release).where(Release.course == course, Release.material == material)
             if version is None:
                 query = query.order_by(Release.version.desc()).limit(1)
@@ -333,13 +339,13 @@ class Releases:
             return db.scalars(query).first()
 
     def history(self, course, material):
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             return db.scalars(
                 select(Release).where(Release.course == course, Release.material == material).order_by(Release.version)
             ).all()
 
     def reports(self, release, student=None):
-        with self.sessions() as db:
+        with self.context.sessions() as db:
             query = select(DeliveryReport).where(DeliveryReport.release_id == release.id)
             if student is not None:
                 query = query.where(DeliveryReport.student == student)

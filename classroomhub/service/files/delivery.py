@@ -19,8 +19,9 @@ STATUSES = ("added", "unchanged", "updated", "kept", "restored", "left-deleted",
 
 
 @dataclass
-class Release:
-    """What a worker needs of a release (the service's database has the rest)."""
+class DeliveryJob:
+    """What a worker writes into one home: a version of a release (the
+    database row is ``db.models.Release``), a grader's copy or feedback."""
 
     course: str
     material: str

@@ -8,11 +8,15 @@ role: the course's instructors (and the admin and root tiers) release;
 instructors and TAs read everyone's delivery reports; students read their
 own. Every error is a JSON body ``{"status": ..., "message": ...}`` with a
 4xx status.
+
+Handlers only read the request, check who may do it, call the domain
+objects (``self.context``: the :class:`~..domain.context.ServiceContext`
+in the application's settings) and write the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -21,10 +25,10 @@ import yaml
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from ..domain.errors import Invalid, NotFound
 from ..domain.limits import TooMany
 from ..domain.releases import check_name
 from .scopes import access_scope
-from ..files.store import SourceError
 
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.yaml")
 RELEASE_KEYS = {"source": str, "git": str, "ref": str, "restore_deleted": bool, "shared": bool, "wait": bool}
@@ -38,12 +42,13 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self.hub_auth.access_scopes or {access_scope()}
 
     @property
-    def service(self):
-        return self.settings["classroom"]
+    def context(self):
+        """The service's :class:`~..domain.context.ServiceContext`."""
+        return self.settings["context"]
 
     @property
     def log(self):
-        return self.service.log
+        return self.context.log
 
     def error_message(self, status_code, **kwargs):
         """What to tell the caller about an error (never a traceback)."""
@@ -80,7 +85,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(403, "Authentication needed: a JupyterHub token or a hub login")
         if model.get("kind") != "user":
             raise web.HTTPError(403, f"Only users can use this API, not {model.get('kind')} {model.get('name')}")
-        person = await self.service.hub.person(model["name"])
+        person = await self.context.hub.person(model["name"])
         person.scopes = frozenset(model.get("scopes") or ())
         return person
 
@@ -99,6 +104,17 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 raise web.HTTPError(400, f"Field {key!r} must be a {kind.__name__}")
         return body
 
+    @contextlib.contextmanager
+    def refusals(self):
+        """A domain object's refusal as the answer: 400 (:class:`~..domain.errors.Invalid`)
+        or 404 (:class:`~..domain.errors.NotFound`), with its message."""
+        try:
+            yield
+        except Invalid as e:
+            raise web.HTTPError(400, str(e)) from None
+        except NotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+
     def check_query(self, *allowed):
         """400 for query arguments this endpoint does not take."""
         unknown = sorted(set(self.request.query_arguments) - set(allowed))
@@ -111,7 +127,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             check_name("course", course_id)
         except ValueError as e:
             raise web.HTTPError(404, str(e)) from None
-        courses = await self.service.hub.courses()
+        courses = await self.context.hub.courses()
         if course_id not in courses:
             raise web.HTTPError(404, f"No course {course_id!r} in the roster")
         if not person.privileged and course_id not in person.courses:
@@ -131,30 +147,28 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         ``wait``) and start delivering it to the course's students; returns
         (release, delivery task). Call check_can_release first."""
         try:
-            release = await self.service.releases.create(
+            return await self.context.releases.start(
                 course_id,
                 material,
                 person.name,
+                members["student"],
                 source=fields.get("source"),
                 git=fields.get("git"),
                 ref=fields.get("ref"),
                 restore_deleted=fields.get("restore_deleted", False),
                 shared=fields.get("shared", False),
             )
-        except LookupError as e:
+        except LookupError as e:  # no such account
             raise web.HTTPError(400, str(e)) from None
-        except (SourceError, ValueError) as e:
+        except ValueError as e:  # a bad name or source (files.store.SourceError is one)
             raise web.HTTPError(400, f"Cannot release: {e}") from None
-        task = asyncio.ensure_future(self.service.releases.deliver(release, members["student"]))
-        self.service.keep(task)
-        return release, task
 
     async def visible_courses(self, person, show):
         """(all courses, the ids *person* may see, {id: [show(latest release), ...]})."""
-        courses = await self.service.hub.courses()
+        courses = await self.context.hub.courses()
         visible = sorted(c for c in courses if person.privileged or c in person.courses)
         latest = {}
-        for release in self.service.releases.latest_releases(visible):
+        for release in self.context.releases.latest_releases(visible):
             latest.setdefault(release.course, []).append(show(release))
         return courses, visible, latest
 
@@ -163,7 +177,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             check_name("material", material)
         except ValueError as e:
             raise web.HTTPError(404, str(e)) from None
-        release = self.service.releases.find(course_id, material, version)
+        release = self.context.releases.find(course_id, material, version)
         if release is None:
             what = f"version {version} of " if version is not None else ""
             raise web.HTTPError(404, f"No {what}material {material!r} in course {course_id!r}")
@@ -196,7 +210,7 @@ class CourseHandler(BaseHandler):
         data = {
             "id": course_id,
             "role": person.courses.get(course_id),
-            "materials": [r.to_dict() for r in self.service.releases.latest_releases([course_id])],
+            "materials": [r.to_dict() for r in self.context.releases.latest_releases([course_id])],
         }
         if person.can_see_reports(course_id):
             data["members"] = members
@@ -208,7 +222,7 @@ class ReleasesHandler(BaseHandler):
         person = await self.person()
         await self.course(course_id, person)
         self.release_or_404(course_id, material)
-        self.write_json({"releases": [r.to_dict() for r in self.service.releases.history(course_id, material)]})
+        self.write_json({"releases": [r.to_dict() for r in self.context.releases.history(course_id, material)]})
 
     async def post(self, course_id, material):
         person = await self.person()
@@ -222,9 +236,9 @@ class ReleasesHandler(BaseHandler):
 
     def release_state(self, release, reports, student=None):
         data = release.to_dict()
-        data["progress"] = self.service.releases.progress.get(release.id, {"running": False})
+        data["progress"] = self.context.releases.progress.get(release.id, {"running": False})
         if reports:
-            data["reports"] = [r.to_dict() for r in self.service.releases.reports(release, student)]
+            data["reports"] = [r.to_dict() for r in self.context.releases.reports(release, student)]
         return data
 
 
@@ -253,8 +267,8 @@ class SyncHandler(BaseHandler):
     async def post(self):
         person = await self.person()
         try:
-            delivered = await self.service.releases.sync(person.name, list(person.courses))
-        except TooMany as e:  # one person's syncs are limited: see Releases.sync
+            delivered = await self.context.releases.sync(person.name, list(person.courses))
+        except TooMany as e:  # one person's syncs are limited: see ReleaseService.sync
             self.set_header("Retry-After", str(e.retry_after))  # (an HTTPError's answer would drop it)
             return self.write_json({"status": 429, "message": str(e)}, status=429)
         self.write_json(
@@ -285,7 +299,7 @@ def openapi_json(base_url):
 class OpenAPIHandler(web.RequestHandler):
     def get(self):
         self.set_header("Content-Type", "application/json")
-        self.finish(openapi_json(self.settings["classroom"].base_url))
+        self.finish(openapi_json(self.settings["service_prefix"]))
 
 
 class NotFoundHandler(BaseHandler):

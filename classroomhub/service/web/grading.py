@@ -3,8 +3,10 @@
 Instructors and TAs of the course (and the admin and root tiers) download a
 submission's files (one, or a zip of every student's graded submission) and
 read notebooks rendered without any script (``render.py``); a student gets
-their own. Every view and download is written to the audit log, which the
-course's instructors and the admin and root tiers can read, also as CSV.
+their own. Graders copy a submission into their home and return feedback
+(:mod:`..domain.grading` does both). Every view and download is written to
+the audit log, which the course's instructors and the admin and root tiers
+can read, also as CSV.
 """
 
 from __future__ import annotations
@@ -14,21 +16,15 @@ import csv
 import io
 import os
 import tempfile
-import zipfile
-from datetime import timezone
 from urllib.parse import quote
 
-from sqlalchemy import select
 from tornado import web
 
-from ..files import runas
-from .assignments import AssignmentBase
+from ..db.models import AuditEvent
+from ..domain.audit import events as audit_events
 from ..domain.audit import record
-from ..domain.collect import FEEDBACK_FOLDER, aware
-from ..files.delivery import Release, deliver_to
-from ..db.models import AuditEvent, Feedback, Submission
-from ..domain.releases import TAKEN
-from ..files.store import SourceError, snapshot_folder
+from ..domain.grading import nbgrader_names, shown, write_graded_zip
+from .assignments import AssignmentBase
 from .pages import PageHandler
 from .render import CONTENT_SECURITY_POLICY, render_notebook
 
@@ -38,10 +34,8 @@ async def submission_file(handler, course_id, material, submission_id, any_path=
     person = await handler.person()
     await handler.course(course_id, person)
     handler.release_or_404(course_id, material)
-    with handler.service.sessions() as db:
-        row = db.get(Submission, int(submission_id))
-    if row is None or (row.course, row.material) != (course_id, material):
-        raise web.HTTPError(404, f"No submission {submission_id} of {material!r} in course {course_id!r}")
+    with handler.refusals():
+        row = handler.context.rules.submission(course_id, material, submission_id)
     if row.student != person.name and not person.can_see_reports(course_id):
         raise web.HTTPError(403, "Only the course's instructors and TAs see other students' work")
     handler.check_query("path")
@@ -72,46 +66,14 @@ class SubmissionFileHandler(AssignmentBase):
 
     async def get(self, course_id, material, submission_id):
         person, row, path = await submission_file(self, course_id, material, submission_id)
-        record(self.service, person, "download", course_id, material, row.student, f"submission {row.id}: {path}")
+        record(self.context, person, "download", course_id, material, row.student, f"submission {row.id}: {path}")
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Disposition", attachment(os.path.basename(path)))
-        with open(self.service.store.object_path(row.files[path]["sha256"]), "rb") as f:
+        with open(self.context.store.object_path(row.files[path]["sha256"]), "rb") as f:
             while chunk := f.read(1 << 20):
                 self.write(chunk)
                 await self.flush()
         self.finish()
-
-
-#: how nbgrader writes a submission's time (``Exchange.timestamp_format``, in UTC)
-NBGRADER_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f %Z"
-
-
-def nbgrader_timestamp(taken):
-    """``2026-11-25 16:00:00.123456 UTC``, as ``nbgrader submit`` writes timestamp.txt."""
-    return aware(taken).astimezone(timezone.utc).strftime(NBGRADER_TIMESTAMP)
-
-
-def write_graded_zip(store, chosen, out, name, extra=None):
-    """Write the files of each student's submission that counts into the zip *out*.
-
-    *chosen*: ``{student: submission}``; ``name(student, path)`` gives a
-    file's name in the archive (None: left out); ``extra(student, submission)``
-    more files ``{name: bytes}``. Blocking: run it in a thread. A name that
-    is not UTF-8 (kept as ``\\udcXX`` escapes) gets U+FFFD for its bad bytes:
-    zip names are UTF-8.
-    """
-
-    def utf8(arcname):
-        return os.fsencode(arcname).decode("utf-8", "replace")
-
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for student, row in sorted(chosen.items()):
-            for path, meta in sorted(row.files.items()):
-                arcname = name(student, path)
-                if arcname is not None:
-                    archive.write(store.object_path(meta["sha256"]), utf8(arcname))
-            for arcname, data in (extra(student, row) if extra else {}).items():
-                archive.writestr(utf8(arcname), data)
 
 
 class GradedZipBase(AssignmentBase):
@@ -124,11 +86,12 @@ class GradedZipBase(AssignmentBase):
             raise web.HTTPError(403, "Only the course's instructors and TAs download everyone's work")
         self.release_or_404(course_id, material)
         self.check_query()
-        chosen = {s: graded for s, (_, graded, _) in self.collector.graded(course_id, material).items() if graded}
-        out = tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=self.service.store.tmp)
+        chosen = {s: graded for s, (_, graded, _) in self.rules.graded(course_id, material).items() if graded}
+        store = self.context.store
+        out = tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=store.tmp)
         try:
-            await asyncio.to_thread(write_graded_zip, self.service.store, chosen, out, name, extra)
-            record(self.service, person, "download", course_id, material, "", f"{what} ({len(chosen)} students)")
+            await asyncio.to_thread(write_graded_zip, store, chosen, out, name, extra)
+            record(self.context, person, "download", course_id, material, "", f"{what} ({len(chosen)} students)")
             self.set_header("Content-Type", "application/zip")
             self.set_header("Content-Disposition", attachment(filename))
             out.seek(0)
@@ -151,17 +114,11 @@ class SubmissionsZipHandler(GradedZipBase):
 
 
 class NbgraderZipHandler(GradedZipBase):
-    """GET …/nbgrader.zip: the graded submissions as nbgrader's ``submitted/<student>/<assignment>/``,
-    each with the ``timestamp.txt`` nbgrader writes (the service's time of the submission)."""
+    """GET …/nbgrader.zip: the graded submissions as nbgrader's ``submitted/<student>/<assignment>/``
+    (see :func:`..domain.grading.nbgrader_names`)."""
 
     async def get(self, course_id, material):
-        def name(student, path):
-            # nbgrader's own timestamp.txt is the service's time, never the student's file
-            return None if path == "timestamp.txt" else f"submitted/{student}/{material}/{path}"
-
-        def extra(student, row):
-            return {f"submitted/{student}/{material}/timestamp.txt": nbgrader_timestamp(row.taken)}
-
+        name, extra = nbgrader_names(material)
         await self.send_graded_zip(
             course_id, material, f"{course_id}-{material}-nbgrader.zip", "nbgrader export", name, extra
         )
@@ -173,13 +130,13 @@ class NotebookPage(PageHandler):
     @web.authenticated
     async def get(self, course_id, material, submission_id):
         person, row, path = await submission_file(self, course_id, material, submission_id)
-        with open(self.service.store.object_path(row.files[path]["sha256"]), "rb") as f:
+        with open(self.context.store.object_path(row.files[path]["sha256"]), "rb") as f:
             data = f.read()
         try:
             page = render_notebook(data, f"{row.student}: {path}")
         except ValueError as e:
             raise web.HTTPError(400, f"{path} cannot be shown: {e}") from None
-        record(self.service, person, "view", course_id, material, row.student, f"submission {row.id}: {path}")
+        record(self.context, person, "view", course_id, material, row.student, f"submission {row.id}: {path}")
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(page)
@@ -193,8 +150,7 @@ class AuditHandler(AssignmentBase):
         await self.course(course_id, person)
         if not person.can_release(course_id):
             raise web.HTTPError(403, f"Only instructors of {course_id!r} (or admins) read its audit log")
-        with self.service.sessions() as db:
-            events = db.scalars(select(AuditEvent).where(AuditEvent.course == course_id).order_by(AuditEvent.id)).all()
+        events = audit_events(self.context, course_id)
         self.check_query("format")
         kind = self.get_argument("format", "json")
         if kind not in ("json", "csv"):
@@ -212,11 +168,6 @@ class AuditHandler(AssignmentBase):
             self.write_json({"events": [e.to_dict() for e in events]})
 
 
-def grading_folder(course, material, student):
-    """Where a grader's copy of a student's work goes, in the grader's home."""
-    return ["grading", course, material, student]
-
-
 class CopyHandler(AssignmentBase):
     """POST …/submissions/<id>/copy: the submission into ``~/grading/…`` of the grader, as the grader."""
 
@@ -225,11 +176,9 @@ class CopyHandler(AssignmentBase):
         if not person.can_see_reports(course_id):
             raise web.HTTPError(403, "Only the course's instructors and TAs copy students' work")
         self.json_body({})
-        folder = grading_folder(course_id, material, row.student)
-        job = Release(course_id, material, row.id, row.files, folder=tuple(folder))
-        report = await deliver_to(self.service.store, person.name, job, timeout=self.service.worker_timeout, runner=self.service.runner)
-        record(self.service, person, "copy", course_id, material, row.student, f"submission {row.id} to ~/{'/'.join(folder)}")
-        self.write_json({"folder": "~/" + "/".join(folder), "error": report.error, "results": report.results})
+        folder, report = await self.context.grading.copy_for_grading(person.name, row)
+        record(self.context, person, "copy", course_id, material, row.student, f"submission {row.id} to {shown(folder)}")
+        self.write_json({"folder": shown(folder), "error": report.error, "results": report.results})
 
 
 class FeedbackHandler(AssignmentBase):
@@ -240,12 +189,8 @@ class FeedbackHandler(AssignmentBase):
         person = await self.person()
         await self.course(course_id, person)
         self.release_or_404(course_id, material)
-        everyone = person.can_see_reports(course_id)
-        with self.service.sessions() as db:
-            query = select(Feedback).where(Feedback.course == course_id, Feedback.material == material)
-            if not everyone:
-                query = query.where(Feedback.student == person.name)
-            rows = db.scalars(query.order_by(Feedback.id)).all()
+        mine = None if person.can_see_reports(course_id) else person.name
+        rows = self.context.grading.feedback(course_id, material, mine)
         self.write_json({"feedback": [r.to_dict() for r in rows]})
 
     async def post(self, course_id, material, student=None):
@@ -257,42 +202,9 @@ class FeedbackHandler(AssignmentBase):
         if student not in members["student"]:
             raise web.HTTPError(404, f"{student!r} is not a student of {course_id!r}")
         self.json_body({})
-        folder = grading_folder(course_id, material, student)
-        try:
-            files, skipped = await snapshot_folder(
-                self.service.store,
-                runas.Account.of(person.name),
-                folder,
-                max_bytes=self.service.max_collect_bytes,
-                runner=self.service.runner,
-            )
-        except (LookupError, SourceError, runas.WorkerError) as e:
-            raise web.HTTPError(400, f"Nothing to return from ~/{'/'.join(folder)}: {e}") from None
-        if not files:
-            raise web.HTTPError(400, f"~/{'/'.join(folder)} has no files to return")
-        with self.service.sessions() as db:
-            earlier = db.scalars(
-                select(Feedback)
-                .where(Feedback.course == course_id, Feedback.material == material, Feedback.student == student)
-                .order_by(Feedback.id.desc())
-            ).first()
-        previous = {}
-        if earlier is not None:
-            previous = {
-                r["path"]: {**earlier.files[r["path"]], "stamp": r.get("stamp")}
-                for r in earlier.results
-                if r["status"] in TAKEN and r["path"] in earlier.files
-            }
-        version = (earlier.id if earlier else 0) + 1
-        job = Release(course_id, material, version, files, folder=(course_id, material, FEEDBACK_FOLDER))
-        report = await deliver_to(self.service.store, student, job, previous, self.service.worker_timeout, self.service.runner)
-        row = Feedback(
-            course=course_id, material=material, student=student, grader=person.name, files=files, results=report.results
-        )
-        with self.service.sessions() as db:
-            db.add(row)
-            db.commit()
-        record(self.service, person, "return", course_id, material, student, f"{len(files)} files")
+        with self.refusals():
+            row, report, skipped = await self.context.grading.return_feedback(person.name, course_id, material, student)
+        record(self.context, person, "return", course_id, material, student, f"{len(row.files)} files")
         data = row.to_dict()
         data["error"] = report.error
         data["skipped"] = [{"path": p, "reason": r} for p, r in skipped]

@@ -69,8 +69,7 @@ class PageHandler(BaseHandler):
 
     @property
     def prefix(self):
-        base = self.service.base_url
-        return base if base.endswith("/") else base + "/"
+        return self.settings["service_prefix"]
 
     @property
     def hub_prefix(self):
@@ -150,7 +149,7 @@ class CoursePage(PageHandler):
             status,
             course=course_id,
             role=person.courses.get(course_id) or f"{person.tier} (not a member)",
-            materials=[self.material_row(r) for r in self.service.releases.latest_releases([course_id])],
+            materials=[self.material_row(r) for r in self.context.releases.latest_releases([course_id])],
             members=members if person.can_see_reports(course_id) else None,
             can_release=person.can_release(course_id),
             form_url=self.url("courses", course_id),
@@ -198,12 +197,12 @@ class ReleasePage(PageHandler):
         release = self.release_or_404(course_id, material, int(version))
         everyone = person.can_see_reports(course_id)
         reports = []
-        for report in self.service.releases.reports(release, None if everyone else person.name):
+        for report in self.context.releases.reports(release, None if everyone else person.name):
             data = report.to_dict()
             data["notes"] = [r for r in report.results if r["status"] in NOTED]
             reports.append(data)
-        progress = self.service.releases.progress.get(release.id, {"running": False})
-        history = self.service.releases.history(course_id, material)
+        progress = self.context.releases.progress.get(release.id, {"running": False})
+        history = self.context.releases.history(course_id, material)
         self.render_page(
             "release.html",
             release=self.material_row(release),
