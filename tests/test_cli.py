@@ -174,6 +174,23 @@ def test_no_token_and_no_hub_are_one_line(capsys, monkeypatch):
     ]
 
 
+def test_a_file_a_command_cannot_use_is_one_line(tmp_path, capsys):
+    """A broken roster and an unwritable file, raised from inside a command, reach
+    the user as the one line main() makes of them (nothing is changed)."""
+    roster = tmp_path / "next.yaml"
+    roster.write_text("users:\n  opal: admin\n  alice: god\n  -bad: {}\ncourses:\n  c1:\n    students: [opal]\n")
+    rc, out, err = run(["term-end", "--keep-roster", str(roster)], capsys)
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [  # the first error, not the warning at line 2
+        f"classroomhub term-end: {roster}:3: user 'alice': unknown tier 'god' (expected one of root, admin, power,"
+        f" student) (and 1 more: `classroomhub roster check {roster}` lists them)"
+    ]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, out, err = run(["generate-config", "-o", str(blocker / "conf" / "jupyterhub_config.py")], capsys)
+    assert rc == 1 and err.strip().splitlines() == [f"classroomhub generate-config: {blocker / 'conf'}: Not a directory"]
+
+
 def test_ctrl_c_exits_cleanly_with_130(fake_hub):
     url, seen = fake_hub(None)  # a hub that never answers
     proc = subprocess.Popen(
