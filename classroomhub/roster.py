@@ -182,8 +182,6 @@ def guess_format(text, path=""):
 
 
 def parse_roster(text, path="<roster>", fmt=None):
-    """The :class:`Roster` of *text* (read from *path*, named in problems);
-    *fmt* ``"yaml"`` or ``"userlist"``, else guessed. Raises :class:`RosterError`."""
     fmt = fmt or guess_format(text, path)
     builder = _Builder(path)
     if fmt == "yaml":
