@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     ".assignments",
     ".ops",
     "classroomhub.ops.commands",  # backup, restore, upgrade-db
+    ".env",
 ]
 
 

@@ -192,7 +192,12 @@ class EnvironmentManager(LoggingConfigurable):
             raise EnvError(f"no build log of {name} version {version}") from None
 
     def disk_bytes(self, name):
-        return disk_bytes(self.layout.env_dir(name))
+        """``(own, total)``: the bytes *name*'s folder adds beyond the installer's cache
+        (what its hard links share), and all its files' bytes."""
+        seen = set()
+        disk_bytes(self.cache_dir, seen=seen)
+        own = disk_bytes(self.layout.env_dir(name), seen=seen)
+        return own, disk_bytes(self.layout.env_dir(name))
 
     # -- changing ----------------------------------------------------------------------
 
