@@ -22,7 +22,7 @@ from traitlets.config import Application
 
 from .._version import __version__
 from ..accounts import AccountPolicy
-from ..ops.dbcopy import CopyError
+from ..databases import CopyError
 from .db.migrations import SchemaTooNew, backup_beside, upgrade_database
 from .db.models import Feedback, Release, Submission, make_private_sqlite, open_database
 from .domain.assignments import AssignmentRules
@@ -37,7 +37,7 @@ from .files.store import ReleaseStore
 from .web.api import api_handlers
 from .web.assignments import assignment_handlers
 from .web.grading import grading_handlers
-from .web.grading_pages import assignment_page_handlers
+from .web.assignment_page import assignment_page_handlers
 from .web.hub import HubClient
 from .web.pages import page_handlers
 
