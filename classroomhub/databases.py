@@ -1,8 +1,12 @@
-"""A consistent copy of a database that is in use, and putting one back.
+"""Databases on disk: an SQLite file made private before anyone opens it, a
+consistent copy of a database that is in use, and putting one back.
 
-SQLite: the backup API (in WAL mode committed pages may still sit in the
+Below the service and the operations commands, which both use it (the hub's
+configuration makes its own database private with :func:`private_sqlite`).
+
+Copies of SQLite: the backup API (in WAL mode committed pages may still sit in the
 ``-wal`` file, so a plain ``cp`` of the database can miss them or catch a
-torn page); the copy is one self-contained file. PostgreSQL: ``pg_dump``
+torn page); the copy is one self-contained file. Of PostgreSQL: ``pg_dump``
 (one snapshot transaction) and ``pg_restore``.
 """
 
@@ -17,6 +21,24 @@ import urllib.parse
 
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
+
+
+def private_sqlite(url):
+    """For a ``sqlite:///`` *url*: create the database file 0600 before
+    SQLAlchemy does (with the umask's 0644). SQLite gives its -wal and -shm
+    files the database's mode. Other URLs pass unchanged. Returns *url*."""
+    prefix = "sqlite:///"
+    path = url[len(prefix) :].split("?", 1)[0] if url.startswith(prefix) else ""
+    if path in ("", ":memory:"):
+        return url
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        for name in (path, path + "-wal", path + "-shm"):
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
+    except OSError as e:
+        raise SystemExit(f"classroomhub: database {path}: {e.strerror}") from None
+    return url
 
 
 class CopyError(RuntimeError):

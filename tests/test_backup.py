@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from classroomhub.demo import free_port, remove_demo_cgroups
-from classroomhub.ops.dbcopy import copy_database
+from classroomhub.databases import copy_database
 from postgres import postgres_url  # noqa: F401  (the fixture)
 from service_hub import home, material, write_tree
 

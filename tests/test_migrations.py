@@ -367,7 +367,7 @@ def test_postgresql_release_database_is_backed_up_with_pg_dump_and_upgraded(rele
 def test_no_migration_without_a_backup(release_models, tmp_path, monkeypatch, caplog):
     """When the copy cannot be made (say pg_dump is missing), the service
     stops with one line and leaves the database as it was."""
-    from classroomhub.ops.dbcopy import CopyError
+    from classroomhub.databases import CopyError
     from classroomhub.service import app as service_app
 
     def no_backup(url, folder=None):

@@ -34,10 +34,12 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
+import jupyterhub
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 
 from .._version import __version__
-from .dbcopy import (
+from ..databases import (
     CopyError,
     copy_database,
     database_has_tables,
@@ -47,6 +49,8 @@ from .dbcopy import (
     restore_database,
     sqlite_path,
 )
+from ..service.db.models import Delivered, Feedback, Release, Submission
+from ..service.files.store import ReleaseStore
 from .locations import Locations
 
 FORMAT = 1
@@ -88,8 +92,6 @@ def _copy_private(source, dest):
 
 
 def _display_url(url):
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -107,8 +109,6 @@ def _alembic_revision(copy_path):
 def referenced_objects(db_url):
     """Every sha256 the service's database names (releases, deliveries,
     submissions, feedback)."""
-    from ..service.db.models import Delivered, Feedback, Release, Submission
-
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -171,8 +171,6 @@ class Backup:
             ("identities", loc.identity_file),
         ):
             self._file(name, path)
-        import jupyterhub
-
         return {
             "format": FORMAT,
             "created": datetime.now(timezone.utc).isoformat(),
@@ -409,8 +407,6 @@ class Restore:
         os.replace(part, target)
 
     def _store(self, info):
-        from ..service.files.store import ReleaseStore
-
         store = ReleaseStore(self.locations.store_dir)  # the store's own layout and folder modes
         jobs = []
         for area, modes in info["areas"].items():

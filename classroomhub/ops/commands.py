@@ -65,7 +65,7 @@ def cmd_restore(args):
 
 def cmd_upgrade_db(args):
     from ..service.db.migrations import SchemaTooNew, backup_beside, upgrade_database
-    from .dbcopy import sqlite_path
+    from ..databases import sqlite_path
 
     if args.db_url:
         url, folder = args.db_url, os.getcwd()

@@ -15,6 +15,8 @@ import stat
 import sys
 from importlib import resources
 
+from ..databases import private_sqlite  # noqa: F401  (configurations import it from here)
+
 EXAMPLE_CONFIG = "jupyterhub_config.example.py"
 
 
@@ -35,23 +37,6 @@ def private_dir(path):
         raise SystemExit(f"classroomhub: state folder {path}: {e.strerror}") from None
     return path
 
-
-def private_sqlite(url):
-    """For a ``sqlite:///`` *url*: create the database file 0600 before
-    SQLAlchemy does (with the umask's 0644). SQLite gives its -wal and -shm
-    files the database's mode. Other URLs pass unchanged. Returns *url*."""
-    prefix = "sqlite:///"
-    path = url[len(prefix) :].split("?", 1)[0] if url.startswith(prefix) else ""
-    if path in ("", ":memory:"):
-        return url
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
-        for name in (path, path + "-wal", path + "-shm"):
-            if os.path.exists(name):
-                os.chmod(name, 0o600)
-    except OSError as e:
-        raise SystemExit(f"classroomhub: database {path}: {e.strerror}") from None
-    return url
 
 
 def tls_files(bind_url, cert, key):

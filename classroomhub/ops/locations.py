@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
+from jupyterhub.app import JupyterHub
 from traitlets.config.loader import PyFileConfigLoader
 from traitlets.utils.importstring import import_item
+
+from ..service.app import ClassroomService
 
 
 
@@ -48,8 +52,6 @@ def _authenticator_class(spec):
         return spec
     if "." in spec:
         return import_item(spec)
-    from importlib.metadata import entry_points
-
     for ep in entry_points(group="jupyterhub.authenticators"):
         if ep.name == spec:
             return ep.load()
@@ -66,8 +68,6 @@ def read_locations(config_file, hub_dir=None):
     hub_dir = os.path.abspath(hub_dir or os.path.dirname(config_file))
     loader = PyFileConfigLoader(os.path.basename(config_file), path=os.path.dirname(config_file))
     config = loader.load_config()
-
-    from jupyterhub.app import JupyterHub
 
     def here(path):
         return os.path.normpath(os.path.join(hub_dir, path)) if path else path
@@ -93,8 +93,6 @@ def read_locations(config_file, hub_dir=None):
         command = list(service.get("command") or [])
         if "classroomhub.service" not in command and not any(a.endswith("classroomhub-service") for a in command):
             continue
-        from ..service.app import ClassroomService
-
         # the arguments after `python -m classroomhub.service` or `classroomhub-service`
         start = command.index("classroomhub.service") if "classroomhub.service" in command else 0
         args = command[start + 1 :]

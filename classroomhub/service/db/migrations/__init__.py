@@ -25,7 +25,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from ...._version import __version__
-from ....ops.dbcopy import copy_database, kind_of, sqlite_path
+from ....databases import copy_database, kind_of, sqlite_path
 from ..models import Base
 
 HERE = os.path.dirname(os.path.abspath(__file__))
