@@ -2,7 +2,13 @@
 
 Courses and memberships are not stored here: they come from the hub's
 groups, which the roster maintains. What is stored is what only the service
-knows: releases, what each student was given, and the delivery reports.
+knows, one table each: releases (:class:`Release`), what each student was
+last given (``delivered``) and the delivery reports (``delivery_reports``),
+assignments with due dates and students' extensions, submissions (the
+snapshots collected), the instructor's choice of the submission that counts
+(``graded_choices``), feedback returned to students, and the audit trail
+(``audit``). Their files' bytes live in the store (:mod:`..files.store`);
+changes to these tables come with a migration (:mod:`.migrations`).
 """
 
 from __future__ import annotations
