@@ -1,4 +1,4 @@
-"""Commands for the people who run the hub: ``demo``, ``generate-config``, ``systemd-unit``."""
+"""Commands for the people who run the hub: ``demo``, ``generate-config``, ``systemd-unit``, ``term-end``."""
 
 from __future__ import annotations
 
