@@ -17,6 +17,11 @@ b. Disk: the space one environment takes and the space a second version
    (one package at another version) adds, counting each inode once: uv
    hard-links files from its cache (so a version costs mostly the
    bytecode it compiles), pip copies them.
+c. Kernel start: from "start kernel" to the first result (``1+1``) in a
+   course environment built by the engine (the 10 packages + ipykernel;
+   its kernelspec, read-only, as students get it) against the default
+   kernel (``python3``: ipykernel of the environment the hub and its
+   servers run from), through jupyter_client, interleaved.
 
 Needs the network (PyPI). Creates everything in a temporary folder and
 removes it. Run from the repository root::
@@ -34,10 +39,15 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from classroomhub.environments import EnvironmentManager, EnvironmentSpec
 from classroomhub.environments.disk import disk_bytes
 from classroomhub.environments.installers import PipInstaller, UvInstaller, build_venv
 
@@ -57,6 +67,7 @@ PACKAGES = [
 #: the second version: one package at another release
 SECOND = [p if not p.startswith("tabulate") else "tabulate==0.9.0" for p in PACKAGES]
 TARGET_BUILD_RATIO = 0.3  # the issue's target: build <= 0.3x venv+pip, warm cache
+TARGET_KERNEL_RATIO = 1.1  # and: kernel start in a course environment <= 1.1x the default
 
 # isolated from this machine's pip/uv configuration (extra indexes, find-links, constraints)
 ISOLATED = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": "", "UV_CONSTRAINT": ""}
@@ -160,22 +171,74 @@ async def bench(tmp, rounds):
     return medians, disk
 
 
+def first_result_seconds(kernel_name, kernel_dirs, ipc_prefix):
+    """Seconds from starting *kernel_name* to the reply of ``1+1``; the kernel is shut down after.
+    Over ipc sockets, as ClassroomSpawner's servers run their kernels."""
+    km = KernelManager(
+        kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel_dirs), transport="ipc", ip=ipc_prefix
+    )
+    tic = time.perf_counter()
+    km.start_kernel(stderr=subprocess.DEVNULL)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        reply = kc.execute_interactive("1+1", timeout=60, output_hook=lambda msg: None)
+        seconds = time.perf_counter() - tic
+        if reply["content"]["status"] != "ok":
+            raise SystemExit(f"{kernel_name}: {reply['content']}")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return seconds
+
+
+async def bench_kernels(tmp, rounds):
+    manager = EnvironmentManager(data_dir=tmp)
+    tic = time.perf_counter()
+    await manager.create(EnvironmentSpec("bench", PACKAGES, audience=["everyone"]))
+    build = time.perf_counter() - tic
+    own, total = manager.disk_bytes("bench")
+    print(
+        f"\nc. kernel start to first result (median of {rounds}); the course environment "
+        f"(10 packages + ipykernel) built in {build:.1f} s, {mib(total)} ({mib(own)} beyond the cache)"
+    )
+    dirs = [os.path.join(manager.layout.kernels_dir("bench"), "kernels")]
+    times = {"env-bench": [], "python3": []}
+    for _ in range(rounds):
+        for name in ("python3", "env-bench"):
+            times[name].append(await asyncio.to_thread(first_result_seconds, name, dirs, os.path.join(tmp, "kernel")))
+    course, default = statistics.median(times["env-bench"]), statistics.median(times["python3"])
+    print(f"   {'':28} {'course':>9} {'default':>9} {'ratio':>7}")
+    print(f"   {'seconds':28} {course:9.2f} {default:9.2f} {course / default:7.2f}")
+    return course / default
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one round instead of --rounds")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (each: cold + warm build with each installer)")
+    parser.add_argument("--kernel-rounds", type=int, default=10, help="kernel starts of each kind")
     args = parser.parse_args(argv)
     rounds = 1 if args.quick else max(1, args.rounds)
+    kernel_rounds = 3 if args.quick else max(1, args.kernel_rounds)
     tmp = tempfile.mkdtemp(prefix="bench-env-")
     try:
         medians, disk = asyncio.run(bench(tmp, rounds))
+        kernel_ratio = asyncio.run(bench_kernels(os.path.join(tmp, "data"), kernel_rounds))
     finally:
+        for top, _, _ in os.walk(tmp):  # the engine's versions are read-only
+            os.chmod(top, 0o755)
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = medians["uv", "warm"] / medians["pip", "warm"]
     print()
     print(
         f"{'PASS' if ratio <= TARGET_BUILD_RATIO else 'MISS'}  build, warm cache: uv {ratio:.2f}x venv+pip "
         f"(target <= {TARGET_BUILD_RATIO}x)"
+    )
+    print(
+        f"{'PASS' if kernel_ratio <= TARGET_KERNEL_RATIO else 'MISS'}  kernel start in a course environment: "
+        f"{kernel_ratio:.2f}x the default (target <= {TARGET_KERNEL_RATIO}x)"
     )
     cheaper = disk["uv"][2] < disk["pip"][2]
     print(
