@@ -337,3 +337,37 @@ def test_remove(course_env):
     assert not os.path.exists(course_env.layout.env_dir("course"))
     with pytest.raises(EnvError, match="no environment named 'course'"):
         course_env.info("course")
+
+
+@needs_root
+def test_cli(manager, tmp_path, capsys):
+    from classroomhub.cli import main
+
+    where = ["--data-dir", manager.data_dir, "--cache-dir", manager.cache_dir]
+    assert main(["env", "create", "cli", "-p", "six==1.17.0", "--audience", "tier:power", "-q", *where]) == 0
+    assert capsys.readouterr().out == "cli: version 1 built and in force\n"
+
+    assert main(["env", "update", "cli", "-p", "six==0.0.999", "-q", *where]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("classroomhub env update: environment cli: version 2 failed to build; version 1 stays in force\n")
+    assert "six==0.0.999" in err and "unsatisfiable" in err
+
+    assert main(["env", "update", "cli", "--audience", f"course:{COURSE}", *where]) == 0
+    assert capsys.readouterr().out == "cli: declaration updated\n"
+    assert main(["env", "list", "--json", *where]) == 0
+    [record] = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "cli"]
+    assert record["current"] == 1 and record["audience"] == [f"course:{COURSE}"]
+    assert [v["version"] for v in record["versions"]] == [1]
+    assert main(["env", "show", "cli", "--log", *where]) == 0
+    assert "unsatisfiable" in capsys.readouterr().out  # the latest build's log: the failed one
+
+    bad = tmp_path / "requirements.txt"
+    bad.write_text("six\n--extra-index-url https://evil.example/simple\n")
+    assert main(["env", "create", "bad", "-r", str(bad), *where]) == 2
+    assert capsys.readouterr().err == f"classroomhub env create: {bad}:2: pip options are not accepted (--extra-index-url): list packages only\n"
+    assert "bad" not in manager.names()
+
+    assert main(["env", "remove", "cli", *where]) == 0
+    assert capsys.readouterr().out == "cli: removed\n"
+    assert main(["env", "show", "cli", *where]) == 1
+    assert capsys.readouterr().err == "classroomhub env show: no environment named 'cli'\n"

@@ -20,7 +20,10 @@ def _manager(args):
     from ..environments import EnvironmentManager, SpecError  # keeps `classroomhub --help` fast
 
     try:
-        return EnvironmentManager(data_dir=args.data_dir, installer=args.installer)
+        settings = {"data_dir": args.data_dir, "installer": args.installer}
+        if args.cache_dir:
+            settings["cache_dir"] = args.cache_dir
+        return EnvironmentManager(**settings)
     except SpecError as e:
         raise CommandError(str(e), 2) from None
 
@@ -164,6 +167,10 @@ def _common(parser):
         help="the hub's data folder; environments live in its environments/ folder ($CLASSROOMHUB_SERVICE_DIR)",
     )
     parser.add_argument("--installer", default="uv", choices=["uv", "pip"], help="what builds the environments")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="the installer's cache, on the data folder's file system (default: DATA_DIR/environments/.cache/INSTALLER)",
+    )
 
 
 def _declaration(parser, creating):
