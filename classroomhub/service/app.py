@@ -3,7 +3,9 @@
 Run by the hub as a managed service (``classroomhub-service``), it reads its
 address, prefix and token from the environment JupyterHub gives it, and its
 own settings from ``--config`` (a Python file with ``c.ClassroomService.…``)
-or the command line.
+or the command line. It composes the layers: one
+:class:`~.domain.context.ServiceContext`, the domain objects made on it, and
+the web handlers, which find it in the application's settings.
 """
 
 from __future__ import annotations
@@ -273,26 +275,25 @@ class ClassroomService(Application):
             max_files=self.max_collect_files,
             max_submissions=self.max_submissions,
             submit_rate=(self.submit_rate_limit, self.submit_rate_window),
+            freezer=self._freezer(),
+            cgroup_parent=self.student_cgroup_parent or None,
         )
         context.grading = Grading(context, max_bytes=self.max_collect_bytes)
         runas.Subprocesses.memory = self.worker_memory_bytes
-        context.collector.cgroup_parent = self.student_cgroup_parent or None
-        if self.freeze_at_deadline:
-            freezer = Freezer(parent=self.freezer_parent, log=self.log)
-            if freezer.available:
-                context.collector.freezer = freezer
-            else:
-                self.log.warning("No writable cgroup v1 freezer at %s: deadline snapshots run unfrozen", freezer.root)
 
-    @property
-    def sessions(self):
-        """The database's session factory (the context's)."""
-        return self.context.sessions
+    def _freezer(self):
+        """The freezer of deadline snapshots, if they freeze and one is writable."""
+        if not self.freeze_at_deadline:
+            return None
+        freezer = Freezer(parent=self.freezer_parent, log=self.log)
+        if not freezer.available:
+            self.log.warning("No writable cgroup v1 freezer at %s: deadline snapshots run unfrozen", freezer.root)
+            return None
+        return freezer
 
-    @property
-    def store(self):
-        """The release store (the context's)."""
-        return self.context.store
+    # the context's database and store, for tools and tests
+    sessions = property(lambda self: self.context.sessions)
+    store = property(lambda self: self.context.store)
 
     def _upgrade_database(self):
         """Bring the database to this release's schema (after a backup beside

@@ -57,6 +57,7 @@ class Collector:
         max_submissions=20,
         submit_rate=(5, 600),
         freezer=None,
+        cgroup_parent=None,
     ):
         self.context = context
         self.rules = rules or AssignmentRules(context)
@@ -68,7 +69,7 @@ class Collector:
         self.submit_rate = RateLimit(*submit_rate, what="hand-ins")
         self.freezer = freezer  # a Freezer: students' processes stop for their deadline snapshot
         # ClassroomSpawner's cgroup_parent: a hand-in's worker joins the student's server's groups
-        self.cgroup_parent = None
+        self.cgroup_parent = cgroup_parent
         self.limit = context.places()
         self.progress = {}  # (course, material) -> {"total", "done", "running"}
         self.started = datetime.now(timezone.utc)

@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 @dataclass
 class ServiceContext:
+    """The database, store, hub client and workers of one running service,
+    and the domain objects made on them."""
+
     #: the service's database: a SQLAlchemy session factory (``db.models.open_database``)
     sessions: Callable
     #: the release store (``files.store.ReleaseStore``): released content and collected work
