@@ -218,7 +218,12 @@ def register(sub, command):
     _common(update)
     update.set_defaults(func=cmd_env_update)
 
-    listing = command(env_sub, "list", "list environments, their versions and audiences")
+    listing = command(
+        env_sub,
+        "list",
+        "list environments, their versions and audiences",
+        examples=["classroomhub env list", "classroomhub env list --json | jq ."],
+    )
     listing.add_argument("--json", action="store_true", help="print the records")
     _common(listing)
     listing.set_defaults(func=cmd_env_list)
