@@ -8,11 +8,11 @@ a. Build time of a 10-package environment (small pure-Python packages from
    all), because pip's own HTTP cache stays empty on this network (it
    keeps no response from the index here, so pip's "warm" build would be
    a cold one). Both installers start from the
-   interpreter the hub runs on, compile bytecode (pip does by default; uv
-   with ``--compile-bytecode``, as the engine runs it) and install wheels
-   only. ours: ``uv venv`` + ``uv pip install`` (the engine's commands,
-   :mod:`classroomhub.environments.installers`); baseline, same run,
-   interleaved: ``python -m venv`` + ``pip install``.
+   interpreter the hub runs on, compile bytecode (pip while it installs;
+   after uv, ``python -I -S -m compileall``, as the engine does) and install
+   wheels only. ours: ``uv venv`` + ``uv pip install`` + compileall (the
+   engine's commands, :mod:`classroomhub.environments.installers`);
+   baseline, same run, interleaved: ``python -m venv`` + ``pip install``.
 b. Disk: the space one environment takes and the space a second version
    (one package at another version) adds, counting each inode once: uv
    hard-links files from its cache (so a version costs mostly the

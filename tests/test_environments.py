@@ -150,6 +150,46 @@ def test_default_environment_most_specific_wins():
 # -- real builds ------------------------------------------------------------------------------
 
 
+def hostile_wheel(folder, marker):
+    """A wheel whose .pth file (run by every start of an interpreter with it installed)
+    creates *marker*-<uid>: code a package list could make root run."""
+    import zipfile
+
+    path = os.path.join(folder, "evpth-1.0-py3-none-any.whl")
+    files = {
+        "evpth.pth": f"import os; open({marker!r} + '-%d' % os.getuid(), 'a').close()\n",
+        "evpth.py": "VALUE = 1\n",
+        "evpth-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: evpth\nVersion: 1.0\n",
+        "evpth-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files["evpth-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "evpth-1.0.dist-info/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["uv", "pip"])
+def test_build_runs_no_code_of_the_packages(tmp_path, kind):
+    """uv's --compile-bytecode and ``pip freeze`` start the new environment's
+    interpreter, whose site module runs the installed .pth files as the builder."""
+    from classroomhub.environments.installers import INSTALLERS, build_venv
+
+    marker = str(tmp_path / "ran")
+    wheel = hostile_wheel(str(tmp_path), marker)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"evpth @ file://{wheel}\n")
+    installer = INSTALLERS[kind](UV_CACHE if kind == "uv" else str(tmp_path / "pip-cache"))
+    target = str(tmp_path / "env")
+    python = EnvironmentManager(data_dir=str(tmp_path)).base_python
+    with open(tmp_path / "build.log", "w") as log:
+        installed = asyncio.run(build_venv(installer, python, target, str(requirements), log))
+    assert "evpth==1.0" in installed
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("ran-")], "a package's code ran during the build"
+    assert subprocess.run([os.path.join(target, "bin", "python"), "-c", "pass"]).returncode == 0
+    assert os.path.exists(f"{marker}-{os.getuid()}"), "the test wheel's .pth runs when its environment starts"
+
+
 @pytest.fixture(scope="module")
 def data_dir():
     # not below pytest's 0700 tmp_path: the student must reach the environments

@@ -13,6 +13,8 @@ log line by line (and to an optional progress callback).
 from __future__ import annotations
 
 import asyncio
+import glob
+import importlib.metadata
 import os
 import shutil
 from collections import deque
@@ -109,13 +111,15 @@ class UvInstaller:
 
     def install_cmd(self, target, requirements_file):
         cmd = [find_uv(), "pip", "install", "--no-config", "--python", os.path.join(target, "bin", "python")]
-        cmd += ["--link-mode", "hardlink", "--compile-bytecode"]
+        cmd += ["--link-mode", "hardlink"]
         if not self.allow_builds:
             cmd.append("--no-build")  # wheels only: no package's build code runs as root
         return cmd + ["-r", requirements_file]
 
-    def freeze_cmd(self, target):
-        return [find_uv(), "pip", "freeze", "--no-config", "--python", os.path.join(target, "bin", "python")]
+    def compile_cmd(self, python, target):
+        # not uv's --compile-bytecode: it runs the new environment's interpreter, whose
+        # start runs the installed packages' .pth files, as the builder (root)
+        return compile_cmd(python, target)
 
 
 class PipInstaller:
@@ -139,26 +143,57 @@ class PipInstaller:
         return [python, "-m", "venv", target]
 
     def install_cmd(self, target, requirements_file):
+        # pip runs in the new environment, but starts before anything is installed
+        # into it, and compiles the bytecode in that same process
         cmd = [os.path.join(target, "bin", "python"), "-m", "pip", "install"]
         if not self.allow_builds:
             cmd += ["--only-binary", ":all:"]
         return cmd + ["-r", requirements_file]
 
-    def freeze_cmd(self, target):
-        return [os.path.join(target, "bin", "python"), "-m", "pip", "freeze", "--all"]
+    def compile_cmd(self, python, target):
+        return None
 
 
 INSTALLERS = {"uv": UvInstaller, "pip": PipInstaller}
 
 
+def site_packages(target):
+    """The site-packages folder of the virtual environment *target* (its own Python version's)."""
+    found = glob.glob(os.path.join(glob.escape(target), "lib", "python3*", "site-packages"))
+    if len(found) != 1:
+        raise BuildError(f"{target}: expected one lib/python3.*/site-packages folder, found {len(found)}")
+    return found[0]
+
+
+def compile_cmd(python, target):
+    """Compile *target*'s bytecode with the base *python* in isolated mode without
+    ``site`` (``-I -S``): no installed package's code runs. A read-only
+    environment could never cache it later: every kernel start would compile again."""
+    return [python, "-I", "-S", "-m", "compileall", "-q", "-j", "0", site_packages(target)]
+
+
+def installed(target):
+    """``name==version`` of every distribution in *target*, read from its metadata (no code runs)."""
+    found = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions(path=[site_packages(target)])
+        if dist.metadata["Name"]
+    }
+    return sorted(found, key=str.lower)
+
+
 async def build_venv(installer, python, target, requirements_file, log, progress=None):
-    """Create a virtual environment at *target* on *python* and install
-    *requirements_file* into it; returns ``pip freeze``'s lines."""
+    """Create a virtual environment at *target* on *python*, install
+    *requirements_file* into it and compile its bytecode; returns the
+    installed distributions (``name==version``).
+
+    Nothing the package list brings runs in the builder's process or as the
+    builder: no build from source (unless ``allow_builds``), and the new
+    environment's interpreter never starts with its packages installed."""
     env = installer.env()
     await run_logged(installer.create_cmd(python, target), log, env=env, cwd=os.path.dirname(target), progress=progress)
     await run_logged(installer.install_cmd(target, requirements_file), log, env=env, cwd=target, progress=progress)
-    proc = await asyncio.create_subprocess_exec(
-        *installer.freeze_cmd(target), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=target
-    )
-    out, _ = await proc.communicate()
-    return [line for line in out.decode().splitlines() if line.strip()]
+    compile = installer.compile_cmd(python, target)
+    if compile:
+        await run_logged(compile, log, env=env, cwd=target, progress=progress)
+    return installed(target)

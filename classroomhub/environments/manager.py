@@ -150,6 +150,8 @@ class EnvironmentManager(LoggingConfigurable):
 
     @property
     def layout(self):
+        if not self.data_dir:
+            raise EnvError("EnvironmentManager.data_dir is not set")
         return Layout(os.path.join(self.data_dir, "environments"))
 
     # -- reading -----------------------------------------------------------------------
@@ -225,9 +227,9 @@ class EnvironmentManager(LoggingConfigurable):
         """Declare *spec* and build its first version; returns the version.
         A failed first build leaves nothing declared (but its log)."""
         self._prepare_root()
-        if os.path.exists(self.layout.declaration(spec.name)):
-            raise EnvError(f"environment {spec.name} exists already (update it instead)")
         with self._locked(spec.name):
+            if os.path.exists(self.layout.declaration(spec.name)):
+                raise EnvError(f"environment {spec.name} exists already (update it instead)")
             version = await self._build(spec, progress)
             self._write_spec(spec)
             return version
