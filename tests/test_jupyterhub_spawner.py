@@ -37,8 +37,7 @@ from jupyterhub.tests.conftest import app, db, user  # noqa: F401
 from jupyterhub.tests.mocking import MockSpawner
 from traitlets import default
 
-from classroomhub.spawner import ClassroomSpawner
-from classroomhub.spawner import spawner as spawner_module
+from classroomhub.spawner import ClassroomSpawner, Host
 
 CGROUP_PARENT = f"h2-jh-{secrets.token_hex(3)}"
 
@@ -73,17 +72,14 @@ class ClassroomMockSpawner(ClassroomSpawner, MockSpawner):
 
 @pytest.fixture(scope="module", autouse=True)
 def remove_test_cgroups():
+    host = Host.fresh()  # this module's spawners share it, as in one hub process
     yield
-    for key, backend in list(spawner_module._BACKENDS.items()):
-        if key[1] != CGROUP_PARENT:
+    for (_, parent), backend in host.backends.items():
+        if parent != CGROUP_PARENT:
             continue
         for group in backend.keys():
             asyncio.run(backend.destroy(group))
-        for folder in set(getattr(backend, "bases", {}).values()):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+        backend.remove_parent()
 
 
 @pytest.fixture

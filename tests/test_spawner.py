@@ -19,9 +19,8 @@ from jupyterhub import orm
 from jupyterhub.tests.utils import api_request, public_url
 
 from classroomhub import cli
-from classroomhub.spawner import ClassroomSpawner, detect
+from classroomhub.spawner import ClassroomSpawner, Host, Limits, detect
 from classroomhub.spawner import cgroups
-from classroomhub.spawner import spawner as spawner_module
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.notices import oom_notice
 
@@ -98,15 +97,11 @@ def remove_test_users_and_cgroups():
         if entry.pw_gecos == "classroomhub user":
             subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
             subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
-    # "auto", or the backend a server restored after a (simulated) hub restart named
-    for backend in [b for (_, parent), b in spawner_module._BACKENDS.items() if parent == CGROUP_PARENT]:
-        for key in backend.keys():
-            asyncio.run(backend.destroy(key))
-        for folder in set(backend.bases.values()):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+    # whatever a test left in this module's cgroups, and the folders holding them
+    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
+    for key in backend.keys():
+        asyncio.run(backend.destroy(key))
+    backend.remove_parent()
 
 
 @pytest.fixture
@@ -172,14 +167,42 @@ def _kernel_client(name, kernel_id):
     home = pwd.getpwnam(name).pw_dir
     path = os.path.join(home, ".local/share/jupyter/runtime", f"kernel-{kernel_id}.json")
     deadline = time.monotonic() + 20
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"no connection file {path}"
+    while not _kernel_listens(path):
+        assert time.monotonic() < deadline, f"no kernel listening as {path} says"
         time.sleep(0.1)
     client = BlockingKernelClient(connection_file=path)
     client.load_connection_file()
     client.start_channels()
     client.wait_for_ready(timeout=30)
     return client
+
+
+def _kernel_listens(connection_file):
+    """Whether the kernel bound the sockets its connection file names. The
+    client's first heartbeat gives it 1 s to answer: on a loaded host a kernel
+    still starting would count as dead."""
+    try:
+        with open(connection_file) as f:
+            info = json.load(f)
+    except (OSError, ValueError):  # not written yet
+        return False
+    if info.get("transport") != "ipc":
+        return True
+    channels = ("shell", "iopub", "stdin", "control", "hb")
+    return all(os.path.exists(f"{info['ip']}-{info[c + '_port']}") for c in channels)
+
+
+def kernel_pids_of(spawner, kernel_id):
+    """Pids in the server's group running kernel *kernel_id* (not a kernel
+    jupyter restarted meanwhile under another id)."""
+    pids = set()
+    for pid in group_pids(spawner) - {spawner.pid}:
+        try:
+            if any(kernel_id in arg for arg in psutil.Process(pid).cmdline()):
+                pids.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def group_dirs(spawner):
@@ -276,7 +299,9 @@ async def kill_a_kernel_for_memory(app, name, spawner):
     """Start a kernel that touches twice the memory limit; return once the OOM killer took it."""
     kernel_id = await start_kernel(app, name)
     client = await kernel_client(name, kernel_id)
-    kernel_pids = group_pids(spawner) - {spawner.pid}
+    # this kernel only: one killed before may be running again, restarted by jupyter
+    kernel_pids = kernel_pids_of(spawner, kernel_id)
+    assert kernel_pids, "the kernel is not in the server's group"
     # touch every page of twice the limit
     client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
     deadline = time.monotonic() + 30
@@ -390,13 +415,11 @@ async def test_exited_server_is_cleaned_up_by_poll(app, synced):
 
 
 async def test_stale_groups_are_swept_at_first_start(app, synced):
-    backend = spawner_module._BACKENDS[("auto", CGROUP_PARENT)]
-    from classroomhub.spawner import Limits
-
+    host = Host.fresh()  # as in a fresh hub process: nothing swept yet
+    backend = host.backend("auto", CGROUP_PARENT)
     backend.create("ghost", Limits(mem_bytes=MEM_LIMIT))
     ghost = subprocess.Popen(["sleep", "1000"], preexec_fn=backend.attach_fn("ghost"))
     try:
-        spawner_module._SWEPT.discard(CGROUP_PARENT)  # as in a fresh hub process
         await start(app, STUDENT)
         assert ghost.wait(timeout=10) == -signal.SIGKILL
         assert "ghost" not in backend.keys()
@@ -715,19 +738,17 @@ async def test_start_syncs_classroom_content_before_the_server_runs(app, synced,
 
 
 async def restart_hub_spawners(app, names):
-    """What a hub restart does to these users' spawners: the objects and this
-    process's enforcement backends are gone; the hub rebuilds the spawners of
-    running servers from its database (load_state) and checks them
-    (JupyterHub's own init_spawners)."""
+    """What a hub restart does to these users' spawners: the objects and the
+    process's host state (enforcement backends, running servers) are gone; the
+    hub rebuilds the spawners of running servers from its database
+    (load_state) and checks them (JupyterHub's own init_spawners)."""
     for name in names:
         user = app.users[name]
         for server_name, old in list(user.spawners.items()):
             old.stop_polling()
             old._stop_monitor()
-            spawner_module.RUNNING.discard(old)
             user.spawners.pop(server_name)
-    for key in [k for k in spawner_module._BACKENDS if k[1] == CGROUP_PARENT]:
-        del spawner_module._BACKENDS[key]
+    Host.fresh()
     app.db.expire_all()  # read everything back from the database
     await app.init_spawners()
 
@@ -756,7 +777,7 @@ async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, sync
         await kill_a_kernel_for_memory(app, RESTARTED, after)
         await after.check()
         assert (after.oom_kills, after.oom_kills_total) == (2, 2)
-        assert after.idle_seconds() is not None and after in spawner_module.RUNNING
+        assert after.idle_seconds() is not None and after in Host.current().running
         # limits in the usage API and the metrics
         r = await api_request(app, "classroom/usage")
         seen = {s["user"]: s for s in r.json()["servers"]}[RESTARTED]

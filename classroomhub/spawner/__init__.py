@@ -2,12 +2,14 @@
 
 from .detection import detect
 from .enforcement import Enforcement, EnforcementUnavailable, Limits, Usage, group_key
+from .host import Host
 from .spawner import ClassroomSpawner
 
 __all__ = [
     "ClassroomSpawner",
     "Enforcement",
     "EnforcementUnavailable",
+    "Host",
     "Limits",
     "Usage",
     "detect",

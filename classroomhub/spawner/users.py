@@ -1,14 +1,20 @@
-"""Creating the system user a server runs as (``create_system_users``)."""
+"""The system user a server runs as: created if missing
+(``create_system_users``), and checked against the account policy."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import grp
+import logging
 import os
 import pwd
 import subprocess
 
-from ..accounts import MANAGED_GROUP, uid_min
+from traitlets import Bool, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+from ..accounts import MANAGED_GROUP, AccountPolicy, AccountRefused, uid_min
+from .refusal import SpawnRefused
 
 DEFAULT_COMMENT = "classroomhub user"
 
@@ -55,6 +61,51 @@ def ensure_system_user(
         os.close(fd)
     log.info("Created system user %s with home %s (mode %o)", login, entry.pw_dir, home_mode)
     return entry, True
+
+
+class SystemUsers(LoggingConfigurable):
+    """ClassroomSpawner's system accounts (a mixin of it)."""
+
+    create_system_users = Bool(
+        False,
+        help="Create a missing system user at first spawn (useradd), with a private home.",
+    ).tag(config=True)
+
+    home_mode = Integer(
+        0o700,
+        help="Mode of the home folder of users this spawner creates.",
+    ).tag(config=True)
+
+    skeleton_dir = Unicode(
+        "/etc/skel",
+        help="Skeleton copied into the homes of created users (useradd -k).",
+    ).tag(config=True)
+
+    shared_data_dir = Unicode(
+        "",
+        help="""A read-only data folder (e.g. /srv/data) linked as ``~/data`` into
+        the home of each created user; empty for none.""",
+    ).tag(config=True)
+
+    async def ensure_account(self):
+        """Create the owner's system user if configured to; refuse (403) a
+        server as root, a system account or an account the policy refuses."""
+        accounts = AccountPolicy(parent=self)
+        if self.create_system_users:
+            await asyncio.to_thread(
+                ensure_system_user,
+                self.user.name,
+                home_mode=self.home_mode,
+                skeleton=self.skeleton_dir,
+                shared_data=self.shared_data_dir,
+                log=self.log,
+                group=accounts.managed_group,
+            )
+        try:
+            accounts.check(self.user.name)
+        except AccountRefused as e:
+            self.log.warning("ClassroomSpawner: %s", e)
+            raise SpawnRefused(403, f"No server for {self.user.name}: {e}") from None
 
 
 def _run(cmd, what):

@@ -1,0 +1,103 @@
+"""Out of memory: whom the kernel's OOM killer picks in a server, and
+counting its kills for the owner, the admins and the metrics.
+
+The backend's counter of kills in the group (memory.events, the watchdog's
+own) starts at 0 with the group; a kill is counted once, in this run's
+`oom_kills` and the lifetime `oom_kills_total`, and recorded as an event for
+the notice on the hub's pages (:mod:`.notices`).
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from traitlets import Integer, List
+from traitlets.config import LoggingConfigurable
+
+from ..units import human_bytes
+from . import metrics, notices
+
+
+class OomAccounting(LoggingConfigurable):
+    """ClassroomSpawner's OOM priorities and kill counts (a mixin of it;
+    uses the spawner's `backend`, `group_key` and `_run`)."""
+
+    server_oom_score_adj = Integer(
+        0,
+        help="""oom_score_adj of the jupyter server process; 0 leaves it alone.
+        A negative value protects the server further but needs CAP_SYS_RESOURCE
+        (not granted in many containers; ignored where refused).""",
+    ).tag(config=True)
+
+    kernel_oom_score_adj = Integer(
+        300,
+        help="""oom_score_adj given to every other process of the server (kernels,
+        terminals) at each check, so the OOM killer picks them before the
+        server that reports the kill. Raising needs no privilege.""",
+    ).tag(config=True)
+
+    oom_kills = Integer(0, help="Processes of this server's current run killed for memory (persisted; 0 at each start).")
+
+    oom_kills_total = Integer(0, help="Processes killed for memory over every run of this server (persisted).")
+
+    oom_events = List(
+        help="""Recent OOM kills as ``[unix time, count, memory limit]``, kept for
+        the notice on the hub's pages (`notices.NOTICE_SECONDS`); persisted, and
+        kept across stops and hub restarts.""",
+    )
+
+    #: the group's kill counter already counted; None: not read yet in this run
+    _oom_base = None
+
+    def _note_oom(self, counter):
+        """*counter*: the group's OOM-kill count (0 when the server started)."""
+        if self._oom_base is None:
+            self._oom_base = counter  # state without a counter: counted before
+        new = counter - self._oom_base
+        if new <= 0:
+            return
+        self._oom_base = counter
+        self.oom_kills += new
+        self.oom_kills_total += new
+        self.oom_events = notices.recent(self.oom_events) + [[time.time(), new, self.mem_limit or 0]]
+        metrics.OOM_KILLS.labels(user=self.user.name, server=self.name).inc(new)
+        self.log.warning(
+            "OOM: %s process(es) of %s (%s tier) killed at the memory limit of %s (%s this run, %s in all)",
+            new,
+            self._log_name,
+            self.tier,
+            human_bytes(self.mem_limit),
+            self.oom_kills,
+            self.oom_kills_total,
+        )
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.user.db.commit()
+
+    def _count_last_oom_kills(self):
+        """Read the group's counter once more (the run ends): a kill since the
+        last check still counts."""
+        if self._oom_base is None and not self._run:
+            return
+        try:
+            self._note_oom(self.backend.usage(self.group_key).oom_kills)
+        except OSError as e:  # the group is gone already
+            self.log.debug("ClassroomSpawner: no last OOM count of %s: %s", self._log_name, e)
+
+    def _protect_server(self, pids):
+        """Make kernels and terminals, not the server, the OOM killer's choice."""
+        if self.kernel_oom_score_adj is None:
+            return
+        value = str(self.kernel_oom_score_adj).encode()
+        for pid in pids:
+            if pid == self.pid or pid in self._adjusted:
+                continue
+            try:
+                with open(f"/proc/{pid}/oom_score_adj", "wb") as f:
+                    f.write(value)
+            except OSError as e:
+                if e.errno not in (errno.ESRCH, errno.ENOENT, errno.EACCES, errno.EPERM):
+                    raise
+            self._adjusted.add(pid)
+        self._adjusted &= set(pids)
