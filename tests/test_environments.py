@@ -33,15 +33,41 @@ from classroomhub.environments import (
     server_environment,
 )
 from classroomhub.environments.visibility import choose_default
+from classroomhub.spawner import ClassroomSpawner
 from classroomhub.tiers import tier_group
 
 from service_hub import system_users
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache")
-STUDENT = f"ev{secrets.token_hex(3)}"
+TAG = f"ev{secrets.token_hex(3)}"
+STUDENT, OTHER = f"{TAG}-stu", f"{TAG}-oth"
 COURSE = "ev101"
 OTHER_COURSE = "ev202"
+# not below pytest's 0700 tmp_path: the students must reach the environments
+ENV_DATA_DIR = os.path.join(tempfile.gettempdir(), f"{TAG}-data")
+
+# the hub of the spawner test: ClassroomSpawner gives each server its owner's kernels
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+courses:
+  {COURSE}:
+    students: [{STUDENT}]
+  {OTHER_COURSE}:
+    students: [{OTHER}]
+"""
+
+
+def HUB_CONFIG(c):
+    from classroomhub.spawner.kernels import ManagedKernels
+    c.JupyterHub.spawner_class = type("Wired", (ManagedKernels, ClassroomSpawner), {})
+    c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
+    c.Spawner.start_timeout = 60
+    c.Spawner.http_timeout = 60
+    c.ClassroomSpawner.enforcement = "psutil"  # no cgroups to clean up; kills the server's tree on stop
+    c.ClassroomSpawner.memory_reserve = 0
+    c.ClassroomSpawner.environments_data_dir = ENV_DATA_DIR
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds as root and runs code as a real system user")
 
@@ -192,9 +218,8 @@ def test_build_runs_no_code_of_the_packages(tmp_path, kind):
 
 @pytest.fixture(scope="module")
 def data_dir():
-    # not below pytest's 0700 tmp_path: the student must reach the environments
-    folder = tempfile.mkdtemp(prefix="ev-envs-")
-    os.chmod(folder, 0o755)
+    folder = ENV_DATA_DIR
+    os.makedirs(folder, mode=0o755)
     yield folder
     for top, dirs, _ in os.walk(folder):
         os.chmod(top, 0o755)
@@ -209,16 +234,16 @@ def manager(data_dir):
 
 @pytest.fixture(scope="module")
 def student():
-    with system_users([STUDENT]):
+    with system_users([STUDENT, OTHER]):
         yield STUDENT
 
 
 @pytest.fixture(scope="module")
-def course_env(manager):
+async def course_env(manager):
     """Environment ``course`` for ev101 at version 1 (six 1.17.0)."""
     lines = []
-    version = asyncio.run(
-        manager.create(EnvironmentSpec("course", ["six==1.17.0"], audience=[f"course:{COURSE}"], default=True), lines.append)
+    version = await manager.create(
+        EnvironmentSpec("course", ["six==1.17.0"], audience=[f"course:{COURSE}"], default=True), lines.append
     )
     assert version == 1
     assert any("six==1.17.0" in line for line in lines), "the installer's output reaches the progress callback"
@@ -324,10 +349,62 @@ def test_server_environment(course_env):
     assert server_environment(course_env, groups_of(**{OTHER_COURSE: "ta"}), env) == {}
 
 
+def server_path(spawner):
+    with open(f"/proc/{spawner.pid}/environ", "rb") as f:
+        env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return env[b"PATH"].decode().split(os.pathsep)
+
+
 @needs_root
-def test_broken_package_list_keeps_the_version_in_force(course_env):
+async def test_a_server_offers_its_owners_kernels_only(app, synced, course_env, student):
+    from test_spawner import kernel_client, server_api, start, stop
+
+    layout = course_env.layout
+    try:
+        spawner = await start(app, STUDENT)
+        specs = (await server_api(app, STUDENT, "kernelspecs")).json()["kernelspecs"]
+        assert specs["env-course"]["spec"]["display_name"] == "Python 3 (course)"
+        r = await server_api(app, STUDENT, "kernels", "POST", json={"name": "env-course"})
+        assert r.status_code == 201, r.text
+        client = await kernel_client(STUDENT, r.json()["id"])
+        out = []
+        try:
+            reply = await asyncio.to_thread(
+                client.execute_interactive,
+                "import six, sys; print(six.__version__, sys.prefix)",
+                timeout=60,
+                output_hook=lambda msg: out.append(msg["content"].get("text", "")),
+            )
+        finally:
+            client.stop_channels()
+        assert reply["content"]["status"] == "ok"
+        assert "".join(out).split() == ["1.17.0", layout.version_dir("course", 1)]
+        # the course environment is its default: first on the server's PATH, by its version
+        assert server_path(spawner)[0] == os.path.join(layout.version_dir("course", 1), "bin")
+        # ... and the server itself still runs from the hub's environment
+        assert spawner.cmd == app.config.Spawner.cmd
+
+        other = await start(app, OTHER)
+        specs = (await server_api(app, OTHER, "kernelspecs")).json()["kernelspecs"]
+        assert "env-course" not in specs and "python3" in specs
+        r = await server_api(app, OTHER, "kernels", "POST", json={"name": "env-course"})
+        # jupyter_server's answer to a kernel name it does not know (NoSuchKernel, unhandled)
+        assert r.status_code == 500, r.text
+        assert (await server_api(app, OTHER, "kernels")).json() == []
+        assert layout.version_dir("course", 1) not in ":".join(server_path(other))
+        # the version is in use by the student's server (its PATH) and kernel, not by the other's server
+        users = course_env.info("course", with_processes=True).versions[0].pids
+        assert spawner.pid in users and other.pid not in users and len(users) >= 2
+    finally:
+        for name in (STUDENT, OTHER):
+            if app.users[name].spawner.active:
+                await stop(app, name)
+
+
+@needs_root
+async def test_broken_package_list_keeps_the_version_in_force(course_env):
     with pytest.raises(BuildError) as caught:
-        asyncio.run(course_env.update("course", packages=["six==0.0.999"]))
+        await course_env.update("course", packages=["six==0.0.999"])
     message = str(caught.value)
     assert "version 1 stays in force" in message
     assert "six==0.0.999" in message and "unsatisfiable" in message  # the installer's own error
@@ -340,7 +417,7 @@ def test_broken_package_list_keeps_the_version_in_force(course_env):
 
 
 @needs_root
-def test_update_beside_a_running_kernel_then_prune(course_env, student):
+async def test_update_beside_a_running_kernel_then_prune(course_env, student):
     layout = course_env.layout
     old_python = layout.python("course", 1)
     # a kernel-like process of the old version: it imports six only after the switch
@@ -349,7 +426,7 @@ def test_update_beside_a_running_kernel_then_prune(course_env, student):
         user=student, group=student, extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
     )
     try:
-        version = asyncio.run(course_env.update("course", packages=["six==1.16.0"]))
+        version = await course_env.update("course", packages=["six==1.16.0"])
         assert layout.current("course") == version
         holder.stdin.write("\n")
         holder.stdin.flush()
