@@ -70,6 +70,8 @@ def HUB_CONFIG(c):
     c.ClassroomSpawner.environments_data_dir = ENV_DATA_DIR
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds as root and runs code as a real system user")
+# builds real environments with uv and pip: not in the fast tier (fixtures/selection.py)
+E2E_FIXTURES = {"manager", "student"}
 
 
 def groups_of(tier="student", **courses):
@@ -195,6 +197,7 @@ def hostile_wheel(folder, marker):
     return path
 
 
+@pytest.mark.e2e  # a real build
 @pytest.mark.parametrize("kind", ["uv", "pip"])
 def test_build_runs_no_code_of_the_packages(tmp_path, kind):
     """uv's --compile-bytecode and ``pip freeze`` start the new environment's
@@ -483,6 +486,9 @@ def test_cli(manager, tmp_path, capsys):
     assert main(["env", "create", "bad", "-r", str(bad), *where]) == 2
     assert capsys.readouterr().err == f"classroomhub env create: {bad}:2: pip options are not accepted (--extra-index-url): list packages only\n"
     assert "bad" not in manager.names()
+    assert main(["env", "create", "broken", "-p", "six==0.0.999", "-q", *where]) == 1
+    assert "environment broken: version 1 failed to build; nothing was created\n" in capsys.readouterr().err
+    assert "broken" not in manager.names()
 
     assert main(["env", "remove", "cli", *where]) == 0
     assert capsys.readouterr().out == "cli: removed\n"

@@ -66,6 +66,10 @@ class Layout:
     def log_file(self, name, version):
         return os.path.join(self.env_dir(name), "logs", f"{int(version)}.log")
 
+    def requirements_file(self, name, version):
+        """The package list *version* was built from (ipykernel added)."""
+        return os.path.join(self.env_dir(name), "logs", f"{int(version)}.requirements.txt")
+
     def lock_file(self, name):
         return os.path.join(self.env_dir(name), ".lock")
 

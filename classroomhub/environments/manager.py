@@ -261,7 +261,7 @@ class EnvironmentManager(LoggingConfigurable):
         packages = list(spec.packages)
         if not any(canonicalize_name(Requirement(p).name) == KERNEL_PACKAGE for p in packages):
             packages.append(KERNEL_PACKAGE)
-        requirements = layout.log_file(name, version)[: -len(".log")] + ".requirements.txt"
+        requirements = layout.requirements_file(name, version)
         with open(requirements, "w") as f:
             f.write("\n".join(packages) + "\n")
         installer = INSTALLERS[self.installer](self.cache_dir, allow_builds=self.allow_builds)
@@ -269,7 +269,7 @@ class EnvironmentManager(LoggingConfigurable):
         with open(layout.log_file(name, version), "w") as log:
             log.write(f"# environment {name}, version {version}, {self.installer} on {self.base_python}\n")
             try:
-                frozen = await build_venv(installer, self.base_python, target, requirements, log, progress)
+                installed = await build_venv(installer, self.base_python, target, requirements, log, progress)
                 write_kernelspec(target, spec, version)
                 manifest = {
                     "environment": name,
@@ -278,7 +278,7 @@ class EnvironmentManager(LoggingConfigurable):
                     "installer": self.installer,
                     "python": self.base_python,
                     "requested": packages,
-                    "installed": frozen,
+                    "installed": installed,
                     "kernel_name": spec.kernel_name,
                     "display_name": spec.display_name,
                 }
@@ -287,10 +287,11 @@ class EnvironmentManager(LoggingConfigurable):
             except BaseException as e:
                 log.write(f"# build failed: {e}\n")
                 self._remove_tree(target)
-                self.log.warning("Environment %s: version %d failed; %s stays in force", name, version, layout.current(name))
+                current = layout.current(name)
+                kept = f"version {current} stays in force" if current else "nothing was created"
+                self.log.warning("Environment %s: version %d failed to build; %s", name, version, kept)
                 if isinstance(e, BuildError):
-                    raise BuildError(f"environment {name}: version {version} failed to build; "
-                                     f"version {layout.current(name)} stays in force", e.output) from None
+                    raise BuildError(f"environment {name}: version {version} failed to build; {kept}", e.output) from None
                 raise
             layout.switch(name, version)
             log.write(f"# switched {name} to version {version}\n")
@@ -306,6 +307,7 @@ class EnvironmentManager(LoggingConfigurable):
         """Remove the versions of *name* that are not current and that no process
         uses; returns ``(removed, kept)`` where kept maps a version to its pids."""
         layout = self.layout
+        self.spec(name)  # exists
         with self._locked(name):
             current = layout.current(name)
             old = [v for v in layout.versions(name) if v != current]
