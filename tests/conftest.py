@@ -1,6 +1,7 @@
 """Shared fixtures: JupyterHub's own (real hub + real configurable-http-proxy)
 plus a hub whose authenticator is classroomhub's, on a roster file."""
 
+import asyncio
 import os
 import shutil
 import textwrap
@@ -13,6 +14,12 @@ from jupyterhub.tests.utils import public_url
 from traitlets.config import Config
 
 from classroomhub.authenticator import ClassroomPasswordAuthenticator
+
+pytest.register_assert_rewrite("fixtures")  # imported here before pytest loads it as a plugin
+from fixtures.service import stop_managed_services, use_database  # noqa: E402
+
+# the shared set-up, asked for by name (see fixtures/__init__.py)
+pytest_plugins = ["fixtures.selection", "fixtures.accounts", "fixtures.service", "fixtures.slurm", "postgres", "browser"]
 
 PASSWORD = "classroom-test-password"
 
@@ -57,9 +64,11 @@ def roster_file(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-async def app(request, roster_file, tmp_path_factory):
+async def app(request, roster_file, tmp_path_factory, service_world, service_database):
     """jupyterhub's MockHub (real hub, real proxy, mock single-user servers)
-    with ClassroomPasswordAuthenticator on the module's roster."""
+    with ClassroomPasswordAuthenticator on the module's roster (and, for a
+    module that configures the classroom service, its users, data folder and
+    database: fixtures/service.py)."""
     cfg = Config()
     cfg.JupyterHub.authenticator_class = ClassroomPasswordAuthenticator
     cfg.Authenticator.allow_all = False
@@ -72,17 +81,34 @@ async def app(request, roster_file, tmp_path_factory):
     extra = getattr(request.module, "HUB_CONFIG", None)
     if extra:
         extra(cfg)
+    if service_database is not None:
+        use_database(cfg, service_database)
     hub = MockHub.instance(config=cfg)
     await hub.initialize([])
     await hub.start()
     yield hub
     hub.authenticator.stop_roster_watch()
+    await stop_managed_services(hub)
     hub.log.handlers = []
     MockHub.clear_instance()
     try:
         await hub.stop()
     except Exception as e:  # pragma: no cover - best effort, as jupyterhub's fixture
         print(f"Error stopping Hub: {e}")
+    await hub_shutdown_done()
+
+
+async def hub_shutdown_done():
+    """Wait for the last step of a hub's stop, which cancels every other task
+    of the event loop: otherwise it cancels the start of the next hub in the
+    same loop (a module whose tests run on two service databases)."""
+    await asyncio.sleep(0)  # the step is a callback the stop scheduled
+    shutdown = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").endswith(".shutdown_cancel_tasks")]
+    if shutdown:
+        try:
+            await asyncio.wait(shutdown)
+        except asyncio.CancelledError:  # it cancels this task too
+            pass
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Shared by the classroom service's test modules: real system users, the
-managed service next to MockHub, and requests to it through the proxy.
+"""Shared by the classroom service's test modules: the managed service next
+to MockHub, and requests to it through the proxy.
 
-A module sets TAG'd logins and a data folder, calls :func:`hub_config` from
-its ``HUB_CONFIG`` and imports the fixtures it needs from here.
+A module sets TAG'd logins (``PEOPLE``) and a data folder (``DATA_DIR``) and
+calls :func:`hub_config` from its ``HUB_CONFIG``; the fixtures (``ready``,
+the users, the data folder, the database) are fixtures/service.py's, but for
+:func:`cleanup_after`, which a module imports from here.
 """
 
 import asyncio
@@ -19,9 +21,7 @@ import requests
 from jupyterhub.tests.utils import public_url
 
 from classroomhub.service.hubconfig import add_classroom_service
-from classroomhub.spawner.users import ensure_system_user
-
-COMMENT = "classroomhub test user"
+from fixtures.accounts import system_users  # noqa: F401  (modules import it from here too)
 
 
 def data_dir(tag):
@@ -36,25 +36,9 @@ def hub_config(c, data_dir, port, *args):
 
 
 @contextmanager
-def system_users(logins):
-    """Create *logins* (private homes, no skeleton); remove the ones made here."""
-    made = []
-    try:
-        for login in logins:
-            _, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-            if created:
-                made.append(login)
-        yield
-    finally:
-        for login in made:
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
-
-
-@contextmanager
 def service_world(logins, folder):
     """The users and the service's data folder, for a module's lifetime."""
-    # made again when a sibling module (test_service_postgres) runs the same tests
+    # made again when a module's tests run again on another database
     os.makedirs(folder, exist_ok=True)
     os.chmod(folder, 0o711)
     try:
@@ -70,29 +54,6 @@ async def cleanup_after():
     its token) after each test without stopping it: here the managed service
     lives for the whole module, and the module cleans up after itself."""
     yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def stop_service(app):
-    yield
-    # jupyterhub's cleanup does not await Service.stop(): stop it ourselves
-    service = app._service_map.get("classroom")
-    if service is not None and service.spawner is not None:
-        await service.stop()
-
-
-@pytest.fixture
-async def ready(app, synced):
-    """The roster applied, and the service answering."""
-    for _ in range(100):
-        try:
-            r = await asyncio.to_thread(requests.get, service_url(app, "api/openapi.json"), timeout=5)
-            if r.status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail("the classroom service did not come up")
 
 
 def service_url(app, path=""):

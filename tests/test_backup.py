@@ -26,10 +26,9 @@ from sqlalchemy.orm import Session
 
 from classroomhub.demo import free_port, remove_demo_cgroups
 from classroomhub.databases import copy_database
-from postgres import postgres_url  # noqa: F401  (the fixture)
 from service_hub import home, material, write_tree
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the hub runs the service and makes system users")
+needs_root = pytest.mark.root("the hub runs the service and makes system users")
 
 TAG = "h3" + secrets.token_hex(2)
 OWNER, STUDENT = f"{TAG}-own", f"{TAG}-stu"

@@ -22,22 +22,22 @@ from jupyterhub.utils import random_port
 from tornado import httpserver, netutil, web
 
 from classroomhub import cli
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
     home,
     hub_config,
     material,
-    ready,
-    service_world,
-    stop_service,
     system_users,
     write_tree,
 )
 
 TAG = "h7" + secrets.token_hex(2)
 INES, SAM, SUE, NEW = (f"{TAG}-{n}" for n in ("ines", "sam", "sue", "new"))
+# system users while the hub runs (fixtures/service.py); NEW has no system
+# account: a student who never logged in yet
+PEOPLE = [INES, SAM, SUE]
 PORT = random_port()
 DATA_DIR = data_dir(TAG)
 ROSTER = f"""\
@@ -49,19 +49,7 @@ courses:
     students: [{SAM}, {SUE}, {NEW}]
 """
 COMMAND = [sys.executable, "-m", "classroomhub.cli"]
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def accounts():
-    """The users and the service's folder, from before the hub (and its service)
-    starts until after it stopped (so the folder does not outlive the module)."""
-    if os.geteuid() != 0:  # the tests that need them are skipped (root_only)
-        yield
-        return
-    # NEW has no system account: a student who never logged in yet
-    with service_world([INES, SAM, SUE], DATA_DIR):
-        yield
+root_only = pytest.mark.root("creates system users and works as them")
 
 
 def HUB_CONFIG(c):

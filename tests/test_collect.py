@@ -23,7 +23,7 @@ import requests
 from jupyterhub.utils import random_port
 from sqlalchemy import create_engine, text
 
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
@@ -31,15 +31,12 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     hub_config,
     material,
     read,
-    ready,
     service_url,
-    service_world,
-    stop_service,
     system_users,
     write_tree,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+pytestmark = pytest.mark.root("creates system users and works as them")
 
 TAG = "co" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA, IVAN = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "ivan"))
@@ -76,12 +73,6 @@ def HUB_CONFIG(c):
         "--ClassroomService.collect_interval=1",
         "--ClassroomService.concurrency=1",
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        yield
 
 
 def iso(dt):

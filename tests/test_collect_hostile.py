@@ -21,25 +21,21 @@ from classroomhub.service.domain.collect import Collector
 from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.db.models import open_database
 
-# the same users, homes, store and both worker runners as the delivery tests
-from test_delivery import (  # noqa: F401 - fixtures
+# the same users (PEOPLE: homes, store and runner are fixtures/accounts.py's) as the delivery tests
+from test_delivery import (  # noqa: F401  (PEOPLE: read by the accounts fixture)
     ALICE,
     BOB,
     HANG_LIMIT,
+    PEOPLE,
     TAG,
-    accounts,
     as_user,
-    homes,
     link_swapper,
-    monkeypatch_module,
     plant_many_and_deep,
-    runner,
-    store,
     student_loop,
-    world_writable,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+# every test runs with both worker runners
+pytestmark = [pytest.mark.root("creates system users and works as them"), pytest.mark.usefixtures("runner")]
 
 COURSE, MATERIAL = "data101", "hw1"
 MAX_BYTES, MAX_FILE_BYTES = 50 * 1024**2, 5 * 1024**2

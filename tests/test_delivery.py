@@ -10,94 +10,23 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 from classroomhub.service.files import runas
 from classroomhub.service.files.delivery import DeliveryJob, deliver_all, deliver_to
-from classroomhub.service.files.store import ReleaseStore, SourceError, import_folder
-from classroomhub.spawner.users import ensure_system_user
+from classroomhub.service.files.store import SourceError, import_folder
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+# accounts, homes, store: fixtures/accounts.py; every test runs with both worker runners
+pytestmark = [pytest.mark.root("creates system users and works as them"), pytest.mark.usefixtures("runner")]
 
 TAG = "cd" + secrets.token_hex(2)
 TEACHER, ALICE, BOB = f"{TAG}-teach", f"{TAG}-alice", f"{TAG}-bob"
 PEOPLE = [TEACHER, ALICE, BOB]
-COMMENT = "classroomhub test user"
 HANG_LIMIT = 5  # seconds: no delivery may take longer, whatever the home holds
-
-
-@pytest.fixture(scope="module")
-def accounts():
-    made = []
-    try:
-        for login in PEOPLE:
-            entry, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-            if created:
-                made.append(login)
-        yield {login: runas.Account.of(login) for login in PEOPLE}
-    finally:
-        for login in made:
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module", autouse=True, params=["process per home", "fork server"])
-async def runner(request, monkeypatch_module):
-    """Every test runs with both ways of starting workers: a new process per
-    home, and the fork server the service uses."""
-    if request.param == "process per home":
-        yield runas.Subprocesses
-        return
-    folder = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-run-")
-    server = runas.ForkServer(folder)
-    await server.start()
-    # the default runner of deliver_to/deliver_all, for this module only
-    monkeypatch_module.setattr(runas, "Subprocesses", server)
-    try:
-        yield server
-    finally:
-        await server.stop()
-        shutil.rmtree(folder)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
-@pytest.fixture
-def homes(accounts):
-    """Empty the students' homes between tests (as root, the homes are ours to reset)."""
-    yield accounts
-    for login in (ALICE, BOB):
-        home = accounts[login].home
-        # rm, not shutil.rmtree: a 1000-deep tree exceeds Python's recursion limit
-        subprocess.run(["chmod", "-R", "u+rwx", home], check=False)
-        subprocess.run(["find", home, "-mindepth", "1", "-delete"], check=True)
-
-
-@pytest.fixture
-def store():
-    # not below pytest's tmp_path (0700): workers running as students must reach it
-    root = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-store-")
-    os.chmod(root, 0o711)
-    yield ReleaseStore(os.path.join(root, "store"))
-    shutil.rmtree(root)
-
-
-@pytest.fixture
-def world_writable():
-    folder = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-trap-")
-    os.chmod(folder, 0o1777)
-    yield folder
-    shutil.rmtree(folder)
 
 
 def as_user(account, *cmd):

@@ -20,7 +20,7 @@ import requests
 from classroomhub.demo import DEMO_CGROUP_PARENT, DEMO_MARKER, free_port
 from classroomhub.spawner import cgroupfs
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the demo creates system users")
+pytestmark = pytest.mark.root("the demo creates system users")
 
 
 def classroomhub_cmd():

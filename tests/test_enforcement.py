@@ -338,6 +338,7 @@ def _real_v1(parent):
     return backend
 
 
+@pytest.mark.e2e  # real cgroups
 def test_v1_real_group_holds_a_process_and_is_removed(children):
     parent = f"cht-{os.getpid()}"
     backend = _real_v1(parent)
@@ -365,6 +366,7 @@ def test_v1_real_group_holds_a_process_and_is_removed(children):
             os.rmdir(folder)
 
 
+@pytest.mark.e2e  # real cgroups
 def test_v1_memory_limit_kills_only_inside_the_group(children):
     parent = f"cht-{os.getpid()}-oom"
     backend = _real_v1(parent)

@@ -21,6 +21,9 @@ from classroomhub.demo import free_ports
 from classroomhub.ops.config import private_dir
 from fake_github import FakeGitHub
 
+# starts real jupyterhub processes (fixtures/selection.py)
+pytestmark = pytest.mark.e2e
+
 EXAMPLE = Path(__file__).parent.parent / "jupyterhub_config.example.py"
 PACKAGED = Path(__file__).parent.parent / "classroomhub" / "data" / "jupyterhub_config.example.py"
 BIN = os.path.dirname(sys.executable)

@@ -83,6 +83,8 @@ async def app(roster_file, fake_github, tmp_path_factory):
         auth.roster_path = str(roster_file)
         auth.roster_poll_interval = 0.2
         auth.identity_file = str(state / "identities.json")
+        # not the default (the working folder, /tmp here), where another run's copy may be
+        auth.last_good_roster_file = str(state / "last-good-roster.json")
         auth.github_url = fake_github.url
         auth.client_id = fake_github.client_id
         auth.client_secret = fake_github.client_secret

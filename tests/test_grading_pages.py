@@ -11,8 +11,8 @@ import secrets
 import pytest
 from jupyterhub.utils import random_port
 
-from browser import TIMEOUT_MS, browser, open_as, sessions  # noqa: F401  (fixtures)
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from browser import TIMEOUT_MS, open_as
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
@@ -20,13 +20,10 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     hub_config,
     material,
     read,
-    ready,
-    service_world,
-    stop_service,
     write_tree,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+pytestmark = pytest.mark.root("creates system users and works as them")
 
 TAG = "gp" + secrets.token_hex(2)
 INES, TARA, SAM, SUE = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue"))
@@ -54,12 +51,6 @@ NOTEBOOK = {
 
 def HUB_CONFIG(c):
     hub_config(c, DATA_DIR, PORT, "--ClassroomService.collect_interval=1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        yield
 
 
 async def test_due_date_collection_view_and_feedback(app, ready, browser, sessions):

@@ -14,10 +14,8 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -32,14 +30,14 @@ from classroomhub.service.files.freezer import Freezer, freezer_cgroup_of, proce
 from classroomhub.service.domain.limits import TooMany
 from classroomhub.service.db.models import DeliveryReport, Release, open_database
 from classroomhub.service.domain.releases import ReleaseService
-from classroomhub.service.files.store import ReleaseStore
-from classroomhub.spawner.users import ensure_system_user
 
-# both ways of starting workers (a process per home, the fork server)
-from test_delivery import as_user, monkeypatch_module, runner, student_loop  # noqa: F401 - fixtures
+from test_delivery import as_user, student_loop
 
+# accounts, homes, store: fixtures/accounts.py; both ways of starting workers
+# (a process per home, the fork server) for every test
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them"),
+    pytest.mark.root("creates system users and works as them"),
+    pytest.mark.usefixtures("runner"),
     pytest.mark.skipif(
         not os.access("/sys/fs/cgroup/freezer/cgroup.procs", os.W_OK), reason="needs a writable cgroup v1 freezer"
     ),
@@ -50,23 +48,7 @@ ALICE, BOB, STUCK = f"{TAG}-alice", f"{TAG}-bob", f"{TAG}-stuck"
 OTHERS = [f"{TAG}-s{i:02d}" for i in range(10)]
 PEOPLE = [ALICE, BOB, STUCK, *OTHERS]
 COURSE, MATERIAL = "data101", "hw1"
-COMMENT = "classroomhub test user"
 LOG = logging.getLogger("test")
-
-
-@pytest.fixture(scope="module")
-def accounts():
-    made = []
-    try:
-        for login in PEOPLE:
-            _, created = ensure_system_user(login, skeleton="", comment=COMMENT)
-            if created:
-                made.append(login)
-        yield {login: runas.Account.of(login) for login in PEOPLE}
-    finally:
-        for login in made:
-            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            subprocess.run(["userdel", "--remove", login], check=False, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -78,24 +60,6 @@ def freezer():
         os.rmdir(freezer.base)
     except FileNotFoundError:
         pass
-
-
-@pytest.fixture
-def homes(accounts):
-    yield accounts
-    for login in PEOPLE:
-        subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-        home = accounts[login].home
-        subprocess.run(["chmod", "-R", "u+rwx", home], check=False)
-        subprocess.run(["find", home, "-mindepth", "1", "-delete"], check=True)
-
-
-@pytest.fixture
-def store():
-    root = tempfile.mkdtemp(prefix=f"classroomhub-{TAG}-store-")
-    os.chmod(root, 0o711)
-    yield ReleaseStore(os.path.join(root, "store"))
-    shutil.rmtree(root)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from classroomhub.service.domain.releases import check_name
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.spawner.users import ensure_system_user
 
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
@@ -48,14 +48,11 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     hub_config,
     material,
     read,
-    ready,
-    service_world,
-    stop_service,
     system_users,
     write_tree,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+pytestmark = pytest.mark.root("creates system users and works as them")
 
 TAG = "h6" + secrets.token_hex(2)
 INES, TARA, SAM, EVE = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "eve"))
@@ -100,7 +97,7 @@ def userdel(login):
 
 @pytest.fixture(scope="module", autouse=True)
 def accounts():
-    """The hub's own users, plus the three accounts it did not make."""
+    """The three accounts the hub did not make (its own users: fixtures/service.py)."""
     made = []
     try:
         # a system account (uid < UID_MIN) that, like postgres, owns a writable home
@@ -109,8 +106,7 @@ def accounts():
         for login in (PLAIN, OKAY):
             useradd(login, "--create-home")
             made.append(login)
-        with service_world(PEOPLE, DATA_DIR):
-            yield
+        yield
     finally:
         for login in made:
             userdel(login)

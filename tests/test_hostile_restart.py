@@ -22,21 +22,18 @@ import pytest
 from jupyterhub.utils import random_port
 from sqlalchemy import create_engine, text
 
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
     home,
     hub_config,
     material,
-    ready,
-    service_world,
-    stop_service,
     write_tree,
 )
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them"),
+    pytest.mark.root("creates system users and works as them"),
     pytest.mark.skipif(
         not os.access("/sys/fs/cgroup/freezer/cgroup.procs", os.W_OK), reason="needs a writable cgroup v1 freezer"
     ),
@@ -77,24 +74,23 @@ def HUB_CONFIG(c):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        try:
-            yield
-        finally:
-            for login in PEOPLE:
-                subprocess.run(["pkill", "-KILL", "-u", login], check=False)
-            if os.path.isdir(FREEZER):  # nobody stays frozen, whatever failed
-                for group in os.listdir(FREEZER):
-                    path = os.path.join(FREEZER, group)
-                    if os.path.isdir(path):
-                        with open(os.path.join(path, "freezer.state"), "w") as f:
-                            f.write("THAWED")
-                        for pid in open(os.path.join(path, "cgroup.procs")).read().split():
-                            with open("/sys/fs/cgroup/freezer/cgroup.procs", "w") as f:
-                                f.write(pid)
-                        os.rmdir(path)
-                os.rmdir(FREEZER)
+def accounts(service_world):
+    try:
+        yield
+    finally:
+        for login in PEOPLE:
+            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
+        if os.path.isdir(FREEZER):  # nobody stays frozen, whatever failed
+            for group in os.listdir(FREEZER):
+                path = os.path.join(FREEZER, group)
+                if os.path.isdir(path):
+                    with open(os.path.join(path, "freezer.state"), "w") as f:
+                        f.write("THAWED")
+                    for pid in open(os.path.join(path, "cgroup.procs")).read().split():
+                        with open("/sys/fs/cgroup/freezer/cgroup.procs", "w") as f:
+                            f.write(pid)
+                    os.rmdir(path)
+            os.rmdir(FREEZER)
 
 
 def soon(seconds):

@@ -34,21 +34,18 @@ from classroomhub import cli
 from classroomhub.spawner import ClassroomSpawner
 
 from conftest import login, write_roster
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     cleanup_after,
     data_dir,
     home,
     hub_config,
     material,
     read,
-    ready,
     service_url,
-    service_world,
-    stop_service,
     write_tree,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and runs their servers")
+pytestmark = pytest.mark.root("creates system users and runs their servers")
 
 TAG = "h4" + secrets.token_hex(2)
 PAT, SAM, SUE, OPAL, TARA, IVY = (f"{TAG}-{n}" for n in ("pat", "sam", "sue", "opal", "tara", "ivy"))
@@ -108,18 +105,16 @@ def HUB_CONFIG(c):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        for who in (PAT, IVY):  # what an instructor keeps to themselves
-            write_tree(who, os.path.join(home(who), "private"), {"answers.txt": "the answers\n"})
-            os.chmod(os.path.join(home(who), "private"), 0o700)
-        for who in (SAM, PAT):
-            folder = os.path.join(home(who), ".jupyter")
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "jupyter_server_config.py"), "w") as f:
-                f.write(STEALER)
-            subprocess.run(["chown", "-R", f"{who}:", folder], check=True)
-        yield
+def accounts(service_world):
+    for who in (PAT, IVY):  # what an instructor keeps to themselves
+        write_tree(who, os.path.join(home(who), "private"), {"answers.txt": "the answers\n"})
+        os.chmod(os.path.join(home(who), "private"), 0o700)
+    for who in (SAM, PAT):
+        folder = os.path.join(home(who), ".jupyter")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "jupyter_server_config.py"), "w") as f:
+            f.write(STEALER)
+        subprocess.run(["chown", "-R", f"{who}:", folder], check=True)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -39,6 +39,9 @@ from traitlets import default
 
 from classroomhub.spawner import ClassroomSpawner, Host
 
+# upstream's tests start real single-user servers (fixtures/selection.py)
+pytestmark = pytest.mark.e2e
+
 CGROUP_PARENT = f"h2-jh-{secrets.token_hex(3)}"
 
 #: upstream case -> (why ClassroomSpawner differs by design, the error it then raises)

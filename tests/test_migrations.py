@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 import postgres
 from classroomhub.service.db import models
 from classroomhub.service.db.migrations import SchemaTooNew, alembic_config, backup_beside, upgrade_database
-from postgres import postgres_url  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).parent.parent
 #: the last release before migrations: its models made the databases in use
@@ -278,7 +277,7 @@ def test_a_newer_schema_is_refused_and_left_alone(release_models, tmp_path):
     assert sha(path) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root (it works as students)")
+@pytest.mark.root("the service runs as root (it works as students)")
 def test_the_service_refuses_to_start_on_a_newer_schema(release_models, tmp_path):
     url, path = newer_database(release_models, tmp_path)
     before = sha(path)
@@ -295,7 +294,7 @@ def test_the_service_refuses_to_start_on_a_newer_schema(release_models, tmp_path
     assert sha(path) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root (it works as students)")
+@pytest.mark.root("the service runs as root (it works as students)")
 def test_service_start_backs_up_then_migrates(release_models, tmp_path, caplog):
     from classroomhub.service.app import ClassroomService
 
@@ -363,7 +362,7 @@ def test_postgresql_release_database_is_backed_up_with_pg_dump_and_upgraded(rele
     assert revision_of(pg_database) == {"from_the_future"} and dump(pg_database, before) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root (it works as students)")
+@pytest.mark.root("the service runs as root (it works as students)")
 def test_no_migration_without_a_backup(release_models, tmp_path, monkeypatch, caplog):
     """When the copy cannot be made (say pg_dump is missing), the service
     stops with one line and leaves the database as it was."""

@@ -26,6 +26,9 @@ from classroomhub.demo import free_ports
 from classroomhub.ops.config import example_config_text
 from classroomhub.spawner.users import ensure_system_user
 
+# builds a wheel, starts a real jupyterhub, makes system users (fixtures/selection.py)
+pytestmark = pytest.mark.e2e
+
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 TAG = "h7t" + secrets.token_hex(2)
 

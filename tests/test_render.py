@@ -15,7 +15,6 @@ from tornado.netutil import bind_sockets
 
 from classroomhub.service.web.render import CONTENT_SECURITY_POLICY, render_notebook
 
-from browser import browser  # noqa: F401  (the fixture)
 
 TIMEOUT_MS = 30_000
 

@@ -23,7 +23,7 @@ from classroomhub.demo import free_ports
 from fake_github import FakeGitHub
 from test_example_config import BIN, EXAMPLE, hub_env, oauth_login, run_hub, wait_ready
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs servers as system users the hub creates: needs root")
+pytestmark = pytest.mark.root("runs servers as system users the hub creates")
 
 ROOT, TEACH, INS, S1, S2, S3, NEW = "h1rroot", "h1rteach", "h1rins", "h1rs1", "h1rs2", "h1rs3", "h1rnew"
 PEOPLE = [ROOT, TEACH, INS, S1, S2, S3, NEW]

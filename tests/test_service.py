@@ -11,11 +11,12 @@ import pytest
 import requests
 from jupyterhub.tests.mocking import MockHub
 from jupyterhub.utils import random_port
+from sqlalchemy import create_engine, text
 
 from classroomhub.synchook import sync_hook
 
 from conftest import write_roster
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
     data_dir,
@@ -23,13 +24,12 @@ from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fi
     hub_config,
     material,
     read,
-    ready,
     service_url,
-    service_world,
-    stop_service,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+pytestmark = pytest.mark.root("creates system users and works as them")
+# every test runs on each: a new hub, service, users and data folder for each (fixtures/service.py)
+SERVICE_DATABASES = ["sqlite", "postgresql"]
 
 TAG = "sv" + secrets.token_hex(2)
 INES, TARA, SAM, SUE, BEA, LEE = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea", "lee"))
@@ -62,12 +62,6 @@ async def late_join_hook(spawner):
     # what sync_hook(url) does, with MockHub's unusual prefix (/@/space%20word/)
     prefix = MockHub.instance().base_url
     await sync_hook(f"{SERVICE_URL}{prefix}services/classroom/")(spawner)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        yield
 
 
 async def release(app, who, material_name, **body):
@@ -255,3 +249,30 @@ async def test_release_and_status_commands(app, ready, capsys):
     argv = ["release", "data101", "x", "--from", src, "--hub-url", hub_url, "--token", student]
     assert await asyncio.to_thread(cli.main, argv) == 1
     assert "Only instructors of 'data101'" in capsys.readouterr().err
+
+
+@pytest.mark.service_databases("postgresql")
+async def test_the_service_stores_in_postgresql(app, ready, postgres_url):
+    src = material(INES, {"pg.ipynb": "stored in postgres\n"})
+    r = await release(app, INES, "pg", source=src, wait=True)
+    assert r.status_code == 201, r.text
+    assert read(os.path.join(home(SUE), "data101", "pg", "pg.ipynb")) == "stored in postgres\n"
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(text("SELECT course, material, version, created_by FROM releases WHERE material = 'pg'")).all()
+            assert [tuple(row) for row in rows] == [("data101", "pg", 1, INES)]
+            reports = db.execute(
+                text(
+                    "SELECT student FROM delivery_reports JOIN releases ON releases.id = release_id"
+                    " WHERE material = 'pg' ORDER BY student"
+                )
+            ).scalars()
+            assert list(reports) == sorted([SAM, SUE])
+            created = db.execute(
+                text("SELECT data_type FROM information_schema.columns WHERE table_name = 'releases' AND column_name = 'created'")
+            ).scalar()
+            assert created == "timestamp with time zone"
+    finally:
+        engine.dispose()
+    assert not os.path.exists(os.path.join(DATA_DIR, "db", "classroom.sqlite"))

@@ -33,22 +33,21 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import test_service
-from service_hub import call, service_url
-from test_service import (  # noqa: F401  (fixtures)
+from service_hub import call, cleanup_after, service_url  # noqa: F401  (cleanup_after: the service lives for the module)
+from test_service import (  # noqa: F401  (DATA_DIR, PEOPLE, ROSTER: the same world, fixtures/service.py)
     BEA,
+    DATA_DIR,
     INES,
+    PEOPLE,
     ROSTER,
     SAM,
     TARA,
-    accounts,
-    cleanup_after,
     home,
     material,
-    pytestmark,
-    ready,
     release,
-    stop_service,
 )
+
+pytestmark = pytest.mark.root("creates system users and works as them")
 
 MAX_EXAMPLES = 25
 # a release the fuzzer manages to make is read as the instructor and copied

@@ -12,21 +12,18 @@ import pytest
 import requests
 from jupyterhub.utils import random_port
 
-from browser import TIMEOUT_MS, browser, open_as, sessions  # noqa: F401  (fixtures)
-from service_hub import (  # noqa: F401  (cleanup_after, stop_service, ready: fixtures)
+from browser import TIMEOUT_MS, open_as
+from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     cleanup_after,
     data_dir,
     home,
     hub_config,
     material,
     read,
-    ready,
     service_url,
-    service_world,
-    stop_service,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and works as them")
+pytestmark = pytest.mark.root("creates system users and works as them")
 
 
 TAG = "pg" + secrets.token_hex(2)
@@ -50,12 +47,6 @@ courses:
 
 def HUB_CONFIG(c):
     hub_config(c, DATA_DIR, PORT)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def accounts():
-    with service_world(PEOPLE, DATA_DIR):
-        yield
 
 
 async def report_rows(page):
