@@ -60,8 +60,7 @@ courses:
 
 
 def HUB_CONFIG(c):
-    from classroomhub.spawner.kernels import ManagedKernels
-    c.JupyterHub.spawner_class = type("Wired", (ManagedKernels, ClassroomSpawner), {})
+    c.JupyterHub.spawner_class = ClassroomSpawner
     c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60

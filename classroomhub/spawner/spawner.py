@@ -21,6 +21,7 @@ from . import metrics, notices
 from .classroomsync import ClassroomSync
 from .enforcement import KEY_ENV, Limits, group_key
 from .host import Host
+from .kernels import ManagedKernels
 from .monitor import Monitoring
 from .oom import OomAccounting
 from .pressure import MemoryPressure
@@ -38,6 +39,7 @@ class ClassroomSpawner(
     SystemUsers,
     ClassroomSync,
     ServerArguments,
+    ManagedKernels,
     MemoryPressure,
     Monitoring,
     OomAccounting,
