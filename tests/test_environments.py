@@ -36,7 +36,7 @@ from classroomhub.environments.visibility import choose_default
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.tiers import tier_group
 
-from service_hub import system_users
+from fixtures.accounts import system_users
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache")
@@ -68,7 +68,7 @@ def HUB_CONFIG(c):
     c.ClassroomSpawner.memory_reserve = 0
     c.ClassroomSpawner.environments_data_dir = ENV_DATA_DIR
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds as root and runs code as a real system user")
+needs_root = pytest.mark.root("builds shared environments and runs them as real system users")
 # builds real environments with uv and pip: not in the fast tier (fixtures/selection.py)
 E2E_FIXTURES = {"manager", "student"}
 
