@@ -411,7 +411,11 @@ def start_tree(children, key, big_mib):
     while len(psutil.Process(proc.pid).children(recursive=True)) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.3)  # let the children allocate
+    # let the children allocate (a fixed pause is too short on a busy machine)
+    while max(p.memory_info().rss for p in psutil.Process(proc.pid).children()) < big_mib * MiB:
+        assert time.monotonic() < deadline, f"no child of the tree allocated {big_mib} MiB"
+        time.sleep(0.05)
+    time.sleep(0.3)
     return proc
 
 
