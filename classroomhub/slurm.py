@@ -1,0 +1,160 @@
+"""ClassroomSlurmSpawner: a person's tier settings as a Slurm job.
+
+batchspawner's ``SlurmSpawner`` submits, watches and cancels the job; this
+module only decides what the job asks for. The owner's settings are
+resolved as for ClassroomSpawner (tier, then JupyterHub's
+``group_overrides``, then ``user_settings``: :mod:`.spawner.settings`), and
+then ``mem_limit`` becomes ``--mem``, ``cpu_limit`` ``--cpus-per-task`` and
+``max_age`` ``--time``. The partition and the account are batchspawner's
+``req_partition`` and ``req_account``, set per tier, group (a course) or
+person in the same settings. Slurm's cgroups on the node enforce the limits.
+
+Importing this module imports batchspawner (the ``slurm`` extra); nothing
+else in the package does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import time
+
+from batchspawner import SlurmSpawner
+from traitlets import Integer, TraitError, Unicode, validate
+
+from .spawner.classroomsync import ClassroomSync
+from .spawner.serverargs import ServerArguments
+from .spawner.settings import TierSettings
+from .spawner.users import SystemUsers
+from .units import human_bytes
+
+MiB = 1024**2
+#: what an account or partition name may be (empty: Slurm's default)
+SLURM_NAME = re.compile(r"[\w.-]*")
+
+
+def slurm_memory(mem_bytes):
+    """``--mem`` for a limit in bytes: whole MiB, rounded up (Slurm's ``M``)."""
+    return f"{math.ceil(mem_bytes / MiB)}M"
+
+
+def slurm_cpus(cpu_limit):
+    """``--cpus-per-task`` for a CPU limit: Slurm allocates whole CPUs, so 0.5 asks for 1."""
+    return max(1, math.ceil(cpu_limit))
+
+
+def slurm_time(seconds):
+    """``--time`` for a number of seconds, as ``days-hours:minutes:seconds``."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArguments, SlurmSpawner):
+    """batchspawner's SlurmSpawner with the classroom's tier policy.
+
+    Each start resolves the owner's settings (tier, group overrides, person)
+    and submits a job with the matching ``--mem``, ``--cpus-per-task``,
+    ``--time``, partition and account; the server sees the same
+    ``MEM_LIMIT``/``CPU_LIMIT`` as under ClassroomSpawner. Stopping cancels
+    the job (``scancel``), and Slurm removes every process of it.
+    """
+
+    max_age = Integer(
+        0,
+        help="""Seconds a server may run: the job's ``--time``, after which
+        Slurm ends it. 0 leaves the partition's default time limit.""",
+    ).tag(config=True)
+
+    exec_prefix = Unicode(
+        "runuser -u {username} --",
+        help="""How the hub (as root, like ClassroomSpawner's) runs sbatch, squeue
+        and scancel as the server's owner, so the job is theirs. batchspawner's
+        default, ``sudo -E -u {username}``, needs sudo and a sudoers rule;
+        runuser keeps the environment and comes with util-linux.""",
+    ).tag(config=True)
+
+    batch_submit_cmd = Unicode(
+        "sbatch --parsable{% if account %} --account={{account}}{% endif %}",
+        help="""The submit command (a template over the ``req_*`` values).
+        batchspawner's Slurm script has no ``--account`` line; on the
+        command line it also overrides a script's ``#SBATCH`` directive.""",
+    ).tag(config=True)
+
+    @validate("req_account", "req_partition")
+    def _validate_slurm_name(self, proposal):
+        # these go into a shell command line (batchspawner runs it with a shell)
+        if not SLURM_NAME.fullmatch(proposal.value):
+            raise TraitError(f"{proposal.trait.name}: {proposal.value!r} is not a Slurm account or partition name")
+        return proposal.value
+
+    job_listen_ip = Unicode(
+        "0.0.0.0",
+        help="""Address the server listens on inside the job. Any interface by
+        default, since the hub reaches it at the node's address
+        (``NodeAddr``); ``127.0.0.1`` only where every node is the hub's own
+        host. batchspawner ignores ``ip`` (it resets it at each start).""",
+    ).tag(config=True)
+
+    node_address_cmd = Unicode(
+        "scontrol -o show node {node}",
+        help="""Command whose output gives a node's ``NodeAddr=``, where the hub
+        reaches the server: Slurm names nodes, and a node name need not
+        resolve (several slurmd on one host). If it fails, the node name is
+        used as the host.""",
+    ).tag(config=True)
+
+    def job_request(self):
+        """What the job asks Slurm for, from the owner's resolved settings:
+        batchspawner's template variables (memory, nprocs, runtime); a limit
+        that is not set leaves the configured ``req_*`` value."""
+        request = {}
+        if self.mem_limit:
+            request["memory"] = slurm_memory(self.mem_limit)
+        if self.cpu_limit:
+            request["nprocs"] = str(slurm_cpus(self.cpu_limit))
+        if self.max_age:
+            request["runtime"] = slurm_time(self.max_age)
+        return request
+
+    def get_req_subvars(self):
+        subvars = super().get_req_subvars()
+        subvars.update(self.job_request())
+        return subvars
+
+    async def submit_batch_script(self):
+        # batchspawner has just reset ip to its class default; the job's
+        # JUPYTERHUB_SERVICE_URL (from get_env) carries the address to listen on
+        self.ip = self.job_listen_ip
+        request = self.get_req_subvars()
+        self.log.info(
+            "ClassroomSlurmSpawner: %s (%s tier): memory %s, CPUs %s, time %s, partition %s, account %s",
+            self.user.name,
+            self.tier,
+            human_bytes(self.mem_limit or None),
+            request.get("nprocs") or "default",
+            request.get("runtime") or "default",
+            request.get("partition") or "default",
+            request.get("account") or "default",
+        )
+        return await super().submit_batch_script()
+
+    async def start(self):
+        deadline = time.monotonic() + self.start_timeout
+        await self.ensure_account()  # never a job as root, a system account or someone else's account
+        await self.sync_classroom(deadline)
+        node, port = await super().start()
+        self.ip = await self.node_address(node)
+        return self.ip, port
+
+    async def node_address(self, node):
+        """The address of *node* (its ``NodeAddr``), else its name."""
+        try:
+            out = await self.run_command(self.node_address_cmd.format(node=shlex.quote(node)))
+        except Exception as e:
+            self.log.warning("Could not look up the address of node %s (%s): using its name", node, e)
+            return node
+        match = re.search(r"\bNodeAddr=(\S+)", out)
+        return match.group(1) if match else node
