@@ -1,5 +1,6 @@
 """Debian's headless Chromium, driven by Playwright (no browser download),
-for the tests of pages: import the ``browser`` fixture from here."""
+for the tests of pages. A plugin (tests/conftest.py's ``pytest_plugins``): a
+test asks for ``browser`` or ``sessions`` by name and is then e2e."""
 
 import os
 

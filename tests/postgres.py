@@ -6,7 +6,8 @@ listening on 127.0.0.1 on a free port and on a unix socket in that folder
 only, with one database ``classroom``; it yields an SQLAlchemy URL and
 stops the server and removes the folder at the end, failed tests or not.
 
-Import the fixture into a test module (``from postgres import postgres_url``).
+A plugin (tests/conftest.py's ``pytest_plugins``): a test asks for
+``postgres_url`` by name, so every module shares the one server.
 ``./dev test`` installs Debian's ``postgresql`` when it is missing; as root
 without it the fixture fails (PostgreSQL support must not go untested
 silently), as another user it skips.
