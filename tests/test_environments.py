@@ -10,6 +10,7 @@ and one failing build are shared by the whole module.
 import asyncio
 import json
 import os
+import pwd
 import secrets
 import shutil
 import stat
@@ -51,6 +52,7 @@ ENV_DATA_DIR = os.path.join(tempfile.gettempdir(), f"{TAG}-data")
 ROSTER = f"""\
 users:
   admin: {{tier: root}}
+  {OTHER}: {{tier: power}}
 courses:
   {COURSE}:
     students: [{STUDENT}]
@@ -357,96 +359,130 @@ def server_path(spawner):
     return env[b"PATH"].decode().split(os.pathsep)
 
 
+SIX_AND_PREFIX = "import importlib.metadata, sys; print(importlib.metadata.version('six'), sys.prefix)"
+
+
+async def run_in_kernel(name, kernel_id, code=SIX_AND_PREFIX):
+    """What *code* prints in kernel *kernel_id* of *name*'s server, split in words."""
+    from test_spawner import kernel_client
+
+    client = await kernel_client(name, kernel_id)
+    out = []
+    try:
+        reply = await asyncio.to_thread(
+            client.execute_interactive, code, timeout=60, output_hook=lambda msg: out.append(msg["content"].get("text", ""))
+        )
+    finally:
+        client.stop_channels()
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out).split()
+
+
+async def start_course_kernel(app, name):
+    from test_spawner import server_api
+
+    r = await server_api(app, name, "kernels", "POST", json={"name": "env-course"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def stop_servers(app):
+    from test_spawner import stop
+
+    for name in (STUDENT, OTHER):
+        if app.users[name].spawner.active:
+            await stop(app, name)
+
+
 @needs_root
 async def test_a_server_offers_its_owners_kernels_only(app, synced, course_env, student):
-    from test_spawner import kernel_client, server_api, start, stop
+    from test_spawner import server_api, start
 
     layout = course_env.layout
+    v1 = layout.version_dir("course", 1)
+    # the power user's own kernel, the usual way (what `ipykernel install --user` writes in their home)
+    home = pwd.getpwnam(OTHER).pw_dir
+    own = as_user(OTHER, sys.executable, "-m", "ipykernel", "install", "--user", "--name", "own-ev", env={"PATH": "/usr/bin:/bin", "HOME": home})
+    assert own.returncode == 0, own.stderr
     try:
         spawner = await start(app, STUDENT)
         specs = (await server_api(app, STUDENT, "kernelspecs")).json()["kernelspecs"]
         assert specs["env-course"]["spec"]["display_name"] == "Python 3 (course)"
-        r = await server_api(app, STUDENT, "kernels", "POST", json={"name": "env-course"})
-        assert r.status_code == 201, r.text
-        client = await kernel_client(STUDENT, r.json()["id"])
-        out = []
-        try:
-            reply = await asyncio.to_thread(
-                client.execute_interactive,
-                "import six, sys; print(six.__version__, sys.prefix)",
-                timeout=60,
-                output_hook=lambda msg: out.append(msg["content"].get("text", "")),
-            )
-        finally:
-            client.stop_channels()
-        assert reply["content"]["status"] == "ok"
-        assert "".join(out).split() == ["1.17.0", layout.version_dir("course", 1)]
+        assert "own-ev" not in specs
+        kernel = await start_course_kernel(app, STUDENT)
+        assert await run_in_kernel(STUDENT, kernel, "import six, sys; print(six.__version__, sys.prefix)") == ["1.17.0", v1]
         # the course environment is its default: first on the server's PATH, by its version
-        assert server_path(spawner)[0] == os.path.join(layout.version_dir("course", 1), "bin")
+        assert server_path(spawner)[0] == os.path.join(v1, "bin")
         # ... and the server itself still runs from the hub's environment
         assert spawner.cmd == app.config.Spawner.cmd
 
         other = await start(app, OTHER)
         specs = (await server_api(app, OTHER, "kernelspecs")).json()["kernelspecs"]
-        assert "env-course" not in specs and "python3" in specs
+        assert "env-course" not in specs and {"python3", "own-ev"} <= specs.keys()
         r = await server_api(app, OTHER, "kernels", "POST", json={"name": "env-course"})
         # jupyter_server's answer to a kernel name it does not know (NoSuchKernel, unhandled)
         assert r.status_code == 500, r.text
         assert (await server_api(app, OTHER, "kernels")).json() == []
-        assert layout.version_dir("course", 1) not in ":".join(server_path(other))
+        assert v1 not in ":".join(server_path(other))
         # the version is in use by the student's server (its PATH) and kernel, not by the other's server
         users = course_env.info("course", with_processes=True).versions[0].pids
         assert spawner.pid in users and other.pid not in users and len(users) >= 2
     finally:
-        for name in (STUDENT, OTHER):
-            if app.users[name].spawner.active:
-                await stop(app, name)
+        await stop_servers(app)
+
+
+@needs_root
+async def test_an_update_leaves_running_kernels_working(app, synced, course_env, student):
+    from test_spawner import server_api, start, stop
+
+    layout = course_env.layout
+    assert layout.current("course") == 1
+    v1 = layout.version_dir("course", 1)
+    try:
+        spawner = await start(app, STUDENT)
+        old_kernel = await start_course_kernel(app, STUDENT)
+        assert await run_in_kernel(STUDENT, old_kernel) == ["1.17.0", v1]
+
+        version = await course_env.update("course", packages=["six==1.16.0"])
+        assert layout.current("course") == version == 2
+        # the running kernel still reads its own version's files (metadata is read from disk each time)
+        assert await run_in_kernel(STUDENT, old_kernel) == ["1.17.0", v1]
+        # a kernel started now, in the same server, gets the new version
+        new_kernel = await start_course_kernel(app, STUDENT)
+        assert await run_in_kernel(STUDENT, new_kernel) == ["1.16.0", layout.version_dir("course", 2)]
+
+        removed, kept = course_env.prune("course")
+        assert removed == [] and spawner.pid in kept[1] and len(kept[1]) >= 3  # the server and both kernels
+        with pytest.raises(EnvError, match=r"environment course is in use \(1: pids \["):
+            course_env.remove("course")
+        r = await server_api(app, STUDENT, f"kernels/{old_kernel}", "DELETE")
+        assert r.status_code == 204, r.text
+        # still in use: the server started with version 1's bin on its PATH (its terminals use it)
+        removed, kept = course_env.prune("course")
+        assert removed == [] and spawner.pid in kept[1]
+        await stop(app, STUDENT)
+        removed, kept = course_env.prune("course")
+        assert removed == [1] and kept == {}
+        assert layout.versions("course") == [2] and not os.path.exists(v1)
+    finally:
+        await stop_servers(app)
 
 
 @needs_root
 async def test_broken_package_list_keeps_the_version_in_force(course_env):
+    layout = course_env.layout
+    current, versions, packages = layout.current("course"), layout.versions("course"), course_env.spec("course").packages
+    failed = layout.next_version("course")
     with pytest.raises(BuildError) as caught:
         await course_env.update("course", packages=["six==0.0.999"])
     message = str(caught.value)
-    assert "version 1 stays in force" in message
+    assert f"version {failed} failed to build; version {current} stays in force" in message
     assert "six==0.0.999" in message and "unsatisfiable" in message  # the installer's own error
-    layout = course_env.layout
-    assert layout.current("course") == 1
-    assert layout.versions("course") == [1]
-    assert not os.path.exists(layout.version_dir("course", 2))
-    assert "unsatisfiable" in course_env.build_log("course", 2)
-    assert course_env.spec("course").packages == ["six==1.17.0"]
-
-
-@needs_root
-async def test_update_beside_a_running_kernel_then_prune(course_env, student):
-    layout = course_env.layout
-    old_python = layout.python("course", 1)
-    # a kernel-like process of the old version: it imports six only after the switch
-    holder = subprocess.Popen(
-        [old_python, "-c", "import sys; sys.stdin.readline(); import six; print(six.__version__, flush=True); sys.stdin.readline()"],
-        user=student, group=student, extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
-    )
-    try:
-        version = await course_env.update("course", packages=["six==1.16.0"])
-        assert layout.current("course") == version
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == "1.17.0"  # it kept its version
-        new = as_user(student, layout.python("course", version), "-c", "import six; print(six.__version__)")
-        assert new.stdout.strip() == "1.16.0", new.stderr
-
-        removed, kept = course_env.prune("course")
-        assert removed == [] and kept == {1: [holder.pid]}
-        with pytest.raises(EnvError, match=r"in use \(1: pids \[%d\]\)" % holder.pid):
-            course_env.remove("course")
-    finally:
-        holder.kill()
-        holder.wait()
-    removed, kept = course_env.prune("course")
-    assert removed == [1] and kept == {}
-    assert layout.versions("course") == [version]
-    assert not os.path.exists(layout.version_dir("course", 1))
+    assert layout.current("course") == current
+    assert layout.versions("course") == versions
+    assert not os.path.exists(layout.version_dir("course", failed))
+    assert "unsatisfiable" in course_env.build_log("course", failed)
+    assert course_env.spec("course").packages == packages
 
 
 @needs_root
