@@ -139,6 +139,8 @@ def test_declaration_checks():
         EnvironmentSpec("x", ["six"], audience=["tier:wizard"])
     with pytest.raises(SpecError, match="invalid audience"):
         EnvironmentSpec("x", ["six"], audience=["group:staff"])
+    with pytest.raises(SpecError, match="'Data 101' is not a course id"):
+        EnvironmentSpec("x", ["six"], audience=["course:Data 101"])
     assert EnvironmentSpec("geo", ["six"]).display_name == "Python 3 (geo)"
 
 

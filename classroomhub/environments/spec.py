@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
+from ..roster import COURSE_PATTERN
 from ..tiers import TIERS, unknown_tier
 
 if sys.version_info >= (3, 11):
@@ -74,7 +75,9 @@ def check_audience(entry):
     if entry == EVERYONE:
         return entry
     kind, _, value = str(entry).partition(":")
-    if kind == "course" and re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", value):
+    if kind == "course":
+        if not COURSE_PATTERN.fullmatch(value):
+            raise SpecError(f"invalid audience {entry!r}: {value!r} is not a course id a roster accepts")
         return entry
     if kind == "tier":
         if value not in TIERS:
