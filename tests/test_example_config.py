@@ -6,7 +6,6 @@ certificate or a missing roster stops the hub with one line."""
 
 import os
 import pwd
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import requests
 from classroomhub.demo import free_ports
 from classroomhub.ops.config import private_dir
 from fake_github import FakeGitHub
+from fixtures.real_hub import start_hub, stop_hub, wait_until_answers
 
 # starts real jupyterhub processes (fixtures/selection.py)
 pytestmark = pytest.mark.e2e
@@ -80,46 +80,11 @@ def hub_env(tmp_path, github, port, clean=False, **extra):
 
 def run_hub(cwd, env, *args, log_path):
     """A real `jupyterhub -f EXAMPLE`, by absolute path as a systemd unit starts it."""
-    log = open(log_path, "wb")
-    return (
-        subprocess.Popen(
-            [os.path.join(BIN, "jupyterhub"), "-f", str(EXAMPLE), *args],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # a hub started from a background shell inherits SIGINT ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        ),
-        log,
-    )
+    return start_hub([os.path.join(BIN, "jupyterhub"), "-f", str(EXAMPLE), *args], cwd, env, log_path)
 
 
 def wait_ready(proc, url, log_path, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            if requests.get(url + "hub/api/", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"hub not ready in {timeout} s: {log_path.read_text()[-3000:]}")
-
-
-def stop_hub(proc, log, children):
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    psutil.wait_procs(children, timeout=10)
-    for child in children:
-        if child.is_running():
-            child.kill()
-    log.close()
+    wait_until_answers(proc, url + "hub/api/", log_path, timeout=timeout)
 
 
 @pytest.fixture

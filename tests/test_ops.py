@@ -12,11 +12,9 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
@@ -25,6 +23,8 @@ from classroomhub.accounts import MANAGED_GROUP
 from classroomhub.demo import free_ports
 from classroomhub.ops.config import example_config_text
 from classroomhub.spawner.users import ensure_system_user
+
+from fixtures.real_hub import running_hub
 
 # builds a wheel, starts a real jupyterhub, makes system users (fixtures/selection.py)
 pytestmark = pytest.mark.e2e
@@ -82,43 +82,11 @@ def test_a_real_jupyterhub_runs_the_generated_config(tmp_path):
         GITHUB_CLIENT_SECRET="secret",
         OAUTH_CALLBACK_URL=f"http://127.0.0.1:{port}/hub/oauth_callback",
     )
-    with open(tmp_path / "hub.log", "wb") as log:
-        proc = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", str(config)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-    children = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "hub.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "hub.log").read_text()[-3000:]
-            try:
-                r = requests.get(f"http://127.0.0.1:{port}/hub/api/", timeout=2)
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        children = psutil.Process(proc.pid).children(recursive=True)
+    command = [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", str(config)]
+    with running_hub(command, tmp_path, env, tmp_path / "hub.log", f"http://127.0.0.1:{port}/hub/api/") as r:
         assert "version" in r.json()
         r = requests.get(f"http://127.0.0.1:{port}/hub/login", timeout=10)
         assert r.status_code == 200 and "GitHub" in r.text
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        psutil.wait_procs(children, timeout=10)
-        for child in children:
-            if child.is_running():
-                child.kill()
 
 
 @pytest.mark.skipif(not os.path.exists(SYSTEMD_ANALYZE), reason="systemd-analyze is not installed (Debian package systemd)")
