@@ -19,7 +19,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from classroomhub.service.domain.releases import check_name
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.spawner.users import ensure_system_user
 
+from fixtures.real_hub import running_hub
 from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
     call,
     cleanup_after,
@@ -531,7 +531,7 @@ def example_hub(tmp_path):
         " 'scopes': ['tokens', 'list:users', 'admin:users']})\n"
     )
     log_path = tmp_path / "hub.log"
-    with FakeGitHub() as github, system_users(people), open(log_path, "wb") as log:
+    with FakeGitHub() as github, system_users(people):
         for number, login in enumerate(people, 4200):
             github.add_user(login, number)
         env = dict(
@@ -548,50 +548,20 @@ def example_hub(tmp_path):
             GITHUB_CLIENT_SECRET=github.client_secret,
             OAUTH_CALLBACK_URL=url + "hub/oauth_callback",
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=state,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        import psutil
-
-        children = []
+        command = [sys.executable, "-m", "jupyterhub", "-f", str(config)]
+        ready = url + "services/classroom/api/openapi.json"
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                try:
-                    r = requests.get(url + "services/classroom/api/openapi.json", timeout=2)
-                    if r.status_code in (200, 302, 403):
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.3)
-            children = psutil.Process(proc.pid).children(recursive=True)
+            with running_hub(command, state, env, log_path, ready, ok=(200, 302, 403), timeout=90):
 
-            def token_of(login):
-                r = requests.post(url + f"hub/api/users/{login}/tokens", headers={"Authorization": f"token {token}"},
-                                  json={"note": "h6"}, timeout=10)
-                assert r.status_code == 201, r.text
-                return r.json()["token"]
+                def token_of(login):
+                    r = requests.post(url + f"hub/api/users/{login}/tokens", headers={"Authorization": f"token {token}"},
+                                      json={"note": "h6"}, timeout=10)
+                    assert r.status_code == 201, r.text
+                    return r.json()["token"]
 
-            yield {"url": url, "state": state, "service": service_dir, "people": people, "token_of": token_of,
-                   "log": log_path, "github": github}
+                yield {"url": url, "state": state, "service": service_dir, "people": people, "token_of": token_of,
+                       "log": log_path, "github": github}
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            psutil.wait_procs(children, timeout=10)
-            for child in children:
-                if child.is_running():
-                    child.kill()
             shutil.rmtree(top, ignore_errors=True)
 
 
