@@ -2,11 +2,12 @@
 server: a real hub and proxy, ClassroomSpawner, a real system user in a real
 cgroup v1 group, a real kernel driven over the server's websocket.
 
-- jupyter-resource-usage's ``/api/metrics/v1`` against the cgroup the limit
-  is enforced on: the limit it shows is the tier's, and the memory it shows
-  follows what the kernel allocates as the cgroup's does.
-- jupyterlab-git's server extension answers for a repository the student
-  made, and runs git as the student.
+- jupyter-resource-usage's ``/api/metrics/v1`` (what JupyterLab's status bar
+  shows) against the cgroup the limits are enforced on: the limits shown are
+  the tier's, and the memory and CPU shown follow what the cgroup charges.
+- jupyterlab-git's server extension commits in a repository the student
+  made, as the student, and pushes to a remote that wants a login and a
+  token (as GitHub over HTTPS), without keeping the token.
 """
 
 import asyncio
@@ -15,8 +16,8 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ from tornado.websocket import websocket_connect
 
 from classroomhub.spawner import ClassroomSpawner, detect
 from classroomhub.spawner.enforcement import EnforcementUnavailable
+
+from browser import TIMEOUT_MS, browser  # noqa: F401  (a fixture)
+from conftest import PASSWORD
 
 TAG = "su" + secrets.token_hex(2)
 STUDENT = f"{TAG}-stu"
@@ -55,8 +59,6 @@ users:
 def _unavailable():
     if os.geteuid() != 0:
         return "needs root: creates a system user and cgroups"
-    if shutil.which("git") is None:
-        return None  # the git test fails with its own message
     try:
         backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
     except EnforcementUnavailable as e:
@@ -78,7 +80,6 @@ def HUB_CONFIG(c):
     c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
     c.ClassroomSpawner.create_system_users = True
     c.ClassroomSpawner.memory_reserve = 0
-    c.Spawner.args = ["--ResourceUseDisplay.track_cpu_percent=True", "--ResourceUseDisplay.cpu_warning_threshold=0"]  # until ClassroomSpawner sets them
     c.ClassroomSpawner.tier_settings = {
         "student": {"mem_limit": MEM_LIMIT, "cpu_limit": CPU_LIMIT, "idle_timeout": 0, "max_age": 0},
     }
@@ -322,6 +323,40 @@ async def test_cpu_shown_is_the_cgroups_against_the_tiers_cpu_limit(server):
     assert abs(shown["cpu_percent"] / 100 - cores) < 0.15, (shown, cores)
     assert shown["cpu_percent"] / 100 < CPU_LIMIT + 0.1, shown
 
+
+
+def test_the_hubs_own_resource_display_options_win():
+    """An option given twice makes jupyter-resource-usage fail to load: the
+    spawner adds its own only where the hub's Spawner.args do not set them."""
+    args = ClassroomSpawner().get_args()
+    assert "--ResourceUseDisplay.track_cpu_percent=True" in args
+    assert "--ResourceUseDisplay.cpu_warning_threshold=0" in args
+    args = ClassroomSpawner(args=["--ResourceUseDisplay.track_cpu_percent=False"]).get_args()
+    assert [a for a in args if a.startswith("--ResourceUseDisplay.track_cpu_percent")] == [
+        "--ResourceUseDisplay.track_cpu_percent=False"
+    ]
+    assert "--ResourceUseDisplay.cpu_warning_threshold=0" in args
+
+
+async def test_jupyterlab_shows_both_to_the_student(app, server, browser):  # noqa: F811
+    """The extensions' JupyterLab parts, in the student's browser: memory and
+    CPU against the limit in the status bar, and the git panel."""
+    context = await browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = await context.new_page()
+        await page.goto(server["url"] + "lab")
+        await page.fill("#username_input", STUDENT)
+        await page.fill("#password_input", PASSWORD)
+        await page.click("#login_submit")
+        # e.g. "CPU: 2.00 % | Mem: 158.97 / 768.00 MB" (MiB, labelled MB)
+        usage = '[title="Current resource usage"] >> text=/CPU: +[0-9.]+ % [|] Mem: +[0-9.]+ \\/ 768\\.00 MB/'
+        await page.wait_for_selector(usage)
+        await page.click('.jp-SideBar [data-id="jp-git-sessions"]')
+        await page.wait_for_selector("text=Initialize a Repository")  # the home is no repository
+        await page.wait_for_selector("text=Clone a Repository")
+    finally:
+        await context.close()
 
 class _GitHTTP(BaseHTTPRequestHandler):
     """Smart HTTP for `git http-backend`, behind HTTP Basic auth."""

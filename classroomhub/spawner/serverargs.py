@@ -1,10 +1,19 @@
 """What the jupyter server is told on its command line: how its kernels talk
-to it, when it culls idle kernels, how long it trusts the hub's answers."""
+to it, when it culls idle kernels, how long it trusts the hub's answers,
+what JupyterLab's resource indicator shows."""
 
 from __future__ import annotations
 
 from traitlets import Bool, Enum, Integer
 from traitlets.config import LoggingConfigurable
+
+# jupyter-resource-usage shows CPU only when asked, and its CPU warning
+# compares percent with CPU_LIMIT's cores: it would be on at 1 % of a core
+# (docs/jupyterlab.md)
+RESOURCE_DISPLAY = {
+    "--ResourceUseDisplay.track_cpu_percent": "True",
+    "--ResourceUseDisplay.cpu_warning_threshold": "0",
+}
 
 
 class ServerArguments(LoggingConfigurable):
@@ -53,4 +62,7 @@ class ServerArguments(LoggingConfigurable):
                 f"--MappingKernelManager.cull_interval={interval}",
                 f"--MappingKernelManager.cull_connected={self.kernel_cull_connected}",
             ]
+        # not over the hub's own Spawner.args: given twice, an option makes the extension fail to load
+        given = {arg.split("=", 1)[0] for arg in args}
+        args += [f"{name}={value}" for name, value in RESOURCE_DISPLAY.items() if name not in given]
         return args
