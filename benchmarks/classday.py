@@ -259,6 +259,7 @@ class Student:
         """Seconds from /hub/spawn until the lab page opens (through OAuth)."""
         tic = time.perf_counter()
         self.http.get(self.url + "hub/spawn", timeout=timeout)
+        self.wait_progress(timeout)
         lab = self.url + f"user/{self.login}/lab"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -268,8 +269,23 @@ class Student:
                     return time.perf_counter() - tic
             except requests.RequestException:
                 pass
-            time.sleep(0.25)
+            time.sleep(1)
         raise RuntimeError(f"server not ready in {timeout} s")
+
+    def wait_progress(self, timeout):
+        """Follow the spawn's progress events until ready, as the spawn page does."""
+        url = self.url + f"hub/api/users/{self.login}/server/progress"
+        xsrf = self.http.cookies.get("_xsrf", path="/hub/") or ""
+        with self.http.get(url, stream=True, timeout=timeout, headers={"X-XSRFToken": xsrf}) as r:
+            if r.status_code != 200:
+                return  # the lab page's own polling decides
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event.get("ready"):
+                        return
+                    if event.get("failed"):
+                        raise RuntimeError(f"spawn failed: {event.get('message')}")
 
     def _xsrf(self):
         for cookie in self.http.cookies:
