@@ -5,19 +5,25 @@ a real hub and proxy, real system users and the real single-user server.
 A person's tier becomes the job's ``--mem``, ``--cpus-per-task``, ``--time``,
 partition and account (read back with ``scontrol show job``); the job's
 processes are the student's and sit in Slurm's cgroup with that memory
-limit; stopping cancels the job and leaves nothing on the node; two students
-run on the two nodes at once; a demotion in the roster changes the next job.
+limit; a kernel that allocates past it is killed by that cgroup while the
+server lives; stopping cancels the job and leaves nothing on the node; two
+students run on the two nodes at once; a demotion in the roster changes the
+next job.
 """
 
 import asyncio
+import json
 import os
 import pwd
 import sys
 import time
+import uuid
 
 import pytest
 import requests
 from jupyterhub.tests.utils import api_request, public_url
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 from classroomhub.slurm import ClassroomSlurmSpawner, slurm_time
 
@@ -135,9 +141,28 @@ def job_processes(cluster, job):
     return found
 
 
-def processes_of(login):
+def processes_on_nodes(cluster, login):
+    """*login*'s processes on the cluster's nodes (in any of their cgroups: the
+    nodes share this host with the hub, whose squeue runs as the owner too)."""
     uid = pwd.getpwnam(login).pw_uid
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _uid(p) == uid]
+    return [pid for pid in cluster.pids_in_cgroups() if _uid(pid) == uid]
+
+
+DAEMON = """
+import os, subprocess
+if os.fork() == 0:
+    os.setsid()
+    subprocess.Popen(["sleep", "997"], start_new_session=True)
+    os._exit(0)
+"""
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
 
 
 def _uid(pid):
@@ -189,13 +214,18 @@ async def test_stop_cancels_the_job_and_leaves_nothing_on_the_node(app, cluster)
     spawner = await start_server(app, STUDENT)
     job_id, node = spawner.job_id, cluster.job(spawner.job_id)["BatchHost"]
     job_cgroup = cluster.job_cgroup("memory", pwd.getpwnam(STUDENT).pw_uid, job_id, node)
-    assert processes_of(STUDENT)
+    # a daemon that leaves the server's process tree (double fork, new session)
+    _, ws = await open_kernel(app, STUDENT)
+    await run_code(ws, DAEMON)
+    ws.close()
+    daemon = await wait_for(lambda: [p for p in processes_on_nodes(cluster, STUDENT) if "sleep 997" in cmdline(p)], 30, "the daemon")
+    assert os.getsid(daemon[0]) == daemon[0]
     await stop_server(app, STUDENT)
     deadline = time.monotonic() + 30
     while job_id in cluster.jobs() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert cluster.job(job_id)["JobState"] == "CANCELLED"
-    assert processes_of(STUDENT) == []
+    assert processes_on_nodes(cluster, STUDENT) == []
     assert not os.path.exists(job_cgroup)
 
 
@@ -231,6 +261,93 @@ async def test_a_demotion_changes_the_next_jobs_limits(app, cluster, roster_file
         write_roster(roster_file, ROSTER)
         app.authenticator.reload_roster(force=True)
         await app.authenticator.sync_roster()
+
+
+async def test_a_kernel_over_its_memory_is_killed_by_slurms_cgroup_and_the_server_lives(app, cluster):
+    spawner = await start_server(app, STUDENT)
+    try:
+        job = cluster.job(spawner.job_id)
+        kernel_id, ws = await open_kernel(app, STUDENT)
+        try:
+            kernel_pid = await wait_for(lambda: kernel_pid_of(cluster, job, kernel_id), 60, "the kernel's process")
+            await run_code(ws, f"hog = bytearray({700 * MiB}); hog[::4096] = b'x' * len(hog[::4096])")
+            await wait_for(lambda: not os.path.exists(f"/proc/{kernel_pid}"), 60, "the kernel's end")
+        finally:
+            ws.close()
+        assert oom_kills(cluster, job) >= 1
+        assert spawner.job_id == job["JobId"] and cluster.job(job["JobId"])["JobState"] == "RUNNING"
+        assert await status_through_proxy(app, STUDENT) == 200
+        # jupyter_server restarts the kernel, in the same job
+        await wait_for(lambda: kernel_pid_of(cluster, job, kernel_id) not in (None, kernel_pid), 60, "a restarted kernel")
+    finally:
+        await stop_server(app, STUDENT)
+
+
+async def wait_for(probe, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        await asyncio.sleep(0.2)
+
+
+async def open_kernel(app, name):
+    """A new kernel of *name*'s server and a websocket to it, as JupyterLab
+    opens them (through the proxy, with the owner's token): (id, websocket)."""
+    token = app.users[name].new_api_token(note="slurm kernel test")
+    url = public_url(app, app.users[name])
+    headers = {"Authorization": f"token {token}"}
+    r = await asyncio.to_thread(requests.post, url + "api/kernels", json={"name": "python3"}, headers=headers, timeout=60)
+    assert r.status_code == 201, r.text
+    kernel_id = r.json()["id"]
+    ws_url = url.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+    ws = await websocket_connect(HTTPRequest(ws_url, headers=headers))
+    await wait_kernel_ready(ws)
+    return kernel_id, ws
+
+
+async def run_code(ws, code):
+    await send(ws, "execute_request", {"code": code, "silent": False, "store_history": False})
+
+
+async def send(ws, msg_type, content):
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": STUDENT, "session": "slurm-test", "version": "5.3"}
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"}
+    await ws.write_message(json.dumps(message))
+    return header["msg_id"]
+
+
+async def wait_kernel_ready(ws, timeout=60):
+    """Ask for kernel_info until the kernel answers (a request sent while it
+    starts may get no reply)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = await send(ws, "kernel_info_request", {})
+        try:
+            while True:
+                reply = json.loads(await asyncio.wait_for(ws.read_message(), 2))
+                if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "kernel_info_reply":
+                    return
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError(f"the kernel did not answer in {timeout} s")
+
+
+def kernel_pid_of(cluster, job, kernel_id):
+    pids = [pid for pid, (_, cmd, _) in job_processes(cluster, job).items() if "ipykernel" in cmd and kernel_id in cmd]
+    return pids[0] if pids else None
+
+
+def oom_kills(cluster, job):
+    """OOM kills in the job's memory cgroups (cgroup v1's ``oom_kill`` counters)."""
+    uid = int(job["UserId"].split("(")[1].rstrip(")"))
+    total = 0
+    for folder, _, _ in os.walk(cluster.job_cgroup("memory", uid, job["JobId"], job["BatchHost"])):
+        with open(os.path.join(folder, "memory.oom_control")) as f:
+            total += int(dict(line.split() for line in f).get("oom_kill", 0))
+    return total
 
 
 def test_slurm_time():
