@@ -30,6 +30,7 @@ from classroomhub.spawner.enforcement import (
     group_key,
 )
 from classroomhub.spawner.detection import detect
+from classroomhub.spawner.host import Host
 from classroomhub.spawner.watchdog import PsutilWatchdog
 from classroomhub.units import human_bytes
 
@@ -487,6 +488,48 @@ def test_detection_order_and_reasons():
         if backend.name == "cgroup-v1":
             for folder in set(backend.bases.values()):
                 os.rmdir(folder)
+
+
+def test_one_host_per_process_and_a_fresh_one_for_tests(monkeypatch):
+    monkeypatch.setattr(Host, "_current", None)  # this process's Host comes back afterwards
+    host = Host.current()
+    assert Host.current() is host
+    backend = host.backend("none", "cht-host")
+    assert host.backend("none", "cht-host") is backend  # detected once per process
+    fresh = Host.fresh()
+    assert Host.current() is fresh and fresh is not host
+    assert fresh.backends == {} and not fresh.running and fresh.swept == set()
+
+
+def test_a_backend_the_host_lacks_is_a_stand_in_saying_why(caplog):
+    host = Host()
+    try:
+        cgroups.CgroupV2.from_host()
+    except EnforcementUnavailable as e:
+        why = str(e)
+    else:
+        pytest.skip("this host offers cgroup v2; the stand-in needs a backend it lacks")
+    backend = host.backend("cgroup-v2", "cht-host")
+    assert not backend.enforcing and backend.unavailable == f"cgroup-v2: {why}"
+    assert host.backend("cgroup-v2", "cht-host") is backend
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"ClassroomSpawner: enforcement 'cgroup-v2' unavailable: cgroup-v2: {why}"
+    ]
+
+
+def test_the_host_keeps_background_tasks_until_done():
+    host = Host()
+
+    async def run():
+        done = asyncio.Event()
+        task = host.in_background(asyncio.ensure_future(done.wait()))
+        assert host.tasks == {task}
+        done.set()
+        await task
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+        assert host.tasks == set()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize(
