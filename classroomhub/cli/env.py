@@ -90,8 +90,20 @@ def cmd_env_update(args):
         )
 
     version = _run(update)
-    print(f"{args.name}: version {version} built and in force" if version else f"{args.name}: declaration updated")
+    if not version:
+        print(f"{args.name}: declaration updated")
+        return 0
+    print(f"{args.name}: version {version} built and in force")
+    if not args.keep_old:
+        _print_pruned(args.name, *_run(lambda: _manager(args).prune(args.name)))
     return 0
+
+
+def _print_pruned(name, removed, kept):
+    if removed:
+        print(f"{name}: removed versions {', '.join(map(str, removed))}")
+    for version, pids in kept.items():
+        print(f"{name}: version {version} kept, in use by pids {' '.join(map(str, pids))}")
 
 
 def cmd_env_list(args):
@@ -152,9 +164,9 @@ def cmd_env_remove(args):
     manager = _manager(args)
     if args.old_versions:
         removed, kept = _run(lambda: manager.prune(args.name))
-        print(f"{args.name}: removed versions {', '.join(map(str, removed)) or 'none'}")
-        for version, pids in kept.items():
-            print(f"{args.name}: version {version} kept, in use by pids {' '.join(map(str, pids))}")
+        _print_pruned(args.name, removed, kept)
+        if not removed and not kept:
+            print(f"{args.name}: no old versions")
         return 0
     _run(lambda: manager.remove(args.name, force=args.force))
     print(f"{args.name}: removed")
@@ -215,6 +227,11 @@ def register(sub, command):
     update.add_argument("--default", action="store_true", default=None, help="put it on its users' PATH")
     update.add_argument("--no-default", dest="default", action="store_false", help="take it off its users' PATH")
     update.add_argument("--rebuild", action="store_true", help="build a new version of the same list (newer releases)")
+    update.add_argument(
+        "--keep-old", action="store_true",
+        help="keep the old versions (default: after a build, remove those no process uses; the others stay until "
+        "`env remove NAME --old-versions` finds them unused)",
+    )
     _common(update)
     update.set_defaults(func=cmd_env_update)
 
