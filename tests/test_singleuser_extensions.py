@@ -37,7 +37,7 @@ from tornado.websocket import websocket_connect
 from classroomhub.spawner import ClassroomSpawner, detect
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 
-from browser import TIMEOUT_MS, browser  # noqa: F401  (a fixture)
+from browser import TIMEOUT_MS
 from conftest import PASSWORD
 
 TAG = "su" + secrets.token_hex(2)
@@ -69,7 +69,8 @@ def _unavailable():
 
 
 _skip = _unavailable()
-pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+# what runs on a real server; the spawner's arguments are checked anywhere
+real_server = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
 def HUB_CONFIG(c):
@@ -85,7 +86,7 @@ def HUB_CONFIG(c):
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def remove_test_user_and_cgroups():
     yield
     try:
@@ -110,7 +111,7 @@ def cleanup_after():
 
 
 @pytest.fixture(scope="module")
-async def server(app):
+async def server(app, remove_test_user_and_cgroups):
     """The student's running server, their token, and their spawner."""
     await app.authenticator.sync_roster()
     r = await api_request(app, f"users/{STUDENT}/server", method="post")
@@ -256,6 +257,7 @@ def mib(n):
     return f"{n / MiB:.1f} MiB"
 
 
+@real_server
 async def test_memory_shown_follows_the_cgroup_against_the_tiers_limit(server):
     spawner = server["spawner"]
     kernel = await Kernel.start(server)
@@ -291,6 +293,7 @@ def cgroup_cpu_seconds(spawner):
     return spawner.backend.usage(spawner.group_key).cpu_seconds  # cpuacct.usage
 
 
+@real_server
 async def test_cpu_shown_is_the_cgroups_against_the_tiers_cpu_limit(server):
     spawner = server["spawner"]
     kernel = await Kernel.start(server)
@@ -338,7 +341,8 @@ def test_the_hubs_own_resource_display_options_win():
     assert "--ResourceUseDisplay.cpu_warning_threshold=0" in args
 
 
-async def test_jupyterlab_shows_both_to_the_student(app, server, browser):  # noqa: F811
+@real_server
+async def test_jupyterlab_shows_both_to_the_student(server, browser):
     """The extensions' JupyterLab parts, in the student's browser: memory and
     CPU against the limit in the status bar, and the git panel."""
     context = await browser.new_context()
@@ -432,6 +436,7 @@ async def git(server, path, action, body=None):
     return r.status_code, r.json()
 
 
+@real_server
 async def test_git_panel_works_on_the_students_repository_as_the_student(server):
     assert shutil.which("git"), "jupyterlab-git needs the git binary on the servers' PATH"
     entry = pwd.getpwnam(STUDENT)
