@@ -15,13 +15,14 @@ else in the package does.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import shlex
 import time
 
 from batchspawner import SlurmSpawner
-from traitlets import Integer, TraitError, Unicode, validate
+from traitlets import Float, Integer, TraitError, Unicode, validate
 
 from .spawner.classroomsync import ClassroomSync
 from .spawner.serverargs import ServerArguments
@@ -106,6 +107,16 @@ class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArgu
         used as the host.""",
     ).tag(config=True)
 
+    port_wait_timeout = Float(
+        30,
+        help="""Seconds `start` waits for the server in the job to accept
+        connections once it has reported its port (within what is left of
+        `start_timeout`), so the hub's first readiness check succeeds instead
+        of backing off while jupyter_server starts. A slower server is not
+        failed here: the hub keeps checking up to `http_timeout`. 0 returns
+        at once.""",
+    ).tag(config=True)
+
     def job_request(self):
         """What the job asks Slurm for, from the owner's resolved settings:
         batchspawner's template variables (memory, nprocs, runtime); a limit
@@ -147,7 +158,21 @@ class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArgu
         await self.sync_classroom(deadline)
         node, port = await super().start()
         self.ip = await self.node_address(node)
+        await self._wait_for_port(self.ip, port, min(self.port_wait_timeout, deadline - time.monotonic() - 1))
         return self.ip, port
+
+    async def _wait_for_port(self, ip, port, timeout):
+        """Return once the server accepts connections, or after *timeout* s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_connection(ip, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        self.log.info("Server of %s (job %s) not listening on %s:%s after %.0f s; the hub keeps checking", self.user.name, self.job_id, ip, port, timeout)
 
     async def node_address(self, node):
         """The address of *node* (its ``NodeAddr``), else its name."""
