@@ -29,8 +29,9 @@ the student) and compared by content with what the server acknowledged.
 The trace (printed): logins spread over the first quarter of the run (3
 minutes in the full run); cells from a menu of numpy/pandas work allocating
 50-300 MB (freed when the cell ends) and burning 0.1-3 s of CPU, with think
-times; some students run one cell and leave the tab open; 2 hogs allocate 4
-GiB; 2 run a CPU-bound loop for 40% of the run. Before the class, one extra
+times (nobody starts a new cell after the hand-in time, so a slow machine runs
+fewer of the planned ones); some students run one cell and leave the tab
+open; 2 hogs allocate 4 GiB; 2 run a CPU-bound loop for 40% of the run. Before the class, one extra
 student alone spawns (the single-spawn figure) and runs every menu cell twice (once with
 ``--quick``): the solo latencies.
 
@@ -47,9 +48,11 @@ Ends with the issue's targets as ``met`` / ``NOT met`` lines.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import json
 import os
+import pwd
 import random
 import re
 import secrets
@@ -78,6 +81,10 @@ from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
 
 GiB = 1024**3
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
+#: both classes live below the same parent in these hierarchies: the memory
+#: budget, and one CPU weight for the class against the rest of the machine
+#: (ClassroomSpawner puts its servers' cpu groups there; the stock harness too)
+CLASS_HIERARCHIES = (MEMORY_ROOT, "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct")
 HOG_BYTES = 4 * GiB
 TARGET_LATENCY = 1.5  # well-behaved p95 <= 1.5x solo
 TARGET_SPAWN = 3.0  # spawn p95 in the wave <= 3x a single spawn
@@ -136,17 +143,18 @@ import sys
 from jupyterhub.spawner import LocalProcessSpawner
 
 class BudgetLocalProcessSpawner(LocalProcessSpawner):
-    # benchmark harness only: the server joins the class's budget cgroup before exec
+    # benchmark harness only: the server joins the class's budget cgroups before exec
     def make_preexec_fn(self, name):
         drop = super().make_preexec_fn(name)
         procs = {budget_procs!r}
 
         def preexec():
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
             drop()
 
         return preexec
@@ -193,9 +201,9 @@ def make_trace(rng, logins, minutes):
     for login, role in zip(logins, roles):
         steps = []
         budget = duration - wave  # cells after the login, roughly
-        spent = 0.0
         count = 1 if role == "idle" else max(2, int(budget / (sum(think) / 2 + 2)))
-        special_at = count // 2
+        # early in the student's class: a late server still gets to it before the hand-in
+        special_at = min(2, count - 1)
         for i in range(count):
             gap = rng.uniform(*think)
             if i == special_at and role == "hog":
@@ -206,7 +214,6 @@ def make_trace(rng, logins, minutes):
                 k = rng.randrange(len(MENU))
                 mb, cpu = MENU[k]
                 steps.append((gap, "cell", CELL.format(mb=mb, cpu=cpu, seed=k), k))
-            spent += gap
         plans.append(Plan(login, role, rng.uniform(0, wave), steps, duration + rng.uniform(0, 10)))
     return plans
 
@@ -432,7 +439,7 @@ class Run:
             )
         else:
             config += CONFIG_STOCK.format(
-                budget_procs=self.budget_dir + "/cgroup.procs", password=self.password, logins=[*self.logins, self.solo]
+                budget_procs=[f"{d}{self.parent}/cgroup.procs" for d in CLASS_HIERARCHIES], password=self.password, logins=[*self.logins, self.solo]
             )
         self.config = Path(self.state, "jupyterhub_config.py")
         self.config.write_text(config)
@@ -454,7 +461,8 @@ class Run:
     # the hub and its processes
 
     def start_hub(self):
-        os.makedirs(self.budget_dir, exist_ok=True)
+        for root in CLASS_HIERARCHIES:
+            os.makedirs(root + self.parent, exist_ok=True)
         Path(self.budget_dir, "memory.limit_in_bytes").write_text(str(self.budget))
         self.proc = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", str(self.config)],
@@ -615,7 +623,7 @@ class Run:
             self.peak_budget = int(Path(self.budget_dir, "memory.max_usage_in_bytes").read_text())
         except OSError:
             self.peak_budget = self.peak_budget_sampled
-        self.culls = [line for line in Path(self.state, "hub.log").read_text(errors="replace").splitlines() if "ull" in line and "cd" in line and ("Culling" in line or "cull" in line.lower() and "stop" in line.lower())]
+        self.culls = culls(Path(self.state, "hub.log").read_text(errors="replace"))
 
     def running_servers(self):
         try:
@@ -633,8 +641,6 @@ class Run:
             if expected is None:
                 out.append(False)
                 continue
-            import pwd
-
             entry = pwd.getpwnam(login)
             r = subprocess.run(
                 ["cat", os.path.join(entry.pw_dir, name)], user=entry.pw_uid, group=entry.pw_gid, capture_output=True, cwd="/"
@@ -652,24 +658,32 @@ class Run:
         try:
             backend, _ = detect("cgroup-v1", self.parent)
             for key in backend.keys():
-                import asyncio
-
                 asyncio.run(backend.destroy(key))
             backend.remove_parent()
         except (EnforcementUnavailable, OSError) as e:
             print(f"   cleanup: cgroups: {e}", file=sys.stderr)
-        if os.path.isdir(self.budget_dir):
-            for pid in Path(self.budget_dir, "cgroup.procs").read_text().split():
+        for folder in (root + self.parent for root in CLASS_HIERARCHIES):
+            if not os.path.isdir(folder):
+                continue
+            for pid in Path(folder, "cgroup.procs").read_text().split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             for _ in range(100):
                 try:
-                    os.rmdir(self.budget_dir)
+                    os.rmdir(folder)
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def culls(hub_log):
+    """[(login, why)] of the servers stopped by the hub's culling or memory
+    pressure (classroomhub) or by jupyterhub-idle-culler (stock)."""
+    found = re.findall(r"Stopping server '[^']*' of (cd\w+): (.*)", hub_log)
+    found += re.findall(r"Culling server (cd\w+)\S* \((.*)\)", hub_log)
+    return found
 
 
 def oom_kills(since, parent):
@@ -697,8 +711,6 @@ def pct(values, q):
 
 
 def figures(run):
-    import pwd
-
     res = run.results
     solo = res.get(run.solo, {"cells": [], "spawn": None})
     solo_by_cell = {}
@@ -759,7 +771,7 @@ def figures(run):
         "lost_handin": lost_handin,
         "restarts": restarts,
         "not_running": not_running,
-        "culls": len(run.culls),
+        "culls": run.culls,
         "wall": run.wall,
         "load": run.load,
     }
@@ -786,7 +798,7 @@ def report(runs, budget):
     row("host OOM kills", lambda x: "?" if x["host_oom"] is None else str(x["host_oom"]))
     row("hogs (told why)", lambda x: ",".join(x["hogs"]) + (" (yes)" if x["told"] else " (no)"))
     row("innocent students whose kernels died", lambda x: ",".join(x["innocents"]) or "none")
-    row("servers culled (hub log lines)", lambda x: str(x["culls"]))
+    row("servers culled (why)", lambda x: "; ".join(f"{who}: {why}" for who, why in x["culls"]) or "none")
     row("servers not running at the end", lambda x: ",".join(x["not_running"]) or "none")
     row("failed logins/spawns/cells/saves", lambda x: "%d/%d/%d/%d" % x["failed"])
     row("lost notebooks / hand-ins", lambda x: f"{len(x['lost_work'])} / {len(x['lost_handin'])}")
@@ -853,7 +865,8 @@ def main():
     print(f"class day: {n} students, {minutes:g} min, budget {budget / GiB:.1f} GiB, seed {args.seed}; "
           f"{os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB, load avg {os.getloadavg()[0]:.1f}")
     print("   harness: the budget parent's memory limit is written by the benchmark (no product option yet); "
-          "stock servers join it through a LocalProcessSpawner subclass that writes their pid before exec")
+          "stock servers join it (and one cpu/cpuacct parent, as ClassroomSpawner's do) through a LocalProcessSpawner "
+          "subclass that writes their pid before exec")
     trace_printed = []
 
     def plans_for(logins):
