@@ -58,7 +58,7 @@ TARGET_EXTRA_SECONDS = 3.0
 BIN = os.path.dirname(sys.executable)
 
 
-async def start_hub(tmp, conf):
+async def start_hub(tmp, conf, port_wait=None):
     from jupyterhub.tests.mocking import MockHub
     from jupyterhub.utils import random_port
     from traitlets.config import Config
@@ -75,6 +75,8 @@ async def start_hub(tmp, conf):
     cfg.ClassroomSlurmSpawner.batchspawner_singleuser_cmd = os.path.join(BIN, "batchspawner-singleuser")
     cfg.ClassroomSlurmSpawner.job_listen_ip = "127.0.0.1"
     cfg.ClassroomSlurmSpawner.tier_settings = {"student": dict(LIMITS)}
+    if port_wait is not None:
+        cfg.ClassroomSlurmSpawner.port_wait_timeout = port_wait
     # local servers log to a file, not to this table (an fd: config values are deep-copied);
     # Slurm's write to ~/jupyterhub_slurmspawner_<job>.log
     server_log = os.open(tmp / "servers.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -136,7 +138,7 @@ async def spawn_and_stop(app, name):
     return ready, time.perf_counter() - tic
 
 
-async def run(pairs, tmp):
+async def run(pairs, tmp, port_wait=None):
     from jupyterhub.tests.mocking import MockHub
 
     users = Users()
@@ -145,7 +147,7 @@ async def run(pairs, tmp):
             logins = [f"{TAG}{i:02d}" for i in range(2 * pairs)]
             for login in logins:
                 users.create(login)
-            app = await start_hub(tmp, cluster.conf)
+            app = await start_hub(tmp, cluster.conf, port_wait)
             try:
                 r = await app_users(app, logins)
                 assert r.status_code == 201, r.text
@@ -178,6 +180,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 pairs instead of 10")
     parser.add_argument("--pairs", type=int, help="number of spawns of each kind")
+    parser.add_argument(
+        "--port-wait", type=float, help="ClassroomSlurmSpawner.port_wait_timeout (0: return once the job reports its port)"
+    )
     args = parser.parse_args()
     why = why_no_cluster()
     if why:
@@ -185,7 +190,7 @@ def main():
     pairs = args.pairs or (3 if args.quick else 10)
     with tempfile.TemporaryDirectory(prefix="classroomhub-slurm-bench-") as tmp:
         print(f"spawn-to-ready and stop, {pairs} of each, interleaved (memory 512 MiB, 1 CPU)")
-        times = asyncio.run(run(pairs, Path(tmp)))
+        times = asyncio.run(run(pairs, Path(tmp), args.port_wait))
     med = {kind: statistics.median(r for r, _ in values) for kind, values in times.items()}
     stop = {kind: statistics.median(s for _, s in values) for kind, values in times.items()}
     print()

@@ -16,12 +16,15 @@ else in the package does.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import shlex
 import time
 
 from batchspawner import SlurmSpawner
+from jupyterhub.apihandlers import APIHandler, default_handlers
+from tornado import web
 from traitlets import Float, Integer, TraitError, Unicode, validate
 
 from .spawner.classroomsync import ClassroomSync
@@ -31,6 +34,7 @@ from .spawner.users import SystemUsers
 from .units import human_bytes
 
 MiB = 1024**2
+BATCHSPAWNER_ROUTE = r"/api/batchspawner"
 #: what an account or partition name may be (empty: Slurm's default)
 SLURM_NAME = re.compile(r"[\w.-]*")
 
@@ -51,6 +55,37 @@ def slurm_time(seconds):
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+class PortReportHandler(APIHandler):
+    """``POST /hub/api/batchspawner``: the server in a job reports its port.
+
+    It replaces batchspawner's own handler, which sets *any* attribute the
+    request names on the spawner. The request carries the server's token,
+    which its owner can read in the job's environment: with batchspawner's
+    handler a student could set ``exec_prefix`` or ``batch_query_cmd``, shell
+    commands the hub then runs as root. Only ``{"port": N}`` is accepted here.
+    """
+
+    @web.authenticated
+    def post(self):
+        token = self.get_auth_token()
+        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
+        if spawner is None:
+            raise web.HTTPError(403, "Only a server's own token may report its port")
+        data = self.get_json_body()
+        port = data.get("port") if isinstance(data, dict) else None
+        if set(data or ()) != {"port"} or type(port) is not int or not 0 < port < 65536:
+            raise web.HTTPError(400, 'Expected {"port": <1-65535>} and nothing else')
+        spawner.port = port
+        self.set_status(201)
+        self.finish(json.dumps({"message": "port recorded"}))
+
+
+# importing batchspawner appended its handler to the hub's API handlers: use ours instead
+default_handlers[:] = [
+    (route, PortReportHandler) if route == BATCHSPAWNER_ROUTE else (route, *rest) for route, *rest in default_handlers
+]
 
 
 class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArguments, SlurmSpawner):

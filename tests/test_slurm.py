@@ -206,6 +206,15 @@ async def test_student_server_runs_as_a_job_with_the_tier_limits(app, cluster):
         server = [env for _, cmd, env in procs.values() if "jupyterhub-singleuser" in cmd]
         assert server, procs
         assert {b"MEM_LIMIT=%d" % (512 * MiB), b"CPU_LIMIT=1.0"} <= set(server[0])
+
+        # the server's token, which its owner can read in the job, reports a port and nothing else:
+        # batchspawner's own handler would set exec_prefix, a command the hub runs as root
+        for body in ({"exec_prefix": "touch /tmp/slurm-pwned;"}, {"port": spawner.port, "batch_query_cmd": "id"}):
+            r = await api_request(
+                app, "batchspawner", method="post", data=json.dumps(body), headers={"Authorization": f"token {spawner.api_token}"}
+            )
+            assert r.status_code == 400, r.text
+        assert (spawner.exec_prefix, spawner.batch_query_cmd) == ("runuser -u {username} --", "squeue -h -j {job_id} -o '%T %B'")
     finally:
         await stop_server(app, STUDENT)
 
