@@ -8,6 +8,10 @@ KubeSpawner would send to the API server. The only stand-ins are the hub and
 user objects the spawner reads names and URLs from, and a kubeconfig naming
 an API server that is never contacted (KubeSpawner loads one when it is
 built).
+
+``classroomhub kube-values`` turns a ``jupyterhub_config.py`` into Zero to
+JupyterHub values: they parse, carry the tiers, and the spawner configured
+from them builds the same pods.
 """
 
 import os
@@ -17,8 +21,10 @@ import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import kube_config
+from traitlets.config import Config
 
 from classroomhub.access import AccessPolicy
+from classroomhub.cli import main
 from classroomhub.environments.layout import Layout, write_json_atomic
 from classroomhub.kubernetes import IMAGE_PATH, ClassroomKubeSpawner
 from classroomhub.roster import parse_roster
@@ -222,3 +228,66 @@ async def test_a_persons_own_settings_come_last():
     pod = await manifest(spawner)
     assert container(pod)["resources"]["limits"]["memory"] == 3 * GiB
     assert container(pod)["resources"]["requests"] == {"memory": 3 * GiB, "cpu": 1.0}
+
+
+HUB_CONFIG = """\
+c = get_config()
+c.JupyterHub.authenticator_class = "classroom-github"
+# the one-machine settings: the tier keys carry over, the cgroup-only ones do not
+c.ClassroomSpawner.tier_settings = {"student": {"mem_limit": "2G", "pressure_min_idle": 60}}
+c.ClassroomKubeSpawner.tier_settings = {"power": {"cpu_limit": 3, "node_selector": {"pool": "research"}}}
+c.ClassroomKubeSpawner.environments_data_dir = "/srv/classroomhub"
+c.ClassroomKubeSpawner.environments_volume = {"persistentVolumeClaim": {"claimName": "classroom-environments"}}
+"""
+
+
+@pytest.fixture
+def hub_config(tmp_path):
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(HUB_CONFIG)
+    return path
+
+
+def kube_values(path, capsys):
+    assert main(["kube-values", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Zero to JupyterHub values for classroomhub.kubernetes.ClassroomKubeSpawner")
+    return yaml.safe_load(out)
+
+
+async def test_the_chart_values_carry_the_tiers_and_give_the_same_pods(hub_config, capsys):
+    values = kube_values(hub_config, capsys)
+    hub_config_section = values["hub"]["config"]
+    assert hub_config_section["JupyterHub"] == {
+        "spawner_class": "classroomhub.kubernetes.ClassroomKubeSpawner",
+        "authenticator_class": "classroom-github",
+    }
+    tiers = hub_config_section["ClassroomKubeSpawner"]["tier_settings"]
+    assert tiers["student"] == {**DEFAULT_TIER_SETTINGS["student"], "mem_limit": "2G"}
+    assert tiers["power"] == {**DEFAULT_TIER_SETTINGS["power"], "cpu_limit": 3, "node_selector": {"pool": "research"}}
+    assert tiers["root"] == DEFAULT_TIER_SETTINGS["root"]
+    # the chart's defaults are the student tier's, memory guaranteed in full
+    assert values["singleuser"]["memory"] == {"limit": "2G", "guarantee": "2G"}
+    assert values["singleuser"]["cpu"] == {"limit": 1.0, "guarantee": 0.25}
+    assert values["singleuser"]["uid"] == 1000
+    assert values["cull"] == {"enabled": False}
+    assert values["singleuser"]["networkPolicy"]["enabled"] is True
+    assert values["hub"]["extraVolumeMounts"] == [
+        {"name": "classroom-environments", "mountPath": "/srv/classroomhub/environments", "readOnly": True}
+    ]
+    # the hub the chart configures builds the same pods: its config section, given to the spawner
+    config = Config({"ClassroomKubeSpawner": hub_config_section["ClassroomKubeSpawner"]})
+    hub = SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/hub/", api_url="http://hub:8081/hub/api")
+    student = ClassroomKubeSpawner(user=person(ROSTER, "sam"), hub=hub, config=config)
+    assert container(await manifest(student))["resources"]["limits"] == {"memory": 2 * GiB, "cpu": 1.0}
+    power = ClassroomKubeSpawner(user=person(ROSTER, "kira"), hub=hub, config=config)
+    pod = await manifest(power)
+    assert container(pod)["resources"]["limits"] == {"memory": DEFAULT_TIER_SETTINGS["power"]["mem_limit"], "cpu": 3}
+    assert pod["spec"]["nodeSelector"] == {"pool": "research"}
+
+
+def test_kube_values_refuses_an_unknown_tier(tmp_path, capsys):
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text('c = get_config()\nc.ClassroomKubeSpawner.tier_settings = {"tutor": {"mem_limit": "1G"}}\n')
+    assert main(["kube-values", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == f"classroomhub kube-values: {path}: tier_settings: unknown tier 'tutor' (expected one of root, admin, power, student)\n"

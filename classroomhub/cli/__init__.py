@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     ".ops",
     "classroomhub.ops.commands",  # backup, restore, upgrade-db
     ".env",
+    ".kubernetes",
 ]
 
 
