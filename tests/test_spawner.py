@@ -657,12 +657,16 @@ async def test_an_unavailable_backend_that_was_asked_for_refuses_to_start(app, s
 async def test_psutil_watchdog_kills_the_largest_kernel(app, synced, settings):
     """Without a writable cgroup the watchdog stands in: the kernel over the
     limit dies, the server does not, and the kill is counted."""
-    settings(STUDENT, enforcement="psutil", watchdog_interval=0.3, monitor_interval=5)
+    # the watchdog sums resident sizes, shared pages too: the limit leaves room
+    # for the server (JupyterLab and its extensions) and a starting kernel
+    limit = 512 * 1024**2
+    settings(STUDENT, enforcement="psutil", watchdog_interval=0.3, monitor_interval=5, mem_limit=limit)
     spawner = await start(app, STUDENT)
     try:
         client = await kernel_client(STUDENT, await start_kernel(app, STUDENT))
+        assert spawner.oom_kills == 0, "the watchdog killed a process before the kernel allocated anything"
         kernel_pids = set(spawner.backend.pids(spawner.group_key)) - {spawner.pid}
-        client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
+        client.execute(f"b = bytearray({2 * limit})\nfor i in range(0, len(b), 4096): b[i] = 1")
         deadline = time.monotonic() + 20
         while spawner.oom_kills == 0:
             assert time.monotonic() < deadline, "watchdog did not act"
