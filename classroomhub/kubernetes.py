@@ -174,6 +174,7 @@ class ClassroomKubeSpawner(TierSettings, ServerArguments, ManagedKernels, ImageP
             self.cpu_guarantee or "none",
             self.image,
         )
+        self.check_named_server_limit()  # before the pod exists: refused with the tier's reason
 
     def get_args(self):
         args = super().get_args()

@@ -28,6 +28,7 @@ from classroomhub.cli import main
 from classroomhub.environments.layout import Layout, write_json_atomic
 from classroomhub.kubernetes import IMAGE_PATH, ClassroomKubeSpawner
 from classroomhub.roster import parse_roster
+from classroomhub.spawner.refusal import SpawnRefused
 from classroomhub.tiers import DEFAULT_TIER_SETTINGS
 
 GiB = 1024**3
@@ -228,6 +229,14 @@ async def test_a_persons_own_settings_come_last():
     pod = await manifest(spawner)
     assert container(pod)["resources"]["limits"]["memory"] == 3 * GiB
     assert container(pod)["resources"]["requests"] == {"memory": 3 * GiB, "cpu": 1.0}
+
+
+async def test_named_servers_beyond_the_tier_are_refused_before_a_pod_exists():
+    named = SimpleNamespace(name="extra", server=None)  # the hub's record of a named server
+    with pytest.raises(SpawnRefused, match=r"Your tier \(student\) allows 0 named server"):
+        await manifest(make_spawner(person(ROSTER, "sam"), orm_spawner=named))
+    pod = await manifest(make_spawner(person(ROSTER, "kira"), orm_spawner=named))  # power: 3
+    assert env(pod)["JUPYTERHUB_SERVER_NAME"] == "extra"
 
 
 HUB_CONFIG = """\
