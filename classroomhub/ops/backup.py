@@ -49,6 +49,7 @@ from ..databases import (
     restore_database,
     sqlite_path,
 )
+from ..errors import CommandError
 from ..service.db.models import Delivered, Feedback, Release, Submission
 from ..service.files.store import ReleaseStore
 from .locations import Locations
@@ -59,7 +60,7 @@ FORMAT = 1
 STORE_AREAS = ("objects", "private")
 
 
-class BackupError(RuntimeError):
+class BackupError(CommandError):
     """A backup or restore that cannot be done; the message says why."""
 
 

@@ -17,23 +17,17 @@ def _human(size):
 
 
 def _locations(args):
-    from .locations import LocationError, read_locations
+    from .locations import read_locations
 
-    try:
-        return read_locations(args.config, args.hub_dir)
-    except LocationError as e:
-        raise CommandError(str(e), 2) from None
+    return read_locations(args.config, args.hub_dir)
 
 
 def cmd_backup(args):
-    from .backup import Backup, BackupError
+    from .backup import Backup
 
-    try:
-        manifest = Backup(_locations(args), args.dest, progress=None if args.quiet else _say).run()
-    except BackupError as e:
-        raise CommandError(str(e)) from None
-    except OSError as e:  # e.g. not run as the hub's user
-        raise CommandError(f"{e.filename}: {e.strerror}") from None
+    # BackupError, LocationError and OSError (e.g. not run as the hub's user)
+    # are reported by the CLI's main() as one line
+    manifest = Backup(_locations(args), args.dest, progress=None if args.quiet else _say).run()
     for note in manifest["notes"]:
         print(f"note: {note}", file=sys.stderr)
     store = manifest["store"] or {"objects": 0, "bytes": 0, "missing": []}
@@ -48,14 +42,9 @@ def cmd_backup(args):
 
 
 def cmd_restore(args):
-    from .backup import BackupError, Restore
+    from .backup import Restore
 
-    try:
-        seconds = Restore(_locations(args), args.source, force=args.force, progress=None if args.quiet else _say).run()
-    except BackupError as e:
-        raise CommandError(str(e)) from None
-    except OSError as e:
-        raise CommandError(f"{e.filename}: {e.strerror}") from None
+    seconds = Restore(_locations(args), args.source, force=args.force, progress=None if args.quiet else _say).run()
     _say(
         f"restored {os.path.abspath(args.source)} in {seconds:.1f} s;"
         " start the hub (its service upgrades its database if needed)"

@@ -17,12 +17,16 @@ from jupyterhub.app import JupyterHub
 from traitlets.config.loader import PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
+from ..errors import CommandError
 from ..service.app import ClassroomService
 
 
 
-class LocationError(ValueError):
+class LocationError(CommandError, ValueError):
     """The configuration does not say where something is; the message says what."""
+
+    def __init__(self, message):
+        super().__init__(message, status=2)  # set-up the command cannot use
 
 
 @dataclass
