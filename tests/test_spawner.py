@@ -876,13 +876,19 @@ async def test_a_slow_classroom_sync_does_not_fail_the_start(app, synced, settin
     server = web.Application([("/services/classroom/api/sync", HangingSync)]).listen(port, "127.0.0.1")
     try:
         settings(SLOW_SYNC, classroom_service_url=f"http://127.0.0.1:{port}/services/classroom/", start_timeout=20)
-        t0 = time.monotonic()
+        t0 = time.time()
         spawner = await start(app, SLOW_SYNC)
         try:
-            took = time.monotonic() - t0
-            assert spawner.ready and 9 <= took < 20 + 5, took
-            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-            assert any("Classroom sync for " + SLOW_SYNC in w for w in warnings), warnings
+            assert spawner.ready
+            # the start gave up on the sync after half of start_timeout (not the
+            # 60 s of classroom_sync_timeout); launching the server took the rest,
+            # however long that is on a loaded machine
+            gave_up = [
+                r.created - t0
+                for r in caplog.records
+                if r.levelname == "WARNING" and r.getMessage().startswith(f"Classroom sync for {SLOW_SYNC} did not finish")
+            ]
+            assert len(gave_up) == 1 and 9 <= gave_up[0] < 15, gave_up
         finally:
             await stop(app, SLOW_SYNC)
     finally:
