@@ -574,7 +574,7 @@ async def test_a_server_that_culls_itself_under_pressure_stops_monitoring(app, s
     this server's settings."""
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemAvailable: 8000000 kB\n")
-    settings(STUDENT, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0)
+    settings(STUDENT, meminfo_path=str(meminfo), memory_reserve=1024**3, pressure_min_idle=0, pressure_warning_seconds=0)
     spawner = await start(app, STUDENT)
     monitor = spawner._monitor_task
     meminfo.write_text("MemAvailable: 100000 kB\n")

@@ -244,6 +244,19 @@ class CgroupV2(_CgroupBackend):
     def attach_fn(self, key):
         return _attach_writer([os.path.join(self.base, key, "cgroup.procs")])
 
+    def set_budget(self, total, high_fraction=0.0):
+        self._prepare()
+        write_text(os.path.join(self.base, "memory.max"), total or "max")
+        # throttle (reclaim) a little below the limit before the OOM killer acts
+        high = int(total * high_fraction) if total and high_fraction else "max"
+        write_text(os.path.join(self.base, "memory.high"), high)
+        return True
+
+    def budget_usage(self):
+        current = read_int(os.path.join(self.base, "memory.current"))
+        inactive = read_keyed(os.path.join(self.base, "memory.stat")).get("inactive_file", 0)
+        return max(current - inactive, 0), read_int(os.path.join(self.base, "memory.max"))
+
     def usage(self, key):
         folder = os.path.join(self.base, key)
         read = self.files.read
@@ -340,6 +353,31 @@ class CgroupV1(_CgroupBackend):
 
     def attach_fn(self, key):
         return _attach_writer([os.path.join(d, "cgroup.procs") for d in self.group_dirs(key)])
+
+    def set_budget(self, total, high_fraction=0.0):
+        folder = self.bases["memory"]
+        hierarchy = os.path.join(folder, "memory.use_hierarchy")
+        if total and read_int(hierarchy, 1) != 1:
+            # without it the servers' usage is not charged to this folder at
+            # all; the kernel accepts the change only while it has no groups
+            write_text(hierarchy, 1)
+        limit = os.path.join(folder, "memory.limit_in_bytes")
+        memsw = os.path.join(folder, "memory.memsw.limit_in_bytes")
+        has_memsw = os.path.exists(memsw)
+        if has_memsw:  # memsw must stay >= limit: lift it first
+            write_text(memsw, -1)
+        write_text(limit, total or -1)
+        if has_memsw and total:
+            write_text(memsw, total)  # swap does not extend the budget
+        return True
+
+    def budget_usage(self):
+        folder = self.bases["memory"]
+        used = read_int(os.path.join(folder, "memory.usage_in_bytes"))
+        inactive = read_keyed(os.path.join(folder, "memory.stat")).get("total_inactive_file", 0)
+        limit = read_int(os.path.join(folder, "memory.limit_in_bytes"))
+        # "no limit" reads as the largest page-aligned long
+        return max(used - inactive, 0), (0 if limit >= 1 << 62 else limit)
 
     def usage(self, key):
         mem_dir = self._dir("memory", key)

@@ -63,13 +63,14 @@ class IdleTracker:
         return f"idle for {idle_timeout} s (no hub activity, {used:.3f} cores used on average)"
 
 
-def mem_available(meminfo_path="/proc/meminfo"):
-    """MemAvailable in bytes (what the kernel could give without swapping)."""
+def mem_available(meminfo_path="/proc/meminfo", field="MemAvailable"):
+    """MemAvailable in bytes (what the kernel could give without swapping),
+    or another *field* of /proc/meminfo such as MemTotal."""
     with open(meminfo_path) as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise ValueError(f"{meminfo_path} has no MemAvailable line")
+    raise ValueError(f"{meminfo_path} has no {field} line")
 
 
 def idlest_first(spawners, now, min_idle=None):

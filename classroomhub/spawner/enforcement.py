@@ -94,6 +94,16 @@ class Enforcement:
     async def destroy(self, key, timeout=10):
         """Kill every process of the group, wait for it to empty, remove it."""
 
+    def set_budget(self, total, high_fraction=0.0):
+        """Hold all servers together to *total* bytes (0: no limit) on the
+        folder holding their groups; False if this backend cannot."""
+        return False
+
+    def budget_usage(self):
+        """``(bytes in use, limit)`` of all servers together (limit 0: none);
+        None if this backend cannot tell."""
+        return None
+
     def keys(self):
         """Keys of groups that exist now (for the stale sweep after a restart)."""
         return []

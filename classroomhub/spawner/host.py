@@ -14,6 +14,7 @@ import weakref
 
 from jupyterhub import orm
 
+from ..units import human_bytes
 from .detection import detect
 from .enforcement import Enforcement, EnforcementUnavailable, group_key
 
@@ -34,6 +35,8 @@ class Host:
         self.tasks = set()
         #: when a monitor last checked the host's memory (one check per interval for all servers)
         self.pressure_checked = 0.0
+        #: ``{backend: (total, high fraction)}`` of the servers' budget set on each backend's parent
+        self.budgets = {}
 
     @classmethod
     def current(cls):
@@ -86,6 +89,29 @@ class Host:
             if key not in live and key != keep:
                 log.info("ClassroomSpawner: removing stale group %s", key)
                 await backend.destroy(key)
+
+    def apply_budget(self, backend, total, high_fraction, log):
+        """Set the servers' memory budget on *backend*'s parent folder once per
+        hub process and again when the configuration changes (a restarted hub
+        sets it afresh, so a changed value takes effect)."""
+        wanted = (total, high_fraction)
+        if self.budgets.get(backend) == wanted:
+            return
+        self.budgets[backend] = wanted  # tried once per value: no error at every check
+        try:
+            done = backend.set_budget(total, high_fraction)
+        except OSError as e:
+            log.error("ClassroomSpawner: cannot set the servers' memory budget of %s: %s", human_bytes(total), e)
+            return
+        if done:
+            log.info("ClassroomSpawner: all servers together limited to %s (%s)", human_bytes(total), backend.describe())
+        elif total:
+            log.warning(
+                "ClassroomSpawner: %s cannot hold servers to a common memory budget; "
+                "servers_memory_budget (%s) is not enforced, only memory_reserve of the host",
+                backend.name,
+                human_bytes(total),
+            )
 
     def in_background(self, task):
         """Keep *task* (e.g. a cull's stop) referenced until it is done."""

@@ -3,7 +3,8 @@
 A kernel killed at the memory limit looks like a plain restart in
 JupyterLab. ClassroomSpawner records each OOM kill in its state in the hub's
 database (kept when the server stops and across hub restarts); this adds a
-line for the owner, for an hour after the kill, to the announcements of the
+line for the owner, for an hour after the kill (and a warning while an idle
+server is about to be stopped for memory pressure), to the announcements of the
 hub's home, spawn and "not running" pages, after any announcement the hub's
 configuration has for that page.
 """
@@ -55,6 +56,26 @@ def oom_notice(user, now=None):
     return "<br>".join(escape(line) for line in lines)
 
 
+def pressure_notice(user):
+    """The warning for *user* whose idle server will be stopped for memory
+    pressure (see :mod:`.pressure`), or ""."""
+    orm_user = getattr(user, "orm_user", None)
+    if orm_user is None:
+        return ""
+    lines = []
+    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
+        warning = (orm_spawner.state or {}).get("pressure_warning")
+        if not warning or orm_spawner.server is None:
+            continue
+        when = datetime.fromtimestamp(warning[1], timezone.utc).strftime("%H:%M UTC")
+        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
+        lines.append(
+            f"The servers are short of memory: {server} has been idle and will be stopped at {when} "
+            "unless you use it. Save your work; you can start it again later."
+        )
+    return "<br>".join(escape(line) for line in lines)
+
+
 def install(template_vars):
     """Add the notice to the announcements in the hub's *template_vars* (once):
     to ``announcement``, and to ``announcement_home``/``announcement_spawn``
@@ -71,7 +92,7 @@ def install(template_vars):
 def _with_notice(existing):
     def announcement(user):
         base = existing(user) if callable(existing) else (existing or "")
-        return "<br>".join(part for part in (base, oom_notice(user)) if part)
+        return "<br>".join(part for part in (base, oom_notice(user), pressure_notice(user)) if part)
 
     announcement.classroomhub_oom_notice = True
     return announcement

@@ -1,8 +1,14 @@
-"""Host memory pressure: below `memory_reserve` of MemAvailable, idle servers
-are stopped, idlest first; a start that cannot be made room for is refused.
+"""Memory pressure: the host's MemAvailable below `memory_reserve`, or the
+servers' budget (:mod:`.budget`) with less than `memory_reserve` free.
 
-Monitors check the host at most once per `monitor_interval` between them
-(the time is kept in the process's :class:`.host.Host`); a start always checks.
+Under pressure only idle servers are stopped, never one in use: first those
+using more than their share, then the idlest. A monitor warns the owner (a
+notice on the hub's pages) and stops the server `pressure_warning_seconds`
+later if it is still idle and the pressure lasts; a start that needs the room
+now stops idle servers at once, or is refused.
+
+Monitors check at most once per `monitor_interval` between them (the time is
+kept in the process's :class:`.host.Host`); a start always checks.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from traitlets import Integer, Unicode, validate
+from traitlets import Integer, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..servers import stop_server
@@ -19,15 +25,36 @@ from .culling import idlest_first, mem_available
 from .refusal import SpawnRefused
 
 
+def excess(spawner, capacity, weights):
+    """Bytes *spawner* uses beyond its share of *capacity*: shares are in
+    proportion to the servers' memory limits (*weights*: their sum)."""
+    share = capacity * (spawner.mem_limit or capacity) / (weights or 1)
+    return (spawner.usage or {}).get("mem_bytes", 0) - share
+
+
+def stop_order(spawners, now, capacity):
+    """The servers that may be stopped under pressure, in order: idle ones
+    over their share of *capacity* (the budget, else the host's memory; most
+    over first), then the other idle ones, idlest first. A server in use is
+    never in it."""
+    idle = idlest_first(spawners, now)
+    if not capacity:
+        return idle
+    weights = sum(s.mem_limit or capacity for s in spawners if s.active)
+    over = sorted((s for s in idle if excess(s, capacity, weights) > 0), key=lambda s: -excess(s, capacity, weights))
+    return over + [s for s in idle if s not in over]
+
+
 class MemoryPressure(LoggingConfigurable):
     """ClassroomSpawner's share in relieving memory pressure (a mixin of it;
-    uses the spawner's `host` and the monitor's idleness)."""
+    uses the spawner's `host`, the budget and the monitor's idleness)."""
 
     memory_reserve = Integer(
         512 * 1024**2,
-        help="""Bytes of the host's MemAvailable to keep free. Below it, idle
-        servers are stopped idlest first; a new server is refused if that does
-        not free enough.""",
+        help="""Bytes to keep free of the host's MemAvailable and of the
+        servers' budget (`servers_memory_budget`). Below it, idle servers are
+        stopped (over their share first, then idlest first); a new server is
+        refused if that does not free enough. 0 turns this off.""",
     ).tag(config=True)
 
     @validate("memory_reserve")
@@ -42,6 +69,27 @@ class MemoryPressure(LoggingConfigurable):
         activity and CPU) for this many seconds.""",
     ).tag(config=True)
 
+    pressure_warning_seconds = Integer(
+        120,
+        help="""Under memory pressure found by a monitor, the owner of the idle
+        server chosen first is warned (a notice on the hub's pages and a log
+        line) and the server is stopped this many seconds later if it is still
+        idle and the pressure lasts. 0 stops it at once. A start that needs
+        the room does not wait: it stops idle servers at once.""",
+    ).tag(config=True)
+
+    @validate("pressure_warning_seconds")
+    def _validate_pressure_warning_seconds(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("pressure_warning_seconds must be >= 0")
+        return proposal.value
+
+    pressure_warning = List(
+        help="""``[warned at, stop at]`` (unix times) while this server is
+        warned that it will be stopped for memory pressure (persisted for the
+        notice); empty otherwise.""",
+    )
+
     meminfo_path = Unicode(
         "/proc/meminfo",
         help="Where MemAvailable is read (tests point it at a file).",
@@ -53,48 +101,114 @@ class MemoryPressure(LoggingConfigurable):
         await self._relieve_pressure(time.time(), spawning=True)
 
     async def relieve_pressure(self, now):
-        """From a monitor: stop idle servers while the reserve is not free
-        (one host check per `monitor_interval` for all servers)."""
+        """From a monitor: warn, then stop, an idle server while the reserve is
+        not free (one check per `monitor_interval` for all servers)."""
         host = self.host
         if now - host.pressure_checked >= self.monitor_interval:
             host.pressure_checked = now
             await self._relieve_pressure(now, spawning=False)
 
+    def memory_shortage(self):
+        """``(why, capacity)``: why memory is short now ("" if it is not), and
+        the memory the servers share (the budget, else the host's MemTotal)."""
+        available = mem_available(self.meminfo_path)
+        budget = self.budget_usage()
+        if budget:
+            capacity = budget[1]
+        else:
+            try:
+                capacity = mem_available(self.meminfo_path, "MemTotal")
+            except ValueError:
+                capacity = 0  # no shares: idlest first only
+        if available < self.memory_reserve:
+            return f"{human_bytes(available)} available on the host, {human_bytes(self.memory_reserve)} reserved", capacity
+        if budget and budget[1] - budget[0] < self.memory_reserve:
+            used, limit = budget
+            return (
+                f"servers use {human_bytes(used)} of their {human_bytes(limit)} budget, "
+                f"{human_bytes(self.memory_reserve)} reserved"
+            ), capacity
+        return "", capacity
+
     async def _relieve_pressure(self, now, spawning):
+        self.apply_budget()  # at the first start of a hub process, and after a config change
         if not self.memory_reserve:
             return
-        available = mem_available(self.meminfo_path)
-        if available >= self.memory_reserve:
+        why, capacity = self.memory_shortage()
+        if not why:
+            self._withdraw_warnings(keep=())
             return
-        running = list(self.host.running)
-        stopping = [s for s in running if s.pending == "stop"]
+        stopping = [s for s in self.host.running if s.pending == "stop"]
         if stopping and not spawning:
             return  # memory is about to be freed: do not stop a second server for it
         if stopping:
             # a start waits for those stops (a cull may have just begun one)
             # before it judges whether another server must go
             await asyncio.wait([asyncio.ensure_future(_stopped(s)) for s in stopping], timeout=30)
-            available = mem_available(self.meminfo_path)
-            if available >= self.memory_reserve:
+            why, capacity = self.memory_shortage()
+            if not why:
                 return
-        for victim in idlest_first(list(self.host.running), now):
-            self.log.warning(
-                "Memory pressure (%s available, %s reserved): stopping idle %s",
-                human_bytes(available),
-                human_bytes(self.memory_reserve),
-                victim._log_name,
-            )
-            await stop_server(victim.user, victim.name, self.log, "host memory pressure")
-            available = mem_available(self.meminfo_path)
-            if available >= self.memory_reserve or not spawning:
+        order = stop_order(list(self.host.running), now, capacity)
+        self._withdraw_warnings(keep=order)  # back in use: no longer warned
+        if not spawning:
+            if order:
+                await self._warn_or_stop(order[0], why, now)
+            return
+        for victim in order:
+            await self._stop_for_pressure(victim, why)
+            why, capacity = self.memory_shortage()
+            if not why:
                 return
-        if spawning and available < self.memory_reserve:
-            raise SpawnRefused(
-                503,
-                f"The server is short of memory ({human_bytes(available)} available, "
-                f"{human_bytes(self.memory_reserve)} kept in reserve) and no idle server can be "
-                "stopped to make room. Please try again in a few minutes."
-            )
+        raise SpawnRefused(
+            503,
+            f"The server is short of memory ({why}) and no idle server can be stopped to make room. "
+            "Please try again in a few minutes."
+        )
+
+    async def _warn_or_stop(self, victim, why, now):
+        if not victim.pressure_warning:
+            if victim.pressure_warning_seconds:
+                victim._set_pressure_warning([now, now + victim.pressure_warning_seconds])
+                self.log.warning(
+                    "Memory pressure (%s): %s warned, stopped in %s s if still idle",
+                    why,
+                    victim._log_name,
+                    victim.pressure_warning_seconds,
+                )
+                return
+        elif now < victim.pressure_warning[1]:
+            return
+        await self._stop_for_pressure(victim, why)
+
+    async def _stop_for_pressure(self, victim, why):
+        self.log.warning("Memory pressure (%s): stopping idle %s", why, victim._log_name)
+        await stop_server(victim.user, victim.name, self.log, "host memory pressure")
+
+    def _withdraw_warnings(self, keep):
+        for spawner in list(self.host.running):
+            if spawner.pressure_warning and spawner not in keep:
+                spawner._set_pressure_warning([])
+
+    def _set_pressure_warning(self, warning):
+        """Record (or clear, with []) the warning where the notice reads it."""
+        self.pressure_warning = warning
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.user.db.commit()
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pressure_warning:
+            state["pressure_warning"] = list(self.pressure_warning)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.pressure_warning = list(state.get("pressure_warning") or []) if self.pid else []
+
+    def clear_state(self):
+        super().clear_state()
+        self.pressure_warning = []
 
 
 async def _stopped(spawner, poll=0.05):

@@ -2,7 +2,7 @@
 
 This module starts, stops and restores a server in its group; each other
 job is a mixin in a module of its own (settings, system users, classroom
-sync, server arguments, memory pressure, monitoring, OOM accounting), and
+sync, server arguments, the servers' memory budget, memory pressure, monitoring, OOM accounting), and
 the host-wide state they share is the process's :class:`.host.Host`.
 """
 
@@ -18,6 +18,7 @@ from traitlets import Bool, Enum, Float, Integer, Unicode
 
 from ..units import human_bytes
 from . import metrics, notices
+from .budget import ServersBudget
 from .classroomsync import ClassroomSync
 from .enforcement import KEY_ENV, Limits, group_key
 from .host import Host
@@ -40,6 +41,7 @@ class ClassroomSpawner(
     ClassroomSync,
     ServerArguments,
     ManagedKernels,
+    ServersBudget,
     MemoryPressure,
     Monitoring,
     OomAccounting,
