@@ -169,6 +169,23 @@ def test_v2_unlimited_and_swap_allowed(v2):
     assert read(f"{folder}/memory.high") == "max"  # no fraction: no throttling below the limit
 
 
+def test_v2_budget_on_the_folder_holding_the_servers_not_the_hub(v2):
+    assert v2.backend.set_budget(8 * GiB, 0.95)
+    parent = os.path.join(v2.own, "classroomhub")
+    assert read(f"{parent}/memory.max") == str(8 * GiB)
+    assert read(f"{parent}/memory.high") == str(int(8 * GiB * 0.95))
+    assert "memory" in read(f"{parent}/cgroup.subtree_control")  # the servers' groups are charged to it
+    assert read(f"{v2.own}/memory.max") == "max"  # the hub's own cgroup is left alone
+    with open(f"{parent}/memory.current", "w") as f:
+        f.write(str(3 * GiB))
+    with open(f"{parent}/memory.stat", "w") as f:
+        f.write(f"anon {2 * GiB}\ninactive_file {GiB}\n")
+    assert v2.backend.budget_usage() == (2 * GiB, 8 * GiB)  # reclaimable cache is not pressure
+    v2.backend.set_budget(0, 0.95)
+    assert read(f"{parent}/memory.max") == "max" and read(f"{parent}/memory.high") == "max"
+    assert v2.backend.budget_usage()[1] == 0
+
+
 def test_v2_moves_the_hub_into_a_leaf_to_delegate_controllers(v2):
     """v2 refuses controllers below a cgroup with processes of its own."""
     v2.backend.create("alice", Limits(mem_bytes=GiB))
