@@ -49,10 +49,27 @@ def tier_settings(config):
     return tiers
 
 
+def user_settings(config):
+    """Each person's settings on Kubernetes: the tier keys of
+    ``ClassroomSpawner.user_settings``, then ``ClassroomKubeSpawner.user_settings``."""
+    people = {}
+    local = config.ClassroomSpawner.get("user_settings", {}) if "ClassroomSpawner" in config else {}
+    kube = config[SPAWNER].get("user_settings", {}) if SPAWNER in config else {}
+    for source, keys in ((local, TIER_SETTING_KEYS), (kube, None)):
+        for login, values in source.items():
+            carried = {k: v for k, v in values.items() if keys is None or k in keys}
+            if carried:
+                people.setdefault(login.lower(), {}).update(carried)
+    return people
+
+
 def z2jh_values(config):
     """The chart's values (a dict, ready for ``yaml.safe_dump``) for *config*."""
     kube = copy.deepcopy(dict(config[SPAWNER])) if SPAWNER in config else {}
     kube["tier_settings"] = tiers = tier_settings(config)
+    people = user_settings(config)
+    if people:
+        kube["user_settings"] = people
     hub_config = {"JupyterHub": {"spawner_class": SPAWNER_CLASS}, SPAWNER: kube}
     authenticator = config.JupyterHub.get("authenticator_class") if "JupyterHub" in config else None
     if isinstance(authenticator, str):
@@ -72,7 +89,7 @@ def z2jh_values(config):
     hub = {"config": hub_config, "networkPolicy": {"enabled": True}}
     if kube.get("environments_data_dir") and kube.get("environments_volume"):
         # the hub lists each person's environments: it mounts them where the servers do
-        volume = {"name": "classroom-environments", **kube["environments_volume"]}
+        volume = {"name": "classroom-environments", **copy.deepcopy(kube["environments_volume"])}  # no YAML alias
         path = posixpath.join(kube["environments_data_dir"], "environments")
         hub["extraVolumes"] = [volume]
         hub["extraVolumeMounts"] = [{"name": "classroom-environments", "mountPath": path, "readOnly": True}]

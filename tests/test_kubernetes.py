@@ -244,6 +244,7 @@ c = get_config()
 c.JupyterHub.authenticator_class = "classroom-github"
 # the one-machine settings: the tier keys carry over, the cgroup-only ones do not
 c.ClassroomSpawner.tier_settings = {"student": {"mem_limit": "2G", "pressure_min_idle": 60}}
+c.ClassroomSpawner.user_settings = {"Sam": {"mem_limit": "3G", "pressure_min_idle": 600}}
 c.ClassroomKubeSpawner.tier_settings = {"power": {"cpu_limit": 3, "node_selector": {"pool": "research"}}}
 c.ClassroomKubeSpawner.environments_data_dir = "/srv/classroomhub"
 c.ClassroomKubeSpawner.environments_volume = {"persistentVolumeClaim": {"claimName": "classroom-environments"}}
@@ -261,6 +262,7 @@ def kube_values(path, capsys):
     assert main(["kube-values", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# Zero to JupyterHub values for classroomhub.kubernetes.ClassroomKubeSpawner")
+    assert "&id" not in out  # no YAML aliases: a person edits this file
     return yaml.safe_load(out)
 
 
@@ -275,6 +277,7 @@ async def test_the_chart_values_carry_the_tiers_and_give_the_same_pods(hub_confi
     assert tiers["student"] == {**DEFAULT_TIER_SETTINGS["student"], "mem_limit": "2G"}
     assert tiers["power"] == {**DEFAULT_TIER_SETTINGS["power"], "cpu_limit": 3, "node_selector": {"pool": "research"}}
     assert tiers["root"] == DEFAULT_TIER_SETTINGS["root"]
+    assert hub_config_section["ClassroomKubeSpawner"]["user_settings"] == {"sam": {"mem_limit": "3G"}}
     # the chart's defaults are the student tier's, memory guaranteed in full
     assert values["singleuser"]["memory"] == {"limit": "2G", "guarantee": "2G"}
     assert values["singleuser"]["cpu"] == {"limit": 1.0, "guarantee": 0.25}
@@ -288,7 +291,9 @@ async def test_the_chart_values_carry_the_tiers_and_give_the_same_pods(hub_confi
     config = Config({"ClassroomKubeSpawner": hub_config_section["ClassroomKubeSpawner"]})
     hub = SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/hub/", api_url="http://hub:8081/hub/api")
     student = ClassroomKubeSpawner(user=person(ROSTER, "sam"), hub=hub, config=config)
-    assert container(await manifest(student))["resources"]["limits"] == {"memory": 2 * GiB, "cpu": 1.0}
+    assert container(await manifest(student))["resources"]["limits"] == {"memory": 3 * GiB, "cpu": 1.0}
+    classmate = ClassroomKubeSpawner(user=person(ROSTER.replace("[sam]", "[sam, lea]"), "lea"), hub=hub, config=config)
+    assert container(await manifest(classmate))["resources"]["limits"] == {"memory": 2 * GiB, "cpu": 1.0}
     power = ClassroomKubeSpawner(user=person(ROSTER, "kira"), hub=hub, config=config)
     pod = await manifest(power)
     assert container(pod)["resources"]["limits"] == {"memory": DEFAULT_TIER_SETTINGS["power"]["mem_limit"], "cpu": 3}
@@ -300,3 +305,13 @@ def test_kube_values_refuses_an_unknown_tier(tmp_path, capsys):
     path.write_text('c = get_config()\nc.ClassroomKubeSpawner.tier_settings = {"tutor": {"mem_limit": "1G"}}\n')
     assert main(["kube-values", "--config", str(path)]) == 2
     assert capsys.readouterr().err == f"classroomhub kube-values: {path}: tier_settings: unknown tier 'tutor' (expected one of root, admin, power, student)\n"
+
+
+def test_kube_values_names_a_missing_or_broken_configuration(tmp_path, capsys):
+    missing = tmp_path / "nothere.py"
+    assert main(["kube-values", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"classroomhub kube-values: {missing}: no such file\n"
+    broken = tmp_path / "jupyterhub_config.py"
+    broken.write_text("c = get_config()\nc.JupyterHub.ip = undefined_name\n")
+    assert main(["kube-values", "--config", str(broken)]) == 2
+    assert capsys.readouterr().err == f"classroomhub kube-values: {broken}: could not be loaded: name 'undefined_name' is not defined\n"
