@@ -7,8 +7,9 @@ partition and account (read back with ``scontrol show job``); the job's
 processes are the student's and sit in Slurm's cgroup with that memory
 limit; a kernel that allocates past it is killed by that cgroup while the
 server lives; stopping cancels the job and leaves nothing on the node; two
-students run on the two nodes at once; a demotion in the roster changes the
-next job.
+students run on the two nodes at once, the one in a course on the course's
+account (JupyterHub's group_overrides); a demotion in the roster changes
+the next job.
 """
 
 import asyncio
@@ -42,6 +43,9 @@ users:
   {STUDENT}: {{}}
   {CLASSMATE}: {{}}
   {RESEARCHER}: {{tier: power}}
+courses:
+  data101:
+    students: [{CLASSMATE}]
 """
 DEMOTED = ROSTER.replace(f"{RESEARCHER}: {{tier: power}}", f"{RESEARCHER}: {{}}")
 
@@ -60,6 +64,10 @@ def HUB_CONFIG(c):
     c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
     c.ClassroomSlurmSpawner.batchspawner_singleuser_cmd = os.path.join(BIN, "batchspawner-singleuser")
     c.ClassroomSlurmSpawner.job_listen_ip = "127.0.0.1"  # every node is this host
+    # a course's students bill their jobs to the course's account
+    c.ClassroomSlurmSpawner.group_overrides = {
+        "data101": {"groups": ["course-data101-students"], "spawner_override": {"req_account": "data101"}},
+    }
     c.ClassroomSlurmSpawner.tier_settings = {
         "student": {
             "mem_limit": 512 * MiB,
@@ -244,6 +252,9 @@ async def test_two_students_run_on_two_nodes_at_once(app, cluster):
         jobs = [cluster.job(s.job_id) for s in spawners]
         assert all(job["JobState"] == "RUNNING" for job in jobs)
         assert {job["BatchHost"] for job in jobs} == set(cluster.nodes)
+        # same tier, but the classmate's course overrides the account
+        assert_job_asks_for(jobs[0], STUDENT_JOB)
+        assert_job_asks_for(jobs[1], {**STUDENT_JOB, "account": "data101"})
         for name in (STUDENT, CLASSMATE):
             assert await status_through_proxy(app, name) == 200
     finally:
