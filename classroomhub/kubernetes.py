@@ -38,8 +38,8 @@ from .spawner.serverargs import ServerArguments
 from .spawner.settings import TierSettings
 from .units import human_bytes
 
-#: the path the classroom's image starts from when no setting gives one (Docker's default)
-IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: the PATH of Jupyter's docker-stacks images (Zero to JupyterHub's default image is one)
+IMAGE_PATH = "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ImagePath(KubeSpawner):
@@ -49,11 +49,11 @@ class ImagePath(KubeSpawner):
 
     image_path = Unicode(
         IMAGE_PATH,
-        help="""The ``PATH`` of the server's image. It is set in the pod's
-        environment, after the owner's default shared environment if they
-        have one (the pod's ``PATH`` replaces the image's, so it must be
-        complete). Jupyter's docker-stacks images: ``/opt/conda/bin:`` in front
-        of the default.""",
+        help="""The ``PATH`` of the server's image. When the owner has a default
+        shared environment, the pod's ``PATH`` is that environment's ``bin``
+        followed by this (a pod's ``PATH`` replaces the image's, so it must be
+        complete); otherwise the image's own applies. The default is that of
+        Jupyter's docker-stacks images.""",
     ).tag(config=True)
 
     def get_env(self):
@@ -187,9 +187,12 @@ class ClassroomKubeSpawner(TierSettings, ServerArguments, ManagedKernels, ImageP
         # server's command is looked up in its image, never on the hub
         cmd = self.cmd
         try:
-            return super().get_env()
+            env = super().get_env()
         finally:
             self.cmd = cmd
+        if env.get("PATH") == self.image_path and "PATH" not in self.environment:
+            del env["PATH"]  # no environment in front of it: the image's own PATH applies
+        return env
 
     def classroom_volumes(self):
         """The read-only volumes of the classroom: ``[(volume, mount)]`` as dicts."""

@@ -124,6 +124,7 @@ async def test_a_students_pod_gets_the_student_tier():
     assert resources["requests"] == {"memory": student["mem_limit"], "cpu": 0.25}
     assert env(pod)["MEM_LIMIT"] == str(student["mem_limit"])
     assert env(pod)["CPU_LIMIT"] == "1.0"
+    assert "PATH" not in env(pod)  # no shared environment: the image's own PATH
     assert pod["spec"]["activeDeadlineSeconds"] == student["max_age"]
     args = container(pod)["args"] if "args" in container(pod) else container(pod)["command"]
     assert "jupyterhub-singleuser" in args[0]
