@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 from jupyterhub import orm
-from jupyterhub.tests.conftest import *  # noqa: F401,F403  (app, cleanup_after, ...)
+from jupyterhub.tests.conftest import *  # noqa: F401,F403  (app, io_loop, ...)
 from jupyterhub.tests.mocking import MockHub
 from jupyterhub.tests.utils import public_url
 from traitlets.config import Config
@@ -18,8 +18,13 @@ from classroomhub.authenticator import ClassroomPasswordAuthenticator
 pytest.register_assert_rewrite("fixtures")  # imported here before pytest loads it as a plugin
 from fixtures.service import stop_managed_services, use_database  # noqa: E402
 
+# jupyterhub's per-test clean-up is a plugin (fixtures/jupyterhub_cleanup.py),
+# one level up, so that fixtures/service.py can leave it out where the
+# classroom service lives for the module
+del cleanup_after  # noqa: F821  (from the * import)
+
 # the shared set-up, asked for by name (see fixtures/__init__.py)
-pytest_plugins = ["fixtures.selection", "fixtures.accounts", "fixtures.service", "fixtures.slurm", "postgres", "browser"]
+pytest_plugins = ["fixtures.jupyterhub_cleanup", "fixtures.selection", "fixtures.accounts", "fixtures.service", "fixtures.slurm", "postgres", "browser"]
 
 PASSWORD = "classroom-test-password"
 

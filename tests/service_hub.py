@@ -3,8 +3,8 @@ to MockHub, and requests to it through the proxy.
 
 A module sets TAG'd logins (``PEOPLE``) and a data folder (``DATA_DIR``) and
 calls :func:`hub_config` from its ``HUB_CONFIG``; the fixtures (``ready``,
-the users, the data folder, the database) are fixtures/service.py's, but for
-:func:`cleanup_after`, which a module imports from here.
+the users, the data folder, the database, the per-test clean-up left out)
+are fixtures/service.py's.
 """
 
 import asyncio
@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
-import pytest
 import requests
 from jupyterhub.tests.utils import public_url
 
@@ -46,14 +45,6 @@ def service_world(logins, folder):
             yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-async def cleanup_after():
-    """Replaces jupyterhub's per-test cleanup, which deletes every service (and
-    its token) after each test without stopping it: here the managed service
-    lives for the whole module, and the module cleans up after itself."""
-    yield
 
 
 def service_url(app, path=""):

@@ -22,9 +22,8 @@ from jupyterhub.utils import random_port
 from tornado import httpserver, netutil, web
 
 from classroomhub import cli
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import (
     call,
-    cleanup_after,
     data_dir,
     home,
     hub_config,

@@ -38,6 +38,7 @@ from classroomhub.spawner import ClassroomSpawner
 from classroomhub.tiers import tier_group
 
 from fixtures.accounts import system_users
+from fixtures.servers import kernel_client, server_api, start, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache")
@@ -366,8 +367,6 @@ SIX_AND_PREFIX = "import importlib.metadata, sys; print(importlib.metadata.versi
 
 async def run_in_kernel(name, kernel_id, code=SIX_AND_PREFIX):
     """What *code* prints in kernel *kernel_id* of *name*'s server, split in words."""
-    from test_spawner import kernel_client
-
     client = await kernel_client(name, kernel_id)
     out = []
     try:
@@ -381,16 +380,12 @@ async def run_in_kernel(name, kernel_id, code=SIX_AND_PREFIX):
 
 
 async def start_course_kernel(app, name):
-    from test_spawner import server_api
-
     r = await server_api(app, name, "kernels", "POST", json={"name": "env-course"})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
 
 async def stop_servers(app):
-    from test_spawner import stop
-
     for name in (STUDENT, OTHER):
         if app.users[name].spawner.active:
             await stop(app, name)
@@ -398,8 +393,6 @@ async def stop_servers(app):
 
 @needs_root
 async def test_a_server_offers_its_owners_kernels_only(app, synced, course_env, student):
-    from test_spawner import server_api, start
-
     layout = course_env.layout
     v1 = layout.version_dir("course", 1)
     # the power user's own kernel, the usual way (what `ipykernel install --user` writes in their home)
@@ -435,8 +428,6 @@ async def test_a_server_offers_its_owners_kernels_only(app, synced, course_env, 
 
 @needs_root
 async def test_an_update_leaves_running_kernels_working(app, synced, course_env, student):
-    from test_spawner import server_api, start, stop
-
     layout = course_env.layout
     assert layout.current("course") == 1
     v1 = layout.version_dir("course", 1)

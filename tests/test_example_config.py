@@ -8,7 +8,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,18 +18,16 @@ import requests
 from classroomhub.demo import free_ports
 from classroomhub.ops.config import private_dir
 from fake_github import FakeGitHub
-from fixtures.real_hub import start_hub, stop_hub, wait_until_answers
+from fixtures.example_hub import BIN, EXAMPLE, hub_env, oauth_login, run_hub, wait_ready
+from fixtures.real_hub import stop_hub
 
 # starts real jupyterhub processes (fixtures/selection.py)
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = Path(__file__).parent.parent / "jupyterhub_config.example.py"
 PACKAGED = Path(__file__).parent.parent / "classroomhub" / "data" / "jupyterhub_config.example.py"
-BIN = os.path.dirname(sys.executable)
-# what systemd gives a service (no venv, no npm folder)
-SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # a test person the hub creates as a system user (prefix h7: these tests' own)
 SPAWNER = "h7dave"
+ROSTER = f"users:\n  alice: {{tier: root}}\n  {SPAWNER}: {{}}\ncourses:\n  data101:\n    students: [dave]\n"
 CGROUP_PARENT = "h7-example"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -44,53 +41,10 @@ def github():
         yield gh
 
 
-def proxy_path():
-    path = os.environ.get("CLASSROOMHUB_PROXY") or __import__("shutil").which("configurable-http-proxy")
-    assert path, "configurable-http-proxy not found (./dev installs it into proxy/)"
-    return os.path.abspath(path)
-
-
-def hub_env(tmp_path, github, port, clean=False, **extra):
-    """The example config's settings; *clean*: nothing else (as ``env -i``, systemd's PATH)."""
-    hub_port, proxy_api_port, service_port = [p for p in free_ports(4) if p != port][:3]
-    url = f"http://127.0.0.1:{port}/"
-    roster = tmp_path / "roster.yaml"
-    if not roster.exists():
-        roster.write_text(f"users:\n  alice: {{tier: root}}\n  {SPAWNER}: {{}}\ncourses:\n  data101:\n    students: [dave]\n")
-    env = {
-        "CLASSROOMHUB_STATE_DIR": str(tmp_path),
-        "CLASSROOMHUB_ROSTER": str(roster),
-        "CLASSROOMHUB_BIND_URL": url.rstrip("/"),
-        "CLASSROOMHUB_HUB_PORT": str(hub_port),
-        "CLASSROOMHUB_PROXY_API_URL": f"http://127.0.0.1:{proxy_api_port}",
-        "CLASSROOMHUB_SERVICE_DIR": str(tmp_path / "classroom"),
-        "CLASSROOMHUB_SERVICE_PORT": str(service_port),
-        "GITHUB_URL": github.url,
-        "GITHUB_CLIENT_ID": github.client_id,
-        "GITHUB_CLIENT_SECRET": github.client_secret,
-        "OAUTH_CALLBACK_URL": url + "hub/oauth_callback",
-    }
-    if clean:
-        env.update(PATH=SYSTEMD_PATH, CLASSROOMHUB_PROXY=proxy_path(), LANG="C.UTF-8")
-    else:
-        env = dict(os.environ, **env)
-    env.update(extra)
-    return url, env
-
-
-def run_hub(cwd, env, *args, log_path):
-    """A real `jupyterhub -f EXAMPLE`, by absolute path as a systemd unit starts it."""
-    return start_hub([os.path.join(BIN, "jupyterhub"), "-f", str(EXAMPLE), *args], cwd, env, log_path)
-
-
-def wait_ready(proc, url, log_path, timeout=60):
-    wait_until_answers(proc, url + "hub/api/", log_path, timeout=timeout)
-
-
 @pytest.fixture
 def hub(tmp_path, github):
     port = free_ports(1)[0]
-    url, env = hub_env(tmp_path, github, port)
+    url, env = hub_env(tmp_path, github, port, roster=ROSTER)
     proc, log = run_hub(tmp_path, env, log_path=tmp_path / "hub.log")
     children = []
     try:
@@ -99,20 +53,6 @@ def hub(tmp_path, github):
         yield {"url": url, "state": tmp_path, "log": tmp_path / "hub.log"}
     finally:
         stop_hub(proc, log, children)
-
-
-def oauth_login(hub, github, login):
-    """The browser's path: hub → GitHub authorize → hub callback; stops at the
-    callback's answer."""
-    github.login_as(login)
-    s = requests.Session()
-    url, hops = hub["url"] + "hub/oauth_login", []
-    while True:
-        r = s.get(url, allow_redirects=False, timeout=10)
-        hops.append(url)
-        if "/hub/oauth_callback" in url or r.status_code != 302:
-            return s, r, hops
-        url = requests.compat.urljoin(url, r.headers["location"])
 
 
 def test_the_top_level_example_is_the_packaged_one():
@@ -168,7 +108,7 @@ def test_a_server_runs_under_systemds_minimal_environment(tmp_path, github):
     proxy by the config's absolute paths; the state folder it makes is private."""
     state = tmp_path / "state" / "hub"  # missing: the config creates it
     port = free_ports(1)[0]
-    url, env = hub_env(tmp_path, github, port, clean=True, CLASSROOMHUB_STATE_DIR=str(state))
+    url, env = hub_env(tmp_path, github, port, clean=True, roster=ROSTER, CLASSROOMHUB_STATE_DIR=str(state))
     assert "jupyterhub-singleuser" not in subprocess.run(
         ["sh", "-c", "command -v jupyterhub-singleuser configurable-http-proxy || true"], env=env, capture_output=True, text=True
     ).stdout
@@ -209,7 +149,7 @@ def test_a_server_runs_under_systemds_minimal_environment(tmp_path, github):
 def failed_start(tmp_path, github, port=None, **extra):
     """Run the hub that must refuse to start (at *port*): (exit status, its output)."""
     port = port or free_ports(1)[0]
-    url, env = hub_env(tmp_path, github, port, clean=True, **extra)
+    url, env = hub_env(tmp_path, github, port, clean=True, roster=ROSTER, **extra)
     result = subprocess.run(
         [os.path.join(BIN, "jupyterhub"), "-f", str(EXAMPLE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )

@@ -12,9 +12,8 @@ import pytest
 from jupyterhub.utils import random_port
 
 from browser import TIMEOUT_MS, open_as
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import (
     call,
-    cleanup_after,
     data_dir,
     home,
     hub_config,

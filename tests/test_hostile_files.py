@@ -39,10 +39,10 @@ from classroomhub.service.domain.releases import check_name
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.spawner.users import ensure_system_user
 
+from fixtures.example_hub import EXAMPLE, hub_env, oauth_login
 from fixtures.real_hub import running_hub
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import (
     call,
-    cleanup_after,
     data_dir,
     home,
     hub_config,
@@ -62,7 +62,6 @@ SYS, PLAIN, OKAY = f"{TAG}-sys", f"{TAG}-plain", f"{TAG}-okay"
 PEOPLE = [INES, TARA, SAM, EVE]
 PORT = random_port()
 DATA_DIR = data_dir(TAG)
-EXAMPLE = Path(__file__).parent.parent / "jupyterhub_config.example.py"
 
 ROSTER = f"""\
 users:
@@ -516,8 +515,6 @@ def example_hub(tmp_path):
     state, service_dir = os.path.join(top, "state"), os.path.join(top, "service")
     os.makedirs(state, mode=0o755)
     people = [f"{TAG}-wi", f"{TAG}-ws", EVE]
-    port, hub_port, proxy_api_port, service_port = free_ports(4)
-    url = f"http://127.0.0.1:{port}/"
     roster = os.path.join(state, "roster.yaml")
     with open(roster, "w") as f:
         f.write(f"users:\n  {people[0]}: {{tier: admin}}\ncourses:\n  data101:\n    instructors: [{people[0]}]\n"
@@ -534,20 +531,7 @@ def example_hub(tmp_path):
     with FakeGitHub() as github, system_users(people):
         for number, login in enumerate(people, 4200):
             github.add_user(login, number)
-        env = dict(
-            os.environ,
-            CLASSROOMHUB_STATE_DIR=state,
-            CLASSROOMHUB_ROSTER=roster,
-            CLASSROOMHUB_BIND_URL=url.rstrip("/"),
-            CLASSROOMHUB_HUB_PORT=str(hub_port),
-            CLASSROOMHUB_PROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
-            CLASSROOMHUB_SERVICE_DIR=service_dir,
-            CLASSROOMHUB_SERVICE_PORT=str(service_port),
-            GITHUB_URL=github.url,
-            GITHUB_CLIENT_ID=github.client_id,
-            GITHUB_CLIENT_SECRET=github.client_secret,
-            OAUTH_CALLBACK_URL=url + "hub/oauth_callback",
-        )
+        url, env = hub_env(Path(state), github, free_ports(1)[0], CLASSROOMHUB_SERVICE_DIR=service_dir)
         command = [sys.executable, "-m", "jupyterhub", "-f", str(config)]
         ready = url + "services/classroom/api/openapi.json"
         try:
@@ -575,8 +559,6 @@ def test_another_student_reads_nothing_the_hub_and_service_wrote(example_hub):
         return requests.request(method, api + path, headers=headers, timeout=120, **kwargs)
 
     # the student logs in through GitHub once: the hub pins their GitHub id in its state
-    from test_example_config import oauth_login
-
     _, r, _ = oauth_login(hub, hub["github"], student)
     assert r.status_code == 302, hub["log"].read_text()[-3000:]
     # the roster's people as the hub knows them (synced at start)

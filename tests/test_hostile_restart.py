@@ -22,14 +22,12 @@ import pytest
 from jupyterhub.utils import random_port
 from sqlalchemy import create_engine, text
 
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import (
     call,
-    cleanup_after,
     data_dir,
     home,
     hub_config,
     material,
-    write_tree,
 )
 
 pytestmark = [

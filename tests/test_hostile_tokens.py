@@ -34,8 +34,7 @@ from classroomhub import cli
 from classroomhub.spawner import ClassroomSpawner
 
 from conftest import login, write_roster
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
-    cleanup_after,
+from service_hub import (
     data_dir,
     home,
     hub_config,

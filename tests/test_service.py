@@ -16,9 +16,8 @@ from sqlalchemy import create_engine, text
 from classroomhub.synchook import sync_hook
 
 from conftest import write_roster
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import (
     call,
-    cleanup_after,
     data_dir,
     home,
     hub_config,

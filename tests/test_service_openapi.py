@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import test_service
-from service_hub import call, cleanup_after, service_url  # noqa: F401  (cleanup_after: the service lives for the module)
+from service_hub import call, service_url
 from test_service import (  # noqa: F401  (DATA_DIR, PEOPLE, ROSTER: the same world, fixtures/service.py)
     BEA,
     DATA_DIR,

@@ -13,8 +13,7 @@ import requests
 from jupyterhub.utils import random_port
 
 from browser import TIMEOUT_MS, open_as
-from service_hub import (  # noqa: F401  (cleanup_after: the service lives for the module)
-    cleanup_after,
+from service_hub import (
     data_dir,
     home,
     hub_config,
