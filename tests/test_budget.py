@@ -23,7 +23,7 @@ from traitlets import TraitError
 from classroomhub.spawner import ClassroomSpawner, detect
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.host import Host
-from classroomhub.spawner.notices import pressure_notice
+from classroomhub.spawner.notices import oom_notice, pressure_notice
 from classroomhub.spawner.pressure import stop_order
 from classroomhub.spawner.watchdog import PsutilWatchdog
 
@@ -243,6 +243,9 @@ async def test_a_kernel_past_the_budget_is_killed_not_the_hub(app, synced, remov
         client.stop_channels()
         await spawner.check()
         assert spawner.oom_kills >= 1
+        # told that the class's budget, not their own limit, was reached
+        notice = oom_notice(app.users[HOG])
+        assert "reached the memory budget of 320 MiB" in notice and "own limit is 768 MiB" in notice
         # the server survived and answers through the hub and the proxy
         r = await server_api(app, HOG, "status")
         assert r.status_code == 200, r.text

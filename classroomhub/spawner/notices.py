@@ -25,7 +25,8 @@ ANNOUNCEMENTS = ("announcement", "announcement_home", "announcement_spawn")
 
 
 def recent(events, now=None):
-    """The OOM events ``[time, count, limit]`` of the last `NOTICE_SECONDS`."""
+    """The OOM events ``[time, count, limit]`` (a fourth item: the servers'
+    budget, when that was reached instead) of the last `NOTICE_SECONDS`."""
     now = now or time.time()
     return [list(e) for e in events if now - e[0] < NOTICE_SECONDS]
 
@@ -48,6 +49,14 @@ def oom_notice(user, now=None):
         last = datetime.fromtimestamp(events[-1][0], timezone.utc).strftime("%H:%M UTC")
         server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
         limit = human_bytes(events[-1][2] if len(events[-1]) > 2 else 0)
+        if len(events[-1]) > 3:  # killed at the servers' common budget
+            lines.append(
+                f"{count} process(es) in {server} were stopped (last at {last}) because all servers "
+                f"together reached the memory budget of {human_bytes(events[-1][3])} of this hub (your "
+                f"server's own limit is {limit}). A kernel that was killed restarts empty: re-run your "
+                "notebook, and shut down kernels you no longer use."
+            )
+            continue
         lines.append(
             f"{count} process(es) in {server} were stopped (last at {last}) because it reached its "
             f"memory limit of {limit}. A kernel that was killed restarts empty: re-run your notebook, "

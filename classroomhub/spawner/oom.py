@@ -21,7 +21,7 @@ from . import metrics, notices
 
 class OomAccounting(LoggingConfigurable):
     """ClassroomSpawner's OOM priorities and kill counts (a mixin of it;
-    uses the spawner's `backend`, `group_key` and `_run`)."""
+    uses the spawner's `backend`, `group_key`, `_run` and budget)."""
 
     server_oom_score_adj = Integer(
         0,
@@ -42,7 +42,8 @@ class OomAccounting(LoggingConfigurable):
     oom_kills_total = Integer(0, help="Processes killed for memory over every run of this server (persisted).")
 
     oom_events = List(
-        help="""Recent OOM kills as ``[unix time, count, memory limit]``, kept for
+        help="""Recent OOM kills as ``[unix time, count, memory limit]`` (and
+        the servers' budget fourth when that, not the limit, was reached), kept for
         the notice on the hub's pages (`notices.NOTICE_SECONDS`); persisted, and
         kept across stops and hub restarts.""",
     )
@@ -60,20 +61,39 @@ class OomAccounting(LoggingConfigurable):
         self._oom_base = counter
         self.oom_kills += new
         self.oom_kills_total += new
-        self.oom_events = notices.recent(self.oom_events) + [[time.time(), new, self.mem_limit or 0]]
+        event = [time.time(), new, self.mem_limit or 0]
+        budget = self._budget_reached()
+        if budget:
+            event.append(budget)  # the cause was the servers' common budget, not this limit
+        self.oom_events = notices.recent(self.oom_events) + [event]
         metrics.OOM_KILLS.labels(user=self.user.name, server=self.name).inc(new)
         self.log.warning(
-            "OOM: %s process(es) of %s (%s tier) killed at the memory limit of %s (%s this run, %s in all)",
+            "OOM: %s process(es) of %s (%s tier) killed at the %s of %s (%s this run, %s in all)",
             new,
             self._log_name,
             self.tier,
-            human_bytes(self.mem_limit),
+            "servers' memory budget" if budget else "memory limit",
+            human_bytes(budget or self.mem_limit),
             self.oom_kills,
             self.oom_kills_total,
         )
         if self.orm_spawner is not None:
             self.orm_spawner.state = self.get_state()
             self.user.db.commit()
+
+    def _budget_reached(self):
+        """The servers' budget (bytes) if it, not this server's own limit,
+        made the kernel kill: the group never came near its own limit."""
+        budget = self.servers_memory_budget
+        if not budget or not self.backend.enforcing:
+            return 0
+        if not self.mem_limit:
+            return budget
+        try:
+            peak = self.backend.usage(self.group_key).mem_peak_bytes
+        except OSError:
+            return 0
+        return budget if peak and peak < 0.95 * self.mem_limit else 0
 
     def _count_last_oom_kills(self):
         """Read the group's counter once more (the run ends): a kill since the
