@@ -28,7 +28,7 @@ from classroomhub.spawner.pressure import stop_order
 from classroomhub.spawner.watchdog import PsutilWatchdog
 
 from conftest import login
-from test_spawner import group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
+from fixtures.servers import group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
 
 MiB = 1024**2
 GiB = 1024**3
