@@ -16,6 +16,7 @@ import glob
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import urllib.parse
 
@@ -62,6 +63,15 @@ def kind_of(url):
     if backend == "postgresql":
         return "postgresql"
     raise CopyError(f"{backend} databases are not supported by backup/restore (SQLite and PostgreSQL are)")
+
+
+def private_dir(path):
+    """Make the folder *path* (and missing parents) mode 0700; an existing one
+    that others can read or enter is tightened to 0700 too. Raises OSError."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
 
 
 def private_file(path):

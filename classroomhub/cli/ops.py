@@ -60,6 +60,7 @@ def cmd_systemd_unit(args):
 
 
 def cmd_term_end(args):
+    from ..databases import private_dir
     from ..ops.term import archive_home, leaving_accounts, remove_account
 
     keep = list(args.keep)
@@ -82,8 +83,7 @@ def cmd_term_end(args):
         print("dry run: nothing changed; run again with --yes to do it")
         return 0
     if args.archive:
-        os.makedirs(args.archive, mode=0o700, exist_ok=True)
-        os.chmod(args.archive, 0o700)
+        private_dir(args.archive)
     stamp = datetime.date.today().isoformat()
     failed = 0
     for account in leaving:

@@ -44,6 +44,7 @@ from ..databases import (
     copy_database,
     database_has_tables,
     kind_of,
+    private_dir,
     private_file,
     processes_using,
     restore_database,
@@ -70,11 +71,6 @@ def _sha256(path):
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _private_dir(path):
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def _copy_private(source, dest):
@@ -139,7 +135,7 @@ class Backup:
         started = time.monotonic()
         created = not os.path.exists(self.dest)
         try:
-            _private_dir(self.dest)
+            private_dir(self.dest)
             manifest = self._copy_all()
         except BaseException:
             if created:
@@ -158,11 +154,11 @@ class Backup:
 
     def _copy_all(self):
         loc = self.locations
-        _private_dir(os.path.join(self.dest, "hub"))
+        private_dir(os.path.join(self.dest, "hub"))
         store = None
         if loc.service_db_url:
             # the service's database first: the objects its rows name are then all in the store
-            _private_dir(os.path.join(self.dest, "service"))
+            private_dir(os.path.join(self.dest, "service"))
             self._database("service-db", loc.service_db_url, "service/classroom")
             store = self._store()
         self._database("hub-db", loc.hub_db_url, "hub/jupyterhub")
@@ -227,13 +223,13 @@ class Backup:
         self.progress(f"store: {root}: {len(wanted)} objects named by the database")
         areas, copied, total, inodes = {}, 0, 0, {}
         found = set()
-        _private_dir(os.path.join(self.dest, "service", "store"))
+        private_dir(os.path.join(self.dest, "service", "store"))
         for area in STORE_AREAS:
             source = os.path.join(root, area)
             if not os.path.isdir(source):
                 continue
             out = os.path.join(self.dest, "service", "store", area)
-            _private_dir(out)
+            private_dir(out)
             modes = {"dir_mode": stat.S_IMODE(os.stat(source).st_mode), "file_mode": None, "objects": 0, "bytes": 0}
             for sha in sorted(wanted):
                 path = os.path.join(source, sha[:2], sha[2:])
@@ -243,7 +239,7 @@ class Backup:
                     continue
                 folder = os.path.join(out, sha[:2])
                 if not os.path.isdir(folder):
-                    _private_dir(folder)
+                    private_dir(folder)
                 _copy_private(path, os.path.join(folder, sha[2:]))
                 inodes[(st.st_dev, st.st_ino)] = sha
                 modes["file_mode"] = modes["file_mode"] or stat.S_IMODE(st.st_mode)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import sys
 from importlib import resources
 
+from ..databases import private_dir as make_private_dir
 from ..databases import private_sqlite  # noqa: F401  (configurations import it from here)
 
 EXAMPLE_CONFIG = "jupyterhub_config.example.py"
@@ -29,10 +29,7 @@ def private_dir(path):
     """Make *path* (and missing parents) with mode 0700; an existing folder
     that others can read or enter is tightened to 0700 too. Returns *path*."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        if mode & 0o077:
-            os.chmod(path, mode & 0o700)
+        make_private_dir(path)
     except OSError as e:
         raise SystemExit(f"classroomhub: state folder {path}: {e.strerror}") from None
     return path
