@@ -49,7 +49,7 @@ from jupyter_client.manager import KernelManager
 
 from classroomhub.environments import EnvironmentManager, EnvironmentSpec
 from classroomhub.environments.disk import disk_bytes
-from classroomhub.environments.installers import PipInstaller, UvInstaller, build_venv
+from classroomhub.environments.installers import INSTALLERS, build_venv
 
 #: ten small pure-Python packages (python-dateutil also brings six)
 PACKAGES = [
@@ -97,7 +97,7 @@ async def timed_build(installer, python, target, requirements):
 
 
 def make(kind, cache, wheelhouse=None):
-    cls = {"uv": UvInstaller, "pip": PipInstaller}[kind]
+    cls = INSTALLERS[kind]
     extra = dict(ISOLATED)
     if wheelhouse:
         extra.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=wheelhouse)

@@ -84,27 +84,39 @@ async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25):
         raise BuildError(f"{os.path.basename(cmd[0])} {cmd[1]} failed (exit status {status})", "\n".join(last))
 
 
-class UvInstaller:
-    """``uv venv`` + ``uv pip install`` (hard links from a shared cache)."""
-
-    name = "uv"
+class Installer:
+    """What both installers share: the cache, whether builds from source are
+    allowed, and the environment their commands run in."""
 
     def __init__(self, cache_dir, allow_builds=False, extra_env=None):
         self.cache_dir = cache_dir
         self.allow_builds = allow_builds
         self.extra_env = extra_env or {}
 
+    def settings(self):
+        """The installer's own environment variables."""
+        return {}
+
     def env(self):
         env = dict(os.environ)
-        env.update(
+        env.update(self.settings())
+        env.pop("VIRTUAL_ENV", None)  # the hub's own environment is never a target
+        env.update(self.extra_env)
+        return env
+
+
+class UvInstaller(Installer):
+    """``uv venv`` + ``uv pip install`` (hard links from a shared cache)."""
+
+    name = "uv"
+
+    def settings(self):
+        return dict(
             UV_CACHE_DIR=self.cache_dir,
             UV_PYTHON_DOWNLOADS="never",  # the base interpreter is given, never fetched
             UV_NO_PROGRESS="1",
             NO_COLOR="1",
         )
-        env.pop("VIRTUAL_ENV", None)  # the hub's own environment is never a target
-        env.update(self.extra_env)
-        return env
 
     def create_cmd(self, python, target):
         return [find_uv(), "venv", "--no-config", "--no-project", "--python", python, target]
@@ -122,22 +134,13 @@ class UvInstaller:
         return compile_cmd(python, target)
 
 
-class PipInstaller:
+class PipInstaller(Installer):
     """``python -m venv`` + ``pip install`` (copies; pip's cache keeps wheels)."""
 
     name = "pip"
 
-    def __init__(self, cache_dir, allow_builds=False, extra_env=None):
-        self.cache_dir = cache_dir
-        self.allow_builds = allow_builds
-        self.extra_env = extra_env or {}
-
-    def env(self):
-        env = dict(os.environ)
-        env.update(PIP_CACHE_DIR=self.cache_dir, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
-        env.pop("VIRTUAL_ENV", None)
-        env.update(self.extra_env)
-        return env
+    def settings(self):
+        return dict(PIP_CACHE_DIR=self.cache_dir, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
 
     def create_cmd(self, python, target):
         return [python, "-m", "venv", target]
