@@ -10,12 +10,14 @@ Two runs of the same trace, one after the other, each on its own real
   documented example).
 
 Every student server runs below one memory cgroup limited to ``--budget``
-(8 GiB); the hub, proxy and services stay outside it. ClassroomSpawner has no
-option for the parent's limit yet: the benchmark makes the parent
-(``cgroup_parent``, absolute) and writes its ``memory.limit_in_bytes``. For the
-stock run a harness subclass of LocalProcessSpawner writes each server's pid
-into the budget's ``cgroup.procs`` before exec (so its memory is charged
-there); nothing else of LocalProcessSpawner changes.
+(8 GiB); the hub, proxy and services stay outside it. ClassroomSpawner
+sets it itself (``servers_memory_budget`` on its absolute ``cgroup_parent``).
+For the stock run the benchmark writes the parent's ``memory.limit_in_bytes``
+and a harness subclass of LocalProcessSpawner writes each server's pid into
+the budget's memory, cpu and cpuacct ``cgroup.procs`` before exec (so its
+memory is charged there, and the class weighs as one cpu group against the
+rest of the machine, as ClassroomSpawner's servers do); nothing else of
+LocalProcessSpawner changes.
 
 Each student is a real system user (``cd<hex>...``) driven by a thread that
 logs in through the hub's login form (cookies, through the proxy), starts the
@@ -135,6 +137,7 @@ c.ClassroomPasswordAuthenticator.roster_path = {state!r} + "/roster.yaml"
 c.ClassroomPasswordAuthenticator.user_password = {password!r}
 c.JupyterHub.spawner_class = "classroom"
 c.ClassroomSpawner.cgroup_parent = {budget_parent!r}
+c.ClassroomSpawner.servers_memory_budget = {budget}
 add_classroom_service(c, data_dir={state!r} + "/classroom", port={service_port})
 """
 
@@ -435,7 +438,7 @@ class Run:
             roster = "users:\n" + "".join(f"  {u}: {{}}\n" for u in [*self.logins, self.solo])
             Path(self.state, "roster.yaml").write_text(roster)
             config += CONFIG_CLASSROOM.format(
-                state=self.state, password=self.password, budget_parent=self.parent, service_port=service_port
+                state=self.state, password=self.password, budget_parent=self.parent, budget=self.budget, service_port=service_port
             )
         else:
             config += CONFIG_STOCK.format(
@@ -463,7 +466,8 @@ class Run:
     def start_hub(self):
         for root in CLASS_HIERARCHIES:
             os.makedirs(root + self.parent, exist_ok=True)
-        Path(self.budget_dir, "memory.limit_in_bytes").write_text(str(self.budget))
+        if self.kind == "stock":  # ClassroomSpawner sets it: servers_memory_budget
+            Path(self.budget_dir, "memory.limit_in_bytes").write_text(str(self.budget))
         self.proc = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", str(self.config)],
             cwd=self.state,
@@ -793,7 +797,7 @@ def report(runs, budget):
     row("  a single spawn (s); p95 ratio", lambda x: f"{x['single']:.1f}; {x['spawn_ratio']:.2f}x")
     row(f"peak memory: budget ({budget / GiB:.0f} GiB limit)", lambda x: f"{x['peak_budget'] / GiB:.2f} GiB")
     row("peak memory: host (all of it, other work too)", lambda x: f"{x['peak_host'] / GiB:.2f} GiB")
-    row("kernels killed (students)", lambda x: ", ".join(f"{k}x{v}" for k, v in sorted(x["killed"].items())) or "none")
+    row("kernel deaths seen in a cell (students)", lambda x: ", ".join(f"{k}x{v}" for k, v in sorted(x["killed"].items())) or "none")
     row("OOM kills of the class's processes (whose)", lambda x: f"{x['oom_count']}: " + (",".join(x["oom_who"]) or "-"))
     row("host OOM kills", lambda x: "?" if x["host_oom"] is None else str(x["host_oom"]))
     row("hogs (told why)", lambda x: ",".join(x["hogs"]) + (" (yes)" if x["told"] else " (no)"))
@@ -864,9 +868,9 @@ def main():
     tag = secrets.token_hex(2)
     print(f"class day: {n} students, {minutes:g} min, budget {budget / GiB:.1f} GiB, seed {args.seed}; "
           f"{os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB, load avg {os.getloadavg()[0]:.1f}")
-    print("   harness: the budget parent's memory limit is written by the benchmark (no product option yet); "
-          "stock servers join it (and one cpu/cpuacct parent, as ClassroomSpawner's do) through a LocalProcessSpawner "
-          "subclass that writes their pid before exec")
+    print("   harness: classroom sets the budget itself (ClassroomSpawner.servers_memory_budget); for stock the "
+          "benchmark writes the parent's memory limit and its servers join it (and one cpu/cpuacct parent, as "
+          "ClassroomSpawner's do) through a LocalProcessSpawner subclass that writes their pid before exec")
     trace_printed = []
 
     def plans_for(logins):

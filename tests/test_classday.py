@@ -36,7 +36,7 @@ def test_quick_class_day_keeps_every_notebook_and_kills_only_the_hog():
     lost = re.search(r"^lost notebooks / hand-ins\s+(\d+) / (\d+)$", out, re.M)
     assert lost and lost.groups() == ("0", "0"), out
     hog = next(login for login, role in trace if role == "hog")
-    killed = re.search(r"^kernels killed \(students\)\s+(.*)$", out, re.M).group(1)
+    killed = re.search(r"^kernel deaths seen in a cell \(students\)\s+(.*)$", out, re.M).group(1)
     assert killed.startswith(f"{hog}x"), out  # the hog's kernel was killed, and no other
     verdicts = dict((text, ok) for ok, text in re.findall(r"^(met    |NOT met) (.*)$", out, re.M))
     for target in HARD:
