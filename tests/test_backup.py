@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
@@ -19,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from sqlalchemy import create_engine, text
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from classroomhub.demo import free_port, remove_demo_cgroups
 from classroomhub.databases import copy_database
+from fixtures.real_hub import start_hub, stop_hub, wait_until_answers
 from service_hub import home, material, write_tree
 
 needs_root = pytest.mark.root("the hub runs the service and makes system users")
@@ -48,61 +49,37 @@ def classroomhub(*args, check=True, timeout=300):
 class Hub:
     """A real jupyterhub (+ proxy and classroom service) in *state*: by default
     through `classroomhub demo`, which makes the roster's system users and the
-    config; or `jupyterhub -f` with a given config. Stopped with Ctrl-C."""
+    config; or `jupyterhub -f` with a given config. Started, waited for and
+    stopped (Ctrl-C) by fixtures/real_hub.py."""
 
     def __init__(self, state, password, port=None, config=None):
         self.state, self.port = Path(state), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        if config is None:
+        self.demo = config is None
+        if self.demo:  # its own output (the hub's is its jupyterhub.log)
             command = ["classroomhub.cli", "demo", "--port", str(self.port), "--state-dir", str(state)]
             command += ["--password", password]
+            log_path = self.state / "demo.log"
         else:
             command = ["jupyterhub", "-f", str(config)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *command],
-            cwd=state,
-            env=dict(os.environ, CLASSROOMHUB_PASSWORD=password),
-            stdout=subprocess.PIPE if config is None else open(self.state / "jupyterhub.log", "ab"),
-            stderr=subprocess.STDOUT,
-            text=True,
-            # a hub started from a background shell inherits SIGINT ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        if config is None:
-            banner = []
-            for line in self.proc.stdout:
-                banner.append(line)
-                if "Ctrl-C" in line or self.proc.poll() is not None:
-                    break
-            assert any("running at" in line for line in banner), "".join(banner) + self.log()
-        else:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.log()
-                try:
-                    if requests.get(self.url + "hub/api/", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.3)
-            else:
-                pytest.fail("the restored hub did not start\n" + self.log())
+            log_path = self.state / "jupyterhub.log"
+        env = dict(os.environ, CLASSROOMHUB_PASSWORD=password)
+        self.proc, self.log_file = start_hub([sys.executable, "-m", *command], state, env, log_path)
+        self.children = []
+        try:
+            wait_until_answers(self.proc, self.url + "hub/api/", log_path, timeout=90)
+            self.children = psutil.Process(self.proc.pid).children(recursive=True)
+        except BaseException:
+            self.stop()
+            raise
 
     def log(self):
         path = self.state / "jupyterhub.log"
         return path.read_text()[-4000:] if path.exists() else ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        else:  # what `classroomhub demo` does when its hub ends
+        stop_hub(self.proc, self.log_file, self.children)
+        if not self.demo:  # what `classroomhub demo` does when its hub ends
             remove_demo_cgroups()
 
 
