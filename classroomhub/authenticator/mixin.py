@@ -14,7 +14,7 @@ from traitlets import Dict, List, Unicode, default, validate
 from ..access import DEFAULT_COURSE_SCOPES, AccessPolicy
 from ..handlers import RosterAPIHandler, UsageAPIHandler
 from ..roster import COURSE_ROLES
-from ..tiers import DEFAULT_TIER_SCOPES, TIERS
+from ..tiers import DEFAULT_TIER_SCOPES, TIERS, unknown_tier
 from .watch import RosterWatchMixin
 
 
@@ -49,9 +49,9 @@ class RosterAuthenticatorMixin(RosterWatchMixin):
 
     @validate("tier_scopes")
     def _validate_tier_scopes(self, proposal):
-        unknown = set(proposal.value) - set(TIERS)
-        if unknown:
-            raise ValueError(f"tier_scopes: unknown tiers {sorted(unknown)}; tiers are {TIERS}")
+        for tier in proposal.value:
+            if tier not in TIERS:
+                raise ValueError(f"tier_scopes: {unknown_tier(tier)}")
         return proposal.value
 
     everyone_scopes = List(

@@ -7,7 +7,7 @@ scope); an organization's membership is asked of GitHub once per key.
 
 from __future__ import annotations
 
-from ..tiers import TIERS, higher_tier
+from ..tiers import TIERS, higher_tier, unknown_tier
 
 
 def normalize_team_tiers(mapping):
@@ -15,7 +15,7 @@ def normalize_team_tiers(mapping):
     normalized = {}
     for team, tier in mapping.items():
         if tier.lower() not in TIERS:
-            raise ValueError(f"team_tiers[{team!r}]: unknown tier {tier!r}; tiers are {TIERS}")
+            raise ValueError(f"team_tiers[{team!r}]: {unknown_tier(tier)}")
         normalized[team.lower()] = tier.lower()
     return normalized
 
