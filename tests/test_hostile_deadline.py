@@ -631,15 +631,19 @@ async def test_a_stuck_home_and_repeated_syncs_do_not_delay_a_release_to_others(
                     select(func.count()).where(DeliveryReport.release_id == v1.id, DeliveryReport.student.in_(students))
                 )
 
-        while reported(OTHERS) < len(OTHERS):
-            assert not release.done(), f"the release ended before the others were done ({reported(OTHERS)} done)"
-            assert time.monotonic() - t0 < 5 * timeout, f"hung: {reported(OTHERS)} others done"
-            await asyncio.sleep(0.02)
-        others_took = time.monotonic() - t0
-        # the order is the proof: the others were done while the stuck one still waited
-        assert not release.done() and reported([STUCK]) == 0, "the others waited for the stuck home"
-        reports = {r.student: r for r in await release}
-        sync_answers = await asyncio.gather(*syncs)
+        try:
+            while reported(OTHERS) < len(OTHERS):
+                assert not release.done(), f"the release ended before the others were done ({reported(OTHERS)} done)"
+                assert time.monotonic() - t0 < 5 * timeout, f"hung: {reported(OTHERS)} others done"
+                await asyncio.sleep(0.02)
+            others_took = time.monotonic() - t0
+            # the order is the proof: the others were done while the stuck one still waited
+            assert not release.done() and reported([STUCK]) == 0, "the others waited for the stuck home"
+            reports = {r.student: r for r in await release}
+            sync_answers = await asyncio.gather(*syncs)
+        finally:  # after a failure, nothing left running into the next test
+            for task in (release, *syncs):
+                task.cancel()
     print(f"10 others delivered in {others_took:.2f} s; the stuck home's timeout is {timeout} s")
     assert all(reports[s].ok for s in OTHERS)
     assert "gave up after" in reports[STUCK].error
