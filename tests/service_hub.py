@@ -59,6 +59,11 @@ async def call(app, login, method, path, **kwargs):
     return await asyncio.to_thread(requests.request, method, url, headers=headers, timeout=60, **kwargs)
 
 
+async def release(app, who, material_name, **body):
+    """A release of *material_name* in course data101, as *who*, through the API."""
+    return await call(app, who, "POST", f"courses/data101/materials/{material_name}/releases", json=body)
+
+
 def home(login):
     return pwd.getpwnam(login).pw_dir
 

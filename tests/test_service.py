@@ -23,6 +23,7 @@ from service_hub import (
     hub_config,
     material,
     read,
+    release,
     service_url,
 )
 
@@ -61,10 +62,6 @@ async def late_join_hook(spawner):
     # what sync_hook(url) does, with MockHub's unusual prefix (/@/space%20word/)
     prefix = MockHub.instance().base_url
     await sync_hook(f"{SERVICE_URL}{prefix}services/classroom/")(spawner)
-
-
-async def release(app, who, material_name, **body):
-    return await call(app, who, "POST", f"courses/data101/materials/{material_name}/releases", json=body)
 
 
 async def test_instructor_releases_to_every_student_of_the_course(app, ready):

@@ -1,7 +1,7 @@
 """Schemathesis against the classroom service's own OpenAPI document.
 
-The real hub, proxy, managed service and system users of test_service.py
-(its fixtures, users and roster; the two modules run one after the other).
+A real hub, proxy, managed service and system users (fixtures/service.py),
+on a roster of test_service.py's shape: two courses, each course role.
 The document is loaded from the running service and every operation is
 called with generated data (valid and invalid) with the token of each course
 role and tier, and with tokens the service must refuse (no scopes; access to
@@ -12,6 +12,7 @@ schema.
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from jupyterhub.tests.utils import public_url
+from jupyterhub.utils import random_port
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -32,20 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import test_service
-from service_hub import call, service_url
-from test_service import (  # noqa: F401  (DATA_DIR, PEOPLE, ROSTER: the same world, fixtures/service.py)
-    BEA,
-    DATA_DIR,
-    INES,
-    PEOPLE,
-    ROSTER,
-    SAM,
-    TARA,
-    home,
-    material,
-    release,
-)
+from service_hub import call, data_dir, home, hub_config, material, release, service_url
 
 pytestmark = pytest.mark.root("creates system users and works as them")
 
@@ -56,10 +45,26 @@ MAX_RELEASE_BYTES = 1_000_000
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+TAG = "tl" + secrets.token_hex(2)
+INES, TARA, SAM, SUE, BEA = (f"{TAG}-{n}" for n in ("ines", "tara", "sam", "sue", "bea"))
+PEOPLE = [INES, TARA, SAM, SUE, BEA]
+PORT = random_port()
+DATA_DIR = data_dir(TAG)
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+courses:
+  data101:
+    instructors: [{INES}]
+    tas: [{TARA}]
+    students: [{SAM}, {SUE}]
+  bio202:
+    students: [{BEA}]
+"""
+
+
 def HUB_CONFIG(c):
-    test_service.HUB_CONFIG(c)
-    (service,) = c.JupyterHub.services
-    service["command"] = [*service["command"], f"--ClassroomService.max_release_bytes={MAX_RELEASE_BYTES}"]
+    hub_config(c, DATA_DIR, PORT, f"--ClassroomService.max_release_bytes={MAX_RELEASE_BYTES}")
 
 
 @pytest.fixture(scope="module", autouse=True)
