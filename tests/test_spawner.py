@@ -14,7 +14,6 @@ import time
 import psutil
 import pytest
 import requests
-from jupyter_client import BlockingKernelClient
 from jupyterhub import orm
 from jupyterhub.tests.utils import api_request, public_url
 
@@ -25,6 +24,17 @@ from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.notices import oom_notice
 
 from conftest import login
+from fixtures.servers import (
+    admin_token,
+    group_dirs,
+    group_pids,
+    kernel_client,
+    kernel_pids_of,
+    server_api,
+    start,
+    start_kernel,
+    stop,
+)
 
 TAG = "cs" + secrets.token_hex(2)
 STUDENT, STUDENT2, POWER, OTHER = f"{TAG}-stu", f"{TAG}-stu2", f"{TAG}-pow", f"{TAG}-oth"
@@ -116,101 +126,6 @@ def settings(app):
 
     yield set_user
     app.config.ClassroomSpawner.user_settings = {}
-
-
-async def start(app, name, server_name=""):
-    path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
-    r = await api_request(app, path, method="post")
-    assert r.status_code in (201, 202), r.text
-    spawner = app.users[name].spawners[server_name]
-    deadline = time.monotonic() + 60
-    while not spawner.ready:
-        assert time.monotonic() < deadline, f"{name} not ready"
-        await asyncio.sleep(0.1)
-    return spawner
-
-
-async def stop(app, name, server_name=""):
-    path = f"users/{name}/servers/{server_name}" if server_name else f"users/{name}/server"
-    r = await api_request(app, path, method="delete")
-    assert r.status_code in (202, 204), r.text
-    spawner = app.users[name].spawners[server_name]
-    deadline = time.monotonic() + 30
-    while spawner.active:
-        assert time.monotonic() < deadline, f"{name} did not stop"
-        await asyncio.sleep(0.1)
-
-
-def admin_token(app):
-    return app.users["admin"].new_api_token(note="test")
-
-
-async def server_api(app, name, path, method="GET", **kwargs):
-    """A request to the user's jupyter server through the proxy. In a thread:
-    the server asks this same hub (our event loop) to check the token."""
-    url = public_url(app, app.users[name]) + "api/" + path
-    headers = {"Authorization": f"token {admin_token(app)}"}
-    return await asyncio.to_thread(requests.request, method, url, headers=headers, timeout=30, **kwargs)
-
-
-async def start_kernel(app, name):
-    r = await server_api(app, name, "kernels", "POST", json={"name": "python3"})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-async def kernel_client(name, kernel_id):
-    return await asyncio.to_thread(_kernel_client, name, kernel_id)
-
-
-def _kernel_client(name, kernel_id):
-    home = pwd.getpwnam(name).pw_dir
-    path = os.path.join(home, ".local/share/jupyter/runtime", f"kernel-{kernel_id}.json")
-    deadline = time.monotonic() + 20
-    while not _kernel_listens(path):
-        assert time.monotonic() < deadline, f"no kernel listening as {path} says"
-        time.sleep(0.1)
-    client = BlockingKernelClient(connection_file=path)
-    client.load_connection_file()
-    client.start_channels()
-    client.wait_for_ready(timeout=30)
-    return client
-
-
-def _kernel_listens(connection_file):
-    """Whether the kernel bound the sockets its connection file names. The
-    client's first heartbeat gives it 1 s to answer: on a loaded host a kernel
-    still starting would count as dead."""
-    try:
-        with open(connection_file) as f:
-            info = json.load(f)
-    except (OSError, ValueError):  # not written yet
-        return False
-    if info.get("transport") != "ipc":
-        return True
-    channels = ("shell", "iopub", "stdin", "control", "hb")
-    return all(os.path.exists(f"{info['ip']}-{info[c + '_port']}") for c in channels)
-
-
-def kernel_pids_of(spawner, kernel_id):
-    """Pids in the server's group running kernel *kernel_id* (not a kernel
-    jupyter restarted meanwhile under another id)."""
-    pids = set()
-    for pid in group_pids(spawner) - {spawner.pid}:
-        try:
-            if any(kernel_id in arg for arg in psutil.Process(pid).cmdline()):
-                pids.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
-def group_dirs(spawner):
-    return spawner.backend.group_dirs(spawner.group_key)
-
-
-def group_pids(spawner):
-    return set(spawner.backend.pids(spawner.group_key))
 
 
 async def test_limits_are_in_the_cgroup_before_exec(app, synced):
