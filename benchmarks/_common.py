@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import sys
 
@@ -84,6 +85,19 @@ class Users:
             if result.returncode != 0 and "does not exist" not in result.stderr:
                 print(f"   cleanup: userdel {login}: {result.stderr.strip()}", file=sys.stderr)
         self.made.clear()
+
+
+def stop_hub(proc, timeout):
+    """Stop a ``jupyterhub`` process as Ctrl-C does (it stops its proxy and
+    services), killing it if it is not gone within *timeout* seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def ms(seconds):

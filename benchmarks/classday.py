@@ -76,7 +76,7 @@ import requests
 import websocket
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Users  # noqa: E402
+from _common import Users, stop_hub  # noqa: E402
 
 from classroomhub.demo import free_ports, proxy_command  # noqa: E402
 from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
@@ -510,14 +510,7 @@ class Run:
         return found
 
     def stop_hub(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_hub(self.proc, timeout=120)
 
     def sample(self):
         self.sampling = True

@@ -38,7 +38,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Users, secs  # noqa: E402
+from _common import Users, secs, stop_hub  # noqa: E402
 
 from classroomhub.demo import free_ports  # noqa: E402
 from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
@@ -143,14 +143,7 @@ class Bench:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_hub(self.proc, timeout=60)
 
     def spawn_all(self):
         def spawn(login):
