@@ -19,7 +19,6 @@ import secrets
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,11 +33,11 @@ from jupyterhub.tests.utils import api_request, public_url
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from classroomhub.spawner import ClassroomSpawner, detect
-from classroomhub.spawner.enforcement import EnforcementUnavailable
+from classroomhub.spawner import ClassroomSpawner
 
 from browser import TIMEOUT_MS
 from conftest import PASSWORD
+from fixtures.servers import cgroup_v1_unavailable, classroom_spawner_config, remove_spawned
 
 TAG = "su" + secrets.token_hex(2)
 STUDENT = f"{TAG}-stu"
@@ -56,31 +55,13 @@ users:
 """
 
 
-def _unavailable():
-    if os.geteuid() != 0:
-        return "needs root: creates a system user and cgroups"
-    try:
-        backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    except EnforcementUnavailable as e:
-        return f"needs writable cgroup v1 controllers: {e}"
-    for folder in set(backend.bases.values()):
-        os.rmdir(folder)
-    return None
-
-
-_skip = _unavailable()
+_skip = cgroup_v1_unavailable(CGROUP_PARENT)
 # what runs on a real server; the spawner's arguments are checked anywhere
 real_server = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
 def HUB_CONFIG(c):
-    c.JupyterHub.spawner_class = ClassroomSpawner
-    c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
-    c.Spawner.start_timeout = 60
-    c.Spawner.http_timeout = 60
-    c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
-    c.ClassroomSpawner.create_system_users = True
-    c.ClassroomSpawner.memory_reserve = 0
+    classroom_spawner_config(c, CGROUP_PARENT)
     c.ClassroomSpawner.tier_settings = {
         "student": {"mem_limit": MEM_LIMIT, "cpu_limit": CPU_LIMIT, "idle_timeout": 0, "max_age": 0},
     }
@@ -89,18 +70,7 @@ def HUB_CONFIG(c):
 @pytest.fixture(scope="module")
 def remove_test_user_and_cgroups():
     yield
-    try:
-        entry = pwd.getpwnam(STUDENT)
-    except KeyError:
-        entry = None
-    if entry is not None and entry.pw_gecos == "classroomhub user":
-        subprocess.run(["pkill", "-KILL", "-u", STUDENT], check=False)
-        subprocess.run(["userdel", "--remove", STUDENT], check=False, stderr=subprocess.DEVNULL)
-    # whatever the test left in this module's cgroups, and the folders holding them
-    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    for key in backend.keys():
-        asyncio.run(backend.destroy(key))
-    backend.remove_parent()
+    remove_spawned([STUDENT], CGROUP_PARENT)
 
 
 @pytest.fixture(autouse=True)

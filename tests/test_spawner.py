@@ -8,7 +8,6 @@ import pwd
 import secrets
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
@@ -18,7 +17,7 @@ from jupyterhub import orm
 from jupyterhub.tests.utils import api_request, public_url
 
 from classroomhub import cli
-from classroomhub.spawner import ClassroomSpawner, Host, Limits, detect
+from classroomhub.spawner import Host, Limits
 from classroomhub.spawner import cgroups
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.notices import oom_notice
@@ -26,10 +25,13 @@ from classroomhub.spawner.notices import oom_notice
 from conftest import login
 from fixtures.servers import (
     admin_token,
+    cgroup_v1_unavailable,
+    classroom_spawner_config,
     group_dirs,
     group_pids,
     kernel_client,
     kernel_pids_of,
+    remove_spawned,
     server_api,
     start,
     start_kernel,
@@ -62,34 +64,16 @@ courses:
 """
 
 
-def _cgroups_writable():
-    if os.geteuid() != 0:
-        return "needs root: creates system users and cgroups"
-    try:
-        backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    except EnforcementUnavailable as e:
-        return f"needs writable cgroup v1 controllers: {e}"
-    for folder in set(backend.bases.values()):
-        os.rmdir(folder)
-    return None
-
-
-_skip = _cgroups_writable()
+_skip = cgroup_v1_unavailable(CGROUP_PARENT)
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
 def HUB_CONFIG(c):
-    c.JupyterHub.spawner_class = ClassroomSpawner
+    classroom_spawner_config(c, CGROUP_PARENT)
     c.JupyterHub.allow_named_servers = True
-    c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
-    c.Spawner.start_timeout = 60
-    c.Spawner.http_timeout = 60
-    c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
     # the late-joiner sync asks the classroom service with a token for it alone
     c.ClassroomPasswordAuthenticator.everyone_scopes = ["access:services!service=classroom"]
-    c.ClassroomSpawner.create_system_users = True
     c.ClassroomSpawner.monitor_interval = 0.5
-    c.ClassroomSpawner.memory_reserve = 0
     c.ClassroomSpawner.tier_settings = {
         "student": {"mem_limit": MEM_LIMIT, "cpu_limit": 0.5, "idle_timeout": 0, "max_age": 0},
         "power": {"idle_timeout": 0, "max_age": 0},
@@ -99,19 +83,7 @@ def HUB_CONFIG(c):
 @pytest.fixture(scope="module", autouse=True)
 def remove_test_users_and_cgroups():
     yield
-    for login_name in PEOPLE:
-        try:
-            entry = pwd.getpwnam(login_name)
-        except KeyError:
-            continue
-        if entry.pw_gecos == "classroomhub user":
-            subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
-            subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
-    # whatever a test left in this module's cgroups, and the folders holding them
-    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    for key in backend.keys():
-        asyncio.run(backend.destroy(key))
-    backend.remove_parent()
+    remove_spawned(PEOPLE, CGROUP_PARENT)
 
 
 @pytest.fixture
