@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import requests
+import sqlalchemy
 from jupyterhub.tests.utils import public_url
 
 from classroomhub.service.hubconfig import add_classroom_service
@@ -45,6 +47,21 @@ def service_world(logins, folder):
             yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def service_rows(folder, sql, **params):
+    """What *sql* reads from the service's own database (SQLite in its data *folder*)."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{folder}/db/classroom.sqlite")
+    try:
+        with engine.connect() as db:
+            return db.execute(sqlalchemy.text(sql), params).all()
+    finally:
+        engine.dispose()
+
+
+def soon(seconds):
+    """The time *seconds* from now (a past one if negative), as a due date."""
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
 
 
 def service_url(app, path=""):

@@ -22,7 +22,6 @@ import pytest
 import requests
 from jupyterhub.tests.utils import public_url
 from jupyterhub.utils import random_port
-from sqlalchemy import create_engine, text
 
 from service_hub import (
     call,
@@ -31,7 +30,9 @@ from service_hub import (
     hub_config,
     material,
     read,
+    service_rows,
     service_url,
+    soon,
     system_users,
     write_tree,
 )
@@ -79,20 +80,6 @@ def iso(dt):
     return dt.isoformat()
 
 
-def soon(seconds):
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
-
-
-def rows(sql, **params):
-    """Read the service's own database (SQLite in its data folder)."""
-    engine = create_engine(f"sqlite:///{DATA_DIR}/db/classroom.sqlite")
-    try:
-        with engine.connect() as db:
-            return db.execute(text(sql), params).all()
-    finally:
-        engine.dispose()
-
-
 async def released(app, name, files=None):
     """Release *name* to data101 (so students have ~/data101/<name>/) and wait."""
     src = material(INES, files or {"hw.ipynb": "{}\n"})
@@ -114,7 +101,8 @@ async def wait_for(predicate, timeout=20):
 
 
 def deadline_snapshots(name):
-    return rows(
+    return service_rows(
+        DATA_DIR,
         "SELECT student, kind, late, caught_up, files, skipped, error, taken, deadline FROM submissions"
         " WHERE material = :m AND kind = 'deadline' ORDER BY student",
         m=name,
@@ -262,7 +250,7 @@ async def test_a_deadline_missed_while_stopped_is_collected_once_at_start(app, r
     await released(app, "hw5", many)
     service = app._service_map["classroom"]
     assert (await set_due(app, "hw5", soon(1))).status_code == 200
-    await wait_for(lambda: len(rows("SELECT 1 FROM submissions WHERE material='hw5'")) >= 1, timeout=30)
+    await wait_for(lambda: len(service_rows(DATA_DIR, "SELECT 1 FROM submissions WHERE material='hw5'")) >= 1, timeout=30)
     service.spawner.stop_polling()
     os.kill(service.spawner.pid, signal.SIGKILL)
     await service.spawner.stop(now=True)
@@ -593,7 +581,7 @@ async def test_150_students_submit_in_the_same_second(app, ready):
         taken = sorted(datetime.fromisoformat(r.json()["taken"]) for _, r in answers)
         print(f"all 150 timestamped by the service within {(taken[-1] - taken[0]).total_seconds():.1f} s")
 
-        snaps = rows("SELECT student, files, error FROM submissions WHERE course = 'crowd' AND material = 'rush'")
+        snaps = service_rows(DATA_DIR, "SELECT student, files, error FROM submissions WHERE course = 'crowd' AND material = 'rush'")
         assert len(snaps) == len(CROWD)
         assert sorted(s.student for s in snaps) == sorted(CROWD)  # exactly one each
         for snap in snaps:

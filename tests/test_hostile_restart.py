@@ -16,11 +16,9 @@ import secrets
 import signal
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
 
 import pytest
 from jupyterhub.utils import random_port
-from sqlalchemy import create_engine, text
 
 from service_hub import (
     call,
@@ -28,6 +26,8 @@ from service_hub import (
     home,
     hub_config,
     material,
+    service_rows,
+    soon,
 )
 
 pytestmark = [
@@ -91,19 +91,6 @@ def accounts(service_world):
             os.rmdir(FREEZER)
 
 
-def soon(seconds):
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
-
-
-def rows(sql, **params):
-    engine = create_engine(f"sqlite:///{DATA_DIR}/db/classroom.sqlite")
-    try:
-        with engine.connect() as db:
-            return db.execute(text(sql), params).all()
-    finally:
-        engine.dispose()
-
-
 async def wait_for(predicate, timeout=30, what="condition", every=0.05):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -155,7 +142,8 @@ async def test_a_sync_storm_is_coalesced_and_rate_limited(app, ready):
     assert "Too many syncs: at most 3 in 60 s" in limited[0].json()["message"]
     assert int(limited[0].headers["Retry-After"]) >= 1
     # nothing was delivered twice: the release was delivered once, at release time
-    reports = rows(
+    reports = service_rows(
+        DATA_DIR,
         "SELECT count(*) FROM delivery_reports JOIN releases ON releases.id = release_id"
         " WHERE material = 'storm' AND student = :s",
         s=student,
@@ -235,7 +223,8 @@ async def test_a_release_cut_off_by_sigkill_resumes_and_delivers_nothing_twice(a
     version = state["version"]
 
     def reported():
-        return rows(
+        return service_rows(
+            DATA_DIR,
             "SELECT student, at FROM delivery_reports JOIN releases ON releases.id = release_id WHERE material = 'cut'"
         )
 
@@ -244,12 +233,12 @@ async def test_a_release_cut_off_by_sigkill_resumes_and_delivers_nothing_twice(a
     before = {s: at for s, at in reported()}
     print(f"killed after {len(before)} of {len(STUDENTS)} homes")
     assert len(before) < len(STUDENTS), "the release ended before the kill: nothing was cut off"
-    ((finished,),) = rows("SELECT finished FROM releases WHERE material = 'cut'")
+    ((finished,),) = service_rows(DATA_DIR, "SELECT finished FROM releases WHERE material = 'cut'")
     assert finished is None  # not shown as done
     await start_service(app)
     r = await call(app, INES, "GET", f"courses/data101/materials/cut/releases/{version}")
     assert r.status_code == 200
-    await wait_for(lambda: rows("SELECT finished FROM releases WHERE material = 'cut'")[0][0], 120, "the resumed release")
+    await wait_for(lambda: service_rows(DATA_DIR, "SELECT finished FROM releases WHERE material = 'cut'")[0][0], 120, "the resumed release")
     after = {s: at for s, at in reported()}
     assert sorted(after) == sorted(STUDENTS)  # one report each, nobody twice
     assert all(after[s] == at for s, at in before.items())  # homes done before the kill: not again
@@ -301,16 +290,16 @@ while True:
         # cut off while Sam (first in line) is frozen for his snapshot
         await wait_for(lambda: frozen(uid), 30, "Sam frozen", every=0.002)
         await kill_service(app)
-        done = rows("SELECT student, finished FROM submissions WHERE material = 'due'")
+        done = service_rows(DATA_DIR, "SELECT student, finished FROM submissions WHERE material = 'due'")
         assert all(finished for _, finished in done)  # a row is written once its copy is complete
         frozen_at = open(clock).read()
         await asyncio.sleep(0.5)
         assert open(clock).read() == frozen_at, "Sam was not frozen when the service died"
         await start_service(app)
         await wait_for(lambda: open(clock).read() != frozen_at, 30, "Sam thawed by the next start")
-        await wait_for(lambda: len(rows("SELECT 1 FROM submissions WHERE material = 'due'")) == len(STUDENTS), 120)
+        await wait_for(lambda: len(service_rows(DATA_DIR, "SELECT 1 FROM submissions WHERE material = 'due'")) == len(STUDENTS), 120)
         await asyncio.sleep(2.5)  # two more scheduler rounds: still one each
-        snaps = rows("SELECT student, kind, finished, files FROM submissions WHERE material = 'due' ORDER BY student")
+        snaps = service_rows(DATA_DIR, "SELECT student, kind, finished, files FROM submissions WHERE material = 'due' ORDER BY student")
         assert [s.student for s in snaps] == sorted(STUDENTS)
         assert all(s.kind == "deadline" and s.finished for s in snaps)
         assert [len(json.loads(s.files)) for s in snaps] == [903, 901, 901, 901]  # Sam's two files too
