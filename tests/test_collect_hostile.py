@@ -8,7 +8,6 @@ keeps must be exactly what its hash says.
 """
 
 import asyncio
-import hashlib
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from classroomhub.service.domain.collect import Collector
 from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.db.models import open_database
 
+from fixtures.accounts import stored
 from fixtures.hostile import HANG_LIMIT, as_user, link_swapper, plant_many_and_deep, student_loop
 
 # every test runs with both worker runners
@@ -68,17 +68,6 @@ async def collect(collector, *students):
     rows = await collector.collect(COURSE, MATERIAL, list(students))
     assert time.monotonic() - t0 < HANG_LIMIT
     return {row.student: row for row in rows}
-
-
-def stored(store, row):
-    """{path: bytes} a submission's manifest points at, each object checked against its hash and size."""
-    found = {}
-    for rel, meta in row.files.items():
-        with open(store.object_path(meta["sha256"]), "rb") as f:
-            data = f.read()
-        assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["size"], rel
-        found[rel] = data
-    return found
 
 
 def store_holds(store, needle):

@@ -9,7 +9,6 @@ hand-ins are bounded.
 """
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from classroomhub.service.domain.limits import TooMany
 from classroomhub.service.db.models import DeliveryReport, Release, open_database
 from classroomhub.service.domain.releases import ReleaseService
 
+from fixtures.accounts import stored
 from fixtures.hostile import as_user, student_loop
 
 # accounts, homes, store: fixtures/accounts.py; both ways of starting workers
@@ -94,17 +94,6 @@ for rel, data in files.items():
 """
     as_user(account, "python3", "-c", code)
     return folder
-
-
-def stored(store, row):
-    """{path: bytes} of a submission, each object checked against its hash and size."""
-    found = {}
-    for rel, meta in row.files.items():
-        with open(store.object_path(meta["sha256"]), "rb") as f:
-            data = f.read()
-        assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["size"], rel
-        found[rel] = data
-    return found
 
 
 def utcnow():
