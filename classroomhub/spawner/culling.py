@@ -45,6 +45,13 @@ class IdleTracker:
             return None
         return (end[1] - start[1]) / (end[0] - start[0])
 
+    def last_fraction(self):
+        """Cores used between the last two samples; None before two."""
+        if len(self.samples) < 2:
+            return None
+        (t0, c0), (t1, c1) = self.samples[-2], self.samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else None
+
     def idle_seconds(self, now, last_activity):
         """Seconds since the later of hub activity and the last busy sample."""
         return now - max(last_activity or self.started, self.last_busy, self.started)

@@ -3,20 +3,32 @@ watchdog's rounds, and stopping it when it is idle or too old.
 
 One asyncio task per running server (:meth:`Monitoring._monitor`); what
 counts as idle is decided by :mod:`.culling`.
+
+Interactive first: every server has its own CPU group, so under contention
+each gets the same share of the cores, whatever it runs. A server that kept a
+core busy for `cpu_busy_seconds` (a loop, a long fit) is moved to a low CPU
+weight until it pauses, so a student whose cell takes a second is not slowed
+down by it; on an otherwise idle machine it still gets every free cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from datetime import timezone
 
-from traitlets import Dict, Float, Integer
+from traitlets import Dict, Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
 from ..servers import stop_server
 from . import metrics
+from .cgroupfs import write_text
 from .culling import IdleTracker
+
+#: cgroup v2's default cpu.weight; v1's default cpu.shares (1024) is the same weight
+DEFAULT_CPU_WEIGHT = 100
 
 
 class Monitoring(LoggingConfigurable):
@@ -51,7 +63,38 @@ class Monitoring(LoggingConfigurable):
         help="Seconds between usage samples, OOM checks, watchdog rounds and cull decisions.",
     ).tag(config=True)
 
+    cpu_busy_seconds = Integer(
+        30,
+        help="""Interactive first: a server whose processes used at least
+        `cpu_busy_fraction` of a core (of its `cpu_limit` if that is lower) on
+        average for this many seconds gets `cpu_busy_weight` until it uses
+        less, so other students' cells run first when the cores are short.
+        0 keeps every server at the same weight.""",
+    ).tag(config=True)
+
+    cpu_busy_fraction = Float(
+        0.8,
+        help="Share of a core (or of `cpu_limit`, if lower) above which a server counts as busy for `cpu_busy_seconds`.",
+    ).tag(config=True)
+
+    cpu_busy_weight = Integer(
+        10,
+        help="""CPU weight of a busy server (see `cpu_busy_seconds`) against the
+        others' 100 (cgroup v2 ``cpu.weight``; cgroup v1 ``cpu.shares`` is this
+        x 1024 / 100). Weights matter only while the cores are short: a busy
+        server alone on the machine still gets all it may use.""",
+    ).tag(config=True)
+
+    @validate("cpu_busy_weight")
+    def _validate_cpu_busy_weight(self, proposal):
+        if not 1 <= proposal.value <= 10000:
+            raise TraitError("cpu_busy_weight must be between 1 and 10000 (100: the others' weight)")
+        return proposal.value
+
     usage = Dict(help="The last usage sample (see `usage_report`).")
+
+    #: the CPU weight this server's group has now (100: the default; None: unknown)
+    cpu_weight = DEFAULT_CPU_WEIGHT
 
     _monitor_task = None
     _tracker = None
@@ -66,7 +109,9 @@ class Monitoring(LoggingConfigurable):
         self._tracker = IdleTracker(started or time.time())
         if fresh:
             self._oom_base = 0
-        self._adjusted = set()
+        self._adjusted, self._adjusted_to = set(), None
+        # a new group has the default; one found after a hub restart is set at the first check
+        self.cpu_weight = DEFAULT_CPU_WEIGHT if fresh else None
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor())
 
@@ -117,9 +162,12 @@ class Monitoring(LoggingConfigurable):
         usage = backend.usage(key)
         self._note_oom(usage.oom_kills)
         usage.oom_kills = self.oom_kills
-        self._protect_server(backend.pids(key))
-        self._tracker.add(now, usage.cpu_seconds, self.idle_cpu_fraction, self.idle_timeout + 2 * self.monitor_interval)
-        self.usage = {**usage.to_dict(), "sampled": now}
+        idle = self.idle_seconds(now)
+        self._protect_server(backend.pids(key), idle=idle is not None and idle >= self.pressure_min_idle)
+        keep = max(self.idle_timeout, self.cpu_busy_seconds) + 2 * self.monitor_interval
+        self._tracker.add(now, usage.cpu_seconds, self.idle_cpu_fraction, keep)
+        self._prioritize(now)
+        self.usage = {**usage.to_dict(), "sampled": now, "cpu_weight": self.cpu_weight}
         metrics.record(self, usage)
         reason = self._tracker.cull_reason(
             now, timestamp(self.orm_spawner.last_activity), self.idle_timeout, self.max_age, self.idle_cpu_fraction
@@ -128,6 +176,29 @@ class Monitoring(LoggingConfigurable):
             self._cull(reason)
         else:
             await self.relieve_pressure(now)
+
+    def _prioritize(self, now):
+        """Interactive first: a low CPU weight while busy for `cpu_busy_seconds`."""
+        if not self.cpu_busy_seconds and self.cpu_weight == DEFAULT_CPU_WEIGHT:
+            return
+        threshold = self.cpu_busy_fraction * min(self.cpu_limit or 1.0, 1.0)
+        window = self._tracker.cpu_fraction(now, self.cpu_busy_seconds) if self.cpu_busy_seconds else None
+        last = self._tracker.last_fraction()
+        busy = window is not None and last is not None and window >= threshold and last >= threshold
+        weight = self.cpu_busy_weight if busy else DEFAULT_CPU_WEIGHT
+        if weight == self.cpu_weight or not set_cpu_weight(self.backend, self.group_key, weight):
+            return
+        self.cpu_weight = weight
+        if busy:
+            self.log.info(
+                "CPU: %s used %.2f cores for %s s: weight %s (others 100) until it pauses",
+                self._log_name,
+                window,
+                self.cpu_busy_seconds,
+                weight,
+            )
+        else:
+            self.log.info("CPU: %s paused (%.2f cores): weight %s again", self._log_name, last or 0, weight)
 
     def idle_seconds(self, now=None):
         if self._tracker is None:
@@ -152,6 +223,25 @@ class Monitoring(LoggingConfigurable):
             "oom_kills": self.oom_kills,
             "oom_kills_total": self.oom_kills_total,
         }
+
+
+def set_cpu_weight(backend, key, weight):
+    """Write *weight* (cgroup v2 scale, 100 the default) into the group's
+    ``cpu.weight`` (v2) or ``cpu.shares`` (v1, x 1024 / 100); False where
+    the backend has no CPU group (psutil, none) or the write fails."""
+    for folder in getattr(backend, "group_dirs", lambda key: [])(key):
+        for name, value in (("cpu.weight", weight), ("cpu.shares", max(2, weight * 1024 // DEFAULT_CPU_WEIGHT))):
+            path = os.path.join(folder, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                write_text(path, value)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EINVAL):
+                    raise
+                return False
+            return True
+    return False
 
 
 def timestamp(dt):

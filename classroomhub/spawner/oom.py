@@ -37,6 +37,15 @@ class OomAccounting(LoggingConfigurable):
         server that reports the kill. Raising needs no privilege.""",
     ).tag(config=True)
 
+    idle_kernel_oom_score_adj = Integer(
+        800,
+        help="""oom_score_adj of the kernels and terminals of a server that has
+        been idle for `pressure_min_idle` seconds (instead of
+        `kernel_oom_score_adj`): when the servers' budget is full, the OOM
+        killer then takes an idle student's kernel before the kernel of one
+        at work, whatever their sizes.""",
+    ).tag(config=True)
+
     oom_kills = Integer(0, help="Processes of this server's current run killed for memory (persisted; 0 at each start).")
 
     oom_kills_total = Integer(0, help="Processes killed for memory over every run of this server (persisted).")
@@ -105,11 +114,19 @@ class OomAccounting(LoggingConfigurable):
         except OSError as e:  # the group is gone already
             self.log.debug("ClassroomSpawner: no last OOM count of %s: %s", self._log_name, e)
 
-    def _protect_server(self, pids):
-        """Make kernels and terminals, not the server, the OOM killer's choice."""
+    #: the oom_score_adj the pids in `_adjusted` were given
+    _adjusted_to = None
+
+    def _protect_server(self, pids, idle=False):
+        """Make kernels and terminals, not the server, the OOM killer's choice
+        (those of an *idle* server first)."""
         if self.kernel_oom_score_adj is None:
             return
-        value = str(self.kernel_oom_score_adj).encode()
+        adj = self.idle_kernel_oom_score_adj if idle else self.kernel_oom_score_adj
+        if adj != self._adjusted_to:
+            self._adjusted = set()  # idleness changed: every kernel again
+            self._adjusted_to = adj
+        value = str(adj).encode()
         for pid in pids:
             if pid == self.pid or pid in self._adjusted:
                 continue

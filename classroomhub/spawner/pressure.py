@@ -1,11 +1,17 @@
 """Memory pressure: the host's MemAvailable below `memory_reserve`, or the
 servers' budget (:mod:`.budget`) with less than `memory_reserve` free.
 
-Under pressure only idle servers are stopped, never one in use: first those
-using more than their share, then the idlest. A monitor warns the owner (a
-notice on the hub's pages) and stops the server `pressure_warning_seconds`
-later if it is still idle and the pressure lasts; a start that needs the room
-now stops idle servers at once, or is refused.
+Two steps, each only on what is idle, never on a kernel or server in use:
+
+1. below `kernel_memory_reserve` free (earlier than the servers' step), idle
+   kernels are shut down through their server's API, those of servers over
+   their share first, then the idlest: the server, its notebooks and the
+   student's tab stay, and so does every kernel that ran something lately;
+2. below `memory_reserve` free, idle servers are stopped: first those using
+   more than their share, then the idlest. A monitor warns the owner (a
+   notice on the hub's pages) and stops the server `pressure_warning_seconds`
+   later if it is still idle and the pressure lasts; a start that needs the
+   room now stops idle servers at once, or is refused.
 
 Monitors check at most once per `monitor_interval` between them (the time is
 kept in the process's :class:`.host.Host`); a start always checks.
@@ -14,8 +20,11 @@ kept in the process's :class:`.host.Host`); a start always checks.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from datetime import datetime
 
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Integer, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
@@ -63,6 +72,29 @@ class MemoryPressure(LoggingConfigurable):
             raise ValueError("memory_reserve must be >= 0")
         return proposal.value
 
+    kernel_memory_reserve = Integer(
+        1024**3,
+        help="""Bytes to keep free of the servers' budget and of the host's
+        MemAvailable by shutting down idle kernels (see
+        `pressure_kernel_min_idle`), before `memory_reserve` stops whole
+        servers. Set it above `memory_reserve`, so that kernels nobody uses
+        go before anything else; 0 shuts no kernel down for memory.""",
+    ).tag(config=True)
+
+    @validate("kernel_memory_reserve")
+    def _validate_kernel_memory_reserve(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("kernel_memory_reserve must be >= 0")
+        return proposal.value
+
+    pressure_kernel_min_idle = Integer(
+        180,
+        help="""Under memory pressure, a kernel of this server that has run
+        nothing for this many seconds may be shut down (its server and open
+        tabs stay; the next cell starts a fresh kernel). A kernel that is
+        running a cell never is.""",
+    ).tag(config=True)
+
     pressure_min_idle = Integer(
         300,
         help="""Under memory pressure, this server may be stopped once idle (by
@@ -108,9 +140,11 @@ class MemoryPressure(LoggingConfigurable):
             host.pressure_checked = now
             await self._relieve_pressure(now, spawning=False)
 
-    def memory_shortage(self):
-        """``(why, capacity)``: why memory is short now ("" if it is not), and
-        the memory the servers share (the budget, else the host's MemTotal)."""
+    def memory_shortage(self, reserve=None):
+        """``(why, capacity)``: why memory is short now ("" if it is not: at
+        least *reserve*, by default `memory_reserve`, is free), and the memory
+        the servers share (the budget, else the host's MemTotal)."""
+        reserve = self.memory_reserve if reserve is None else reserve
         available = mem_available(self.meminfo_path)
         budget = self.budget_usage()
         if budget:
@@ -120,18 +154,19 @@ class MemoryPressure(LoggingConfigurable):
                 capacity = mem_available(self.meminfo_path, "MemTotal")
             except ValueError:
                 capacity = 0  # no shares: idlest first only
-        if available < self.memory_reserve:
-            return f"{human_bytes(available)} available on the host, {human_bytes(self.memory_reserve)} reserved", capacity
-        if budget and budget[1] - budget[0] < self.memory_reserve:
+        if available < reserve:
+            return f"{human_bytes(available)} available on the host, {human_bytes(reserve)} reserved", capacity
+        if budget and budget[1] - budget[0] < reserve:
             used, limit = budget
             return (
-                f"servers use {human_bytes(used)} of their {human_bytes(limit)} budget, "
-                f"{human_bytes(self.memory_reserve)} reserved"
+                f"servers use {human_bytes(used)} of their {human_bytes(limit)} budget, {human_bytes(reserve)} reserved"
             ), capacity
         return "", capacity
 
     async def _relieve_pressure(self, now, spawning):
         self.apply_budget()  # at the first start of a hub process, and after a config change
+        if self.kernel_memory_reserve:
+            await self._shut_down_idle_kernels(now, max(self.kernel_memory_reserve, self.memory_reserve))
         if not self.memory_reserve:
             return
         why, capacity = self.memory_shortage()
@@ -164,6 +199,35 @@ class MemoryPressure(LoggingConfigurable):
             f"The server is short of memory ({why}) and no idle server can be stopped to make room. "
             "Please try again in a few minutes."
         )
+
+    async def _shut_down_idle_kernels(self, now, reserve):
+        """Shut down idle kernels (servers over their share first, then the
+        idlest kernels) until *reserve* is free or none is left."""
+        why, capacity = self.memory_shortage(reserve)
+        if not why:
+            return
+        servers = [s for s in self.host.running if s.active and not s.pending and s.server is not None]
+        lists = await asyncio.gather(*(_idle_kernels(s, now) for s in servers))
+        weights = sum(s.mem_limit or capacity for s in servers) if capacity else 0
+        candidates = [
+            (capacity and excess(s, capacity, weights) > 0, idle, s, kernel_id)
+            for s, kernels in zip(servers, lists)
+            for idle, kernel_id in kernels
+            if idle >= s.pressure_kernel_min_idle
+        ]
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        for _, idle, spawner, kernel_id in candidates:
+            self.log.warning(
+                "Memory pressure (%s): shutting down kernel %s of %s, idle for %.0f s",
+                why,
+                kernel_id,
+                spawner._log_name,
+                idle,
+            )
+            await _server_api(spawner, f"kernels/{kernel_id}", "DELETE")
+            why, _ = self.memory_shortage(reserve)
+            if not why:
+                return
 
     async def _warn_or_stop(self, victim, why, now):
         if not victim.pressure_warning:
@@ -209,6 +273,35 @@ class MemoryPressure(LoggingConfigurable):
     def clear_state(self):
         super().clear_state()
         self.pressure_warning = []
+
+
+async def _server_api(spawner, path, method="GET"):
+    """A request to *spawner*'s jupyter server with the server's own token
+    (its ``access:servers!server`` scope lets it in): the decoded JSON
+    answer, or None if the server did not answer."""
+    url = spawner.server.url.rstrip("/") + "/api/" + path
+    try:
+        response = await AsyncHTTPClient().fetch(
+            url, method=method, headers={"Authorization": f"token {spawner.api_token}"}, request_timeout=10
+        )
+    except (HTTPClientError, OSError) as e:
+        spawner.log.info("%s %s of %s: %s", method, path, spawner._log_name, e)
+        return None
+    return json.loads(response.body) if response.body else {}
+
+
+async def _idle_kernels(spawner, now):
+    """``[(idle seconds, kernel id)]`` of *spawner*'s kernels that are not
+    running anything (jupyter_server's execution_state and last_activity)."""
+    kernels = await _server_api(spawner, "kernels") or []
+    found = []
+    for kernel in kernels:
+        # "starting": it never ran anything since it started (no client asked it yet)
+        if kernel.get("execution_state") not in ("idle", "starting") or not kernel.get("last_activity"):
+            continue
+        last = datetime.fromisoformat(kernel["last_activity"].replace("Z", "+00:00")).timestamp()
+        found.append((now - last, kernel["id"]))
+    return found
 
 
 async def _stopped(spawner, poll=0.05):

@@ -1,0 +1,128 @@
+"""What the class day needs of the spawner, on real servers in real cgroup v1
+groups: under memory pressure an idle kernel goes before anything else, and
+never a kernel running a cell; the OOM killer is pointed at idle servers'
+kernels first; a server that keeps a core busy gets a low CPU weight until it
+pauses (interactive first)."""
+
+import asyncio
+import os
+import secrets
+import time
+
+import pytest
+
+from fixtures.servers import (
+    cgroup_v1_unavailable,
+    classroom_spawner_config,
+    group_dirs,
+    kernel_client,
+    kernel_pids_of,
+    remove_spawned,
+    server_api,
+    start,
+    start_kernel,
+    stop,
+)
+
+MiB = 1024**2
+TAG = "cdp" + secrets.token_hex(2)
+WORKER, BUSY = f"{TAG}-w", f"{TAG}-b"
+CGROUP_PARENT = f"cdt-{TAG}"
+BUDGET = 2048 * MiB
+
+ROSTER = f"""\
+users:
+  admin: {{tier: root}}
+  {WORKER}: {{}}
+  {BUSY}: {{}}
+"""
+
+pytestmark = pytest.mark.skipif(bool(cgroup_v1_unavailable(CGROUP_PARENT)), reason=str(cgroup_v1_unavailable(CGROUP_PARENT)))
+
+
+def HUB_CONFIG(c):
+    classroom_spawner_config(c, CGROUP_PARENT)
+    c.ClassroomSpawner.enforcement = "cgroup-v1"
+    c.ClassroomSpawner.servers_memory_budget = BUDGET
+    c.ClassroomSpawner.monitor_interval = 0.5
+    c.ClassroomSpawner.kernel_memory_reserve = 0
+    c.ClassroomSpawner.tier_settings = {"student": {"idle_timeout": 0, "max_age": 0, "kernel_cull_timeout": 0}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_up():
+    yield
+    remove_spawned((WORKER, BUSY), CGROUP_PARENT)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+async def kernel_ids(app, name):
+    return {k["id"] for k in (await server_api(app, name, "kernels")).json()}
+
+
+async def wait_for(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def test_under_pressure_the_idle_kernel_goes_never_the_one_running_a_cell(app, synced, caplog):
+    spawner = await start(app, WORKER)
+    try:
+        idle_id = await start_kernel(app, WORKER)
+        working_id = await start_kernel(app, WORKER)
+        idle_pids = kernel_pids_of(spawner, idle_id)
+        working = await kernel_client(WORKER, working_id)
+        working.execute("import time\nt = time.time()\nwhile time.time() - t < 30: time.sleep(0.05)")
+        await asyncio.sleep(1)  # the idle kernel has run nothing for a second, the other is busy
+        # once idle servers count as such, their kernels are the OOM killer's first choice
+        spawner.pressure_min_idle = 0
+        await wait_for(
+            lambda: asyncio.sleep(0, all(read(f"/proc/{p}/oom_score_adj") == "800" for p in idle_pids)),
+            10,
+            "the idle server's kernels were not given idle_kernel_oom_score_adj",
+        )
+        # pressure from the budget alone: less than a reserve as large as the budget is free
+        spawner.pressure_kernel_min_idle = 1
+        spawner.kernel_memory_reserve = BUDGET
+
+        async def idle_gone():
+            return idle_id not in await kernel_ids(app, WORKER)
+
+        await wait_for(idle_gone, 20, "the idle kernel was not shut down under pressure")
+        spawner.kernel_memory_reserve = 0
+        assert working_id in await kernel_ids(app, WORKER), "the kernel running a cell was shut down"
+        assert spawner.active, "the server was stopped, not just its idle kernel"
+        said = [r.getMessage() for r in caplog.records if "shutting down kernel" in r.getMessage()]
+        assert said and idle_id in said[0] and working_id not in " ".join(said), said
+        working.stop_channels()
+    finally:
+        await stop(app, WORKER)
+
+
+async def test_a_server_busy_for_a_while_gets_a_low_cpu_weight_until_it_pauses(app, synced):
+    spawner = await start(app, BUSY)
+    try:
+        spawner.cpu_busy_seconds = 2
+        shares = next(os.path.join(d, "cpu.shares") for d in group_dirs(spawner) if os.path.exists(os.path.join(d, "cpu.shares")))
+        assert read(shares) == "1024"
+        kernel_id = await start_kernel(app, BUSY)
+        client = await kernel_client(BUSY, kernel_id)
+        await asyncio.sleep(3)  # the kernel's start-up is not a busy server
+        assert read(shares) == "1024"
+        client.execute("import time\nt = time.time()\nwhile time.time() - t < 8: pass")
+
+        async def shares_are(value):
+            return read(shares) == value
+
+        await wait_for(lambda: shares_are(str(10 * 1024 // 100)), 8, "a busy server kept its full CPU weight")
+        assert spawner.usage_report()["cpu_weight"] == 10
+        await wait_for(lambda: shares_are("1024"), 15, "the weight did not come back after the loop ended")
+        client.stop_channels()
+    finally:
+        await stop(app, BUSY)
