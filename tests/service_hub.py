@@ -12,7 +12,6 @@ import os
 import pwd
 import secrets
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -22,7 +21,7 @@ import sqlalchemy
 from jupyterhub.tests.utils import public_url
 
 from classroomhub.service.hubconfig import add_classroom_service
-from fixtures.accounts import system_users  # noqa: F401  (modules import it from here too)
+from fixtures.accounts import system_users, write_tree  # noqa: F401  (modules import them from here too)
 
 
 def data_dir(tag):
@@ -83,17 +82,6 @@ async def release(app, who, material_name, **body):
 
 def home(login):
     return pwd.getpwnam(login).pw_dir
-
-
-def write_tree(owner, folder, files):
-    """*files* {relative path: text} under *folder*, all owned by *owner*."""
-    for rel, text in files.items():
-        path = os.path.join(folder, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    subprocess.run(["chown", "-R", f"{owner}:", folder], check=True)
-    return folder
 
 
 def material(owner, files):

@@ -19,6 +19,7 @@ from classroomhub.service.files import runas
 from classroomhub.service.files.delivery import DeliveryJob, deliver_all, deliver_to
 from classroomhub.service.files.store import SourceError, import_folder
 
+from fixtures.accounts import write_tree
 from fixtures.hostile import HANG_LIMIT, as_user, link_swapper, plant_many_and_deep, student_loop, write_as
 
 # accounts, homes, store: fixtures/accounts.py; every test runs with both worker runners
@@ -31,15 +32,7 @@ PEOPLE = [TEACHER, ALICE, BOB]
 
 def material_folder(accounts, files):
     """A folder in the teacher's home with *files* {relpath: text}."""
-    teacher = accounts[TEACHER]
-    src = os.path.join(teacher.home, "week1-" + secrets.token_hex(2))
-    for rel, text in files.items():
-        path = os.path.join(src, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    subprocess.run(["chown", "-R", f"{teacher.uid}:{teacher.gid}", src], check=True)
-    return src
+    return write_tree(TEACHER, os.path.join(accounts[TEACHER].home, "week1-" + secrets.token_hex(2)), files)
 
 
 def sha(text):
