@@ -195,9 +195,17 @@ def _authenticator_with_service(roster_file, **configured):
 
 def test_classroom_service_scopes_come_with_the_roster(roster_file):
     c, auth = _authenticator_with_service(roster_file)
-    assert set(c.JupyterHub.custom_scopes) == {"custom:classroom:instruct", "custom:classroom:grade"}
+    assert set(c.JupyterHub.custom_scopes) == {
+        "custom:classroom:instruct",
+        "custom:classroom:grade",
+        "custom:classroom:environments",
+    }
     (service,) = c.JupyterHub.services
-    assert service["oauth_client_allowed_scopes"] == ["custom:classroom:grade", "custom:classroom:instruct"]
+    assert service["oauth_client_allowed_scopes"] == [
+        "custom:classroom:environments",
+        "custom:classroom:grade",
+        "custom:classroom:instruct",
+    ]
     group = "course-data101-students"
     instructor = auth.policy.course_role("data101", "instructor")["scopes"]
     assert {f"custom:classroom:instruct!group={group}", f"custom:classroom:grade!group={group}"} <= set(instructor)
@@ -224,10 +232,11 @@ def test_configured_scopes_do_not_drop_the_services(roster_file):
             f"read:users!group={group}",
             f"custom:classroom:instruct!group={group}",
             f"custom:classroom:grade!group={group}",
+            f"custom:classroom:environments!group={group}",
         ]
     )
     assert auth.policy.course_role("data101", "ta")["scopes"] == sorted(
         [f"access:servers!group={group}", f"custom:classroom:grade!group={group}"]
     )
     admin = auth.policy.tier_role("admin")["scopes"]
-    assert admin == sorted(["admin-ui", "custom:classroom:grade", "custom:classroom:instruct"])
+    assert admin == sorted(["admin-ui", "custom:classroom:grade", "custom:classroom:instruct", "custom:classroom:environments"])

@@ -25,11 +25,13 @@ from traitlets.config import Application
 from .._version import __version__
 from ..accounts import AccountPolicy
 from ..databases import CopyError
+from ..environments import EnvironmentManager
 from .db.migrations import SchemaTooNew, backup_beside, upgrade_database
 from .db.models import Feedback, Release, Submission, make_private_sqlite, open_database
 from .domain.assignments import AssignmentRules
 from .domain.collect import Collector
 from .domain.context import ServiceContext
+from .domain.environments import EnvironmentBuilds
 from .domain.grading import Grading
 from .domain.releases import ReleaseService
 from .files import runas
@@ -40,6 +42,8 @@ from .web.api import api_handlers
 from .web.assignments import assignment_handlers
 from .web.grading import grading_handlers
 from .web.assignment_page import assignment_page_handlers
+from .web.environment_pages import environment_page_handlers
+from .web.environments import environment_handlers
 from .web.hub import HubClient
 from .web.pages import page_handlers
 
@@ -51,8 +55,8 @@ class ClassroomService(Application):
     name = "classroomhub-service"
     version = __version__
     description = "Release course content into students' homes, as each student."
-    # --AccountPolicy.allowed_system_accounts=… on the command line
-    classes = [AccountPolicy]
+    # --AccountPolicy.allowed_system_accounts=…, --EnvironmentManager.cache_dir=… on the command line
+    classes = [AccountPolicy, EnvironmentManager]
 
     aliases = {
         "config": "ClassroomService.config_file",
@@ -187,6 +191,17 @@ class ClassroomService(Application):
         per home: about 30 ms less per student. Off: one process per home.""",
     ).tag(config=True)
 
+    environment_builds_at_once = Integer(
+        1,
+        help="""How many environment builds run at once (each runs the installer:
+        a CPU and network load); the others wait their turn.""",
+    ).tag(config=True)
+
+    environment_build_queue = Integer(
+        8,
+        help="How many environment builds may wait or run; past it, a create or update is refused (409).",
+    ).tag(config=True)
+
     live_server_roles = List(
         Unicode(),
         ["instructor"],
@@ -279,6 +294,17 @@ class ClassroomService(Application):
             cgroup_parent=self.student_cgroup_parent or None,
         )
         context.grading = Grading(context, max_bytes=self.max_collect_bytes)
+        # shared environments: in data_dir/environments unless EnvironmentManager.data_dir says otherwise
+        manager = EnvironmentManager(parent=self, log=self.log)
+        if not manager.data_dir:
+            manager.data_dir = self.data_dir
+        context.environments = EnvironmentBuilds(
+            context,
+            manager,
+            os.path.join(self.data_dir, "environment-builds"),
+            at_once=self.environment_builds_at_once,
+            queue=self.environment_build_queue,
+        )
         runas.Subprocesses.memory = self.worker_memory_bytes
 
     def _freezer(self):
@@ -361,8 +387,10 @@ class ClassroomService(Application):
             (prefix + "oauth_callback", HubOAuthCallbackHandler),
             *grading_handlers(prefix),
             *assignment_page_handlers(prefix),
+            *environment_page_handlers(prefix),
             *page_handlers(prefix),
             *assignment_handlers(prefix),
+            *environment_handlers(prefix),
             *api_handlers(prefix),  # ends with the API's catch-all 404
         ]
         return web.Application(

@@ -13,12 +13,27 @@ from.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .web.scopes import COURSE_SCOPES, CUSTOM_SCOPES, SERVICE_NAME, TIER_SCOPES, access_scope
 
 #: what the service asks of the hub: people's groups and course groups' members
 SERVICE_SCOPES = ["list:users", "read:users:groups", "list:groups", "read:groups"]
+#: the hub's environment variables the service's environment builds need to
+#: reach the package index (the hub gives a managed service only PATH, LANG, ...):
+#: proxies, certificate authorities, and the installers' own settings (UV_*, PIP_*)
+INSTALLER_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR")
+INSTALLER_PREFIXES = ("UV_", "PIP_")
+
+
+def installer_environment(environ=os.environ):
+    """The variables of *environ* that environment builds need (see INSTALLER_VARIABLES)."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key.upper() in INSTALLER_VARIABLES or key.startswith(INSTALLER_PREFIXES)
+    }
 
 
 def _add_per_key(section, trait, additions):
@@ -49,6 +64,7 @@ def add_classroom_service(c, data_dir="/srv/classroomhub", port=10101, args=(), 
             # the browser's login to the service's pages carries the staff
             # scopes the person holds (the hub keeps only those they have)
             "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+            "environment": installer_environment(),
         }
     )
     c.JupyterHub.services = services

@@ -41,6 +41,7 @@ class ServiceContext:
     rules: Any = None  # domain.assignments.AssignmentRules
     collector: Any = None  # domain.collect.Collector
     grading: Any = None  # domain.grading.Grading
+    environments: Any = None  # domain.environments.EnvironmentBuilds
 
     _tasks: set = field(default_factory=set, repr=False)
 
