@@ -41,25 +41,6 @@ def _kill_all(pids):
             pass
 
 
-def _attach_writer(procs_files):
-    """A preexec function writing the child's own pid into each cgroup.procs.
-
-    Runs between fork and exec: open/write/close only, no allocation-heavy work.
-    """
-    paths = [os.fsencode(p) for p in procs_files]
-
-    def attach():
-        pid = str(os.getpid()).encode()
-        for path in paths:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-
-    return attach
-
-
 class _CgroupBackend(Enforcement):
     enforcing = True
 
@@ -241,8 +222,8 @@ class CgroupV2(_CgroupBackend):
         if os.path.exists(pids_file):
             write_text(pids_file, limits.pids if limits.pids else "max")
 
-    def attach_fn(self, key):
-        return _attach_writer([os.path.join(self.base, key, "cgroup.procs")])
+    def attach_files(self, key):
+        return [os.path.join(self.base, key, "cgroup.procs")]
 
     def set_budget(self, total, high_fraction=0.0):
         self._prepare()
@@ -351,8 +332,8 @@ class CgroupV1(_CgroupBackend):
         if "pids" in self.bases:
             write_text(os.path.join(self._dir("pids", key), "pids.max"), limits.pids or "max")
 
-    def attach_fn(self, key):
-        return _attach_writer([os.path.join(d, "cgroup.procs") for d in self.group_dirs(key)])
+    def attach_files(self, key):
+        return [os.path.join(d, "cgroup.procs") for d in self.group_dirs(key)]
 
     def set_budget(self, total, high_fraction=0.0):
         folder = self.bases["memory"]

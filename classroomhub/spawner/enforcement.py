@@ -11,6 +11,7 @@ host offers. The backends: :mod:`.cgroups` (v2 and v1) and :mod:`.watchdog`
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -68,13 +69,19 @@ class Enforcement:
     def create(self, key, limits: Limits):
         """Make (or reset) the group for *key* with *limits*."""
 
+    def attach_files(self, key):
+        """The ``cgroup.procs`` files a server's process writes its pid into to
+        join its group (none for a backend without cgroups)."""
+        return []
+
     def attach_fn(self, key):
         """A function to run in the forked child before exec: it joins the group.
 
         Memory already charged does not migrate between cgroups, so the server
         must be in its group before it allocates anything.
         """
-        return None
+        files = self.attach_files(key)
+        return pid_writer(files) if files else None
 
     def adopt(self, key, pid, limits=None):
         """Called with the server's pid once it runs, and again after a hub
@@ -110,6 +117,26 @@ class Enforcement:
 
     def remove_parent(self):
         """Remove whatever holds the groups, if it is empty (nothing to do here)."""
+
+
+def pid_writer(procs_files):
+    """A function writing the calling process's own pid into each cgroup.procs.
+
+    Runs in a forked child (between fork and exec, or in a spawn template's
+    child before it reads its request): open/write/close only.
+    """
+    paths = [os.fsencode(p) for p in procs_files]
+
+    def attach():
+        pid = str(os.getpid()).encode()
+        for path in paths:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+
+    return attach
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")

@@ -2,7 +2,8 @@
 
 This module starts, stops and restores a server in its group; each other
 job is a mixin in a module of its own (settings, system users, classroom
-sync, server arguments, the servers' memory budget, memory pressure, monitoring, OOM accounting), and
+sync, server arguments, the servers' memory budget, memory pressure, monitoring, OOM accounting,
+starting from the spawn template), and
 the host-wide state they share is the process's :class:`.host.Host`.
 """
 
@@ -20,7 +21,7 @@ from ..units import human_bytes
 from . import metrics, notices
 from .budget import ServersBudget
 from .classroomsync import ClassroomSync
-from .enforcement import KEY_ENV, Limits, group_key
+from .enforcement import KEY_ENV, Limits, group_key, pid_writer
 from .host import Host
 from .kernels import ManagedKernels
 from .monitor import Monitoring
@@ -29,6 +30,7 @@ from .pressure import MemoryPressure
 from .refusal import SpawnRefused
 from .serverargs import ServerArguments
 from .settings import TierSettings
+from .template import TemplateSpawning
 from .users import SystemUsers
 
 # seconds between checks that a stopping server has exited
@@ -45,6 +47,7 @@ class ClassroomSpawner(
     MemoryPressure,
     Monitoring,
     OomAccounting,
+    TemplateSpawning,
     LocalProcessSpawner,
 ):
     """Local processes with their owner's tier limits, enforced by the kernel.
@@ -150,7 +153,7 @@ class ClassroomSpawner(
 
     def make_preexec_fn(self, name):
         become_user = super().make_preexec_fn(name)
-        attach = self._attach
+        attach = pid_writer(self._attach_files) if self._attach_files else None
         adj = str(self.server_oom_score_adj).encode() if self.server_oom_score_adj else None
 
         def preexec():
@@ -201,17 +204,17 @@ class ClassroomSpawner(
         key = self.group_key
         await self.host.sweep_stale(backend, self.cgroup_parent, self.user.db, key, self.log)
         await backend.destroy(key)  # leftovers of an earlier run of this server
-        self._attach = None
+        self._attach_files = []
         if backend.enforcing:
             await asyncio.to_thread(backend.create, key, limits)
-            self._attach = backend.attach_fn(key)
+            self._attach_files = backend.attach_files(key)
         try:
-            ip, port = await super().start()
+            ip, port = await super().start()  # exec, or fork from the spawn template
         except BaseException:
             await backend.destroy(key)
             raise
         finally:
-            self._attach = None
+            self._attach_files = []
         backend.adopt(key, self.pid)
         self._run = {
             "started": time.time(),
@@ -226,7 +229,8 @@ class ClassroomSpawner(
             raise
         return ip, port
 
-    _attach = None
+    #: cgroup.procs files the starting server joins before it allocates anything
+    _attach_files = []
 
     async def _wait_for_port(self, ip, port, timeout):
         """Return once the server accepts connections, so the hub's first check
@@ -234,7 +238,7 @@ class ClassroomSpawner(
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            status = self.proc.poll() if self.proc is not None else None
+            status = self.process_status()
             if status is not None:
                 raise RuntimeError(f"The jupyter server of {self._log_name} exited with status {status} while starting")
             if time.monotonic() >= deadline:

@@ -1,0 +1,387 @@
+"""Servers forked from the spawn template (``spawn_method = "template"``):
+a real hub and proxy, real system users, real cgroup v1 limits, real kernels.
+The template's memory is read as root after real students were spawned, to
+prove it holds nothing of them; a template that reads the request before it
+forks is caught by the same probe."""
+
+import asyncio
+import os
+import pwd
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from jupyterhub.tests.utils import public_url
+
+from classroomhub.spawner import Host, detect
+from classroomhub.spawner.enforcement import EnforcementUnavailable
+from classroomhub.spawner.template import Template
+from classroomhub.spawner.template_env import differs
+
+from conftest import login
+
+from fixtures.servers import group_dirs, group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
+
+TAG = "ft" + secrets.token_hex(2)
+S1, S2, S3, S4, BROKEN = (f"{TAG}-s{i}" for i in range(1, 6))
+PEOPLE = [S1, S2, S3, S4, BROKEN]
+CGROUP_PARENT = f"ft-{TAG}"
+MEM_LIMIT = 256 * 1024**2
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
+
+ROSTER = "users:\n  admin: {tier: root}\n" + "".join(f"  {name}: {{}}\n" for name in PEOPLE)
+
+# A template that reads each request itself and only then forks: what the
+# design forbids. The memory probe must find the students in it.
+BROKEN_TEMPLATE = """
+import socket, sys
+from classroomhub.spawner import template_process as t
+kept, read = [], t.read_request
+def spawn_after_reading(conn_fd, context):
+    sock = socket.socket(fileno=conn_fd)
+    request = read(sock)
+    kept.append(request)
+    t.read_request = lambda conn: request
+    t.spawn_first(sock.detach(), context)
+t.spawn_first, t.spawn = t.spawn, spawn_after_reading
+t.main()
+"""
+
+
+def _cgroups_writable():
+    try:
+        backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
+    except EnforcementUnavailable as e:
+        return f"needs writable cgroup v1 controllers: {e}"
+    for folder in set(backend.bases.values()):
+        os.rmdir(folder)
+    return None
+
+
+_skip = _cgroups_writable() if os.geteuid() == 0 else None
+pytestmark = [
+    pytest.mark.root("creates system users and cgroups, forks servers as them"),
+    pytest.mark.skipif(_skip is not None, reason=_skip or ""),
+]
+
+
+def HUB_CONFIG(c):
+    c.JupyterHub.spawner_class = "classroomhub.ClassroomSpawner"
+    c.Spawner.cmd = [SCRIPT]
+    c.Spawner.start_timeout = 60
+    c.Spawner.http_timeout = 60
+    c.ClassroomSpawner.spawn_method = "template"
+    c.ClassroomSpawner.cgroup_parent = CGROUP_PARENT
+    c.ClassroomSpawner.create_system_users = True
+    c.ClassroomSpawner.monitor_interval = 0.5
+    c.ClassroomSpawner.memory_reserve = 0
+    c.ClassroomSpawner.tier_settings = {
+        "student": {"mem_limit": MEM_LIMIT, "cpu_limit": 0.5, "idle_timeout": 0, "max_age": 0},
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_up():
+    yield
+    Template.stop_current()
+    for login_name in PEOPLE:
+        try:
+            entry = pwd.getpwnam(login_name)
+        except KeyError:
+            continue
+        if entry.pw_gecos == "classroomhub user":
+            subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
+            subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
+    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
+    for key in backend.keys():
+        asyncio.run(backend.destroy(key))
+    backend.remove_parent()
+
+
+@pytest.fixture
+def broken_template(monkeypatch):
+    """The next template is the broken variant; the current one is closed."""
+    Template.stop_current()
+    monkeypatch.setattr(Template, "command", (sys.executable, "-c", BROKEN_TEMPLATE))
+    yield
+    Template.stop_current()
+
+
+def status_ids(pid):
+    """``(uids, gids, supplementary groups)`` of *pid*, from /proc."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return (
+        {int(x) for x in fields["Uid"].split()},
+        {int(x) for x in fields["Gid"].split()},
+        {int(x) for x in fields["Groups"].split()},
+    )
+
+
+def environ(pid):
+    items = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in items if b"=" in item)
+
+
+def socket_inodes(pid):
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def memory_of(pid):
+    """Every readable mapping of *pid*'s memory, read as root."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except (OSError, ValueError, OverflowError):
+                continue
+    return b"\0".join(chunks)
+
+
+def secrets_of(app, name):
+    """What of *name* must never be in the template: API token, login, home."""
+    spawner = app.users[name].spawner
+    return {
+        "token": spawner.api_token.encode(),
+        "name": name.encode(),
+        "home": pwd.getpwnam(name).pw_dir.encode(),
+    }
+
+
+async def kill_a_kernel_for_memory(app, name, spawner):
+    """A kernel touches twice the limit; return once the kernel's OOM killer took it."""
+    kernel_id = await start_kernel(app, name)
+    client = await kernel_client(name, kernel_id)
+    kernel_pids = kernel_pids_of(spawner, kernel_id)
+    assert kernel_pids, "the kernel is not in the server's group"
+    client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
+    deadline = time.monotonic() + 30
+    while kernel_pids & group_pids(spawner):
+        assert time.monotonic() < deadline, "kernel not killed"
+        await asyncio.sleep(0.2)
+    client.stop_channels()
+
+
+async def test_a_forked_server_is_the_student_in_their_cgroup(app, synced):
+    spawner = await start(app, S1)
+    try:
+        template = Template._current
+        assert template is not None and template.alive
+        assert spawner.proc is None and spawner._template_child.pid == spawner.pid
+        server = psutil.Process(spawner.pid)
+        assert server.ppid() == template.pid
+        assert psutil.Process(template.pid).uids().real == 0
+        entry = pwd.getpwnam(S1)
+        uids, gids, groups = status_ids(spawner.pid)
+        assert uids == {entry.pw_uid} and gids == {entry.pw_gid}
+        assert groups == set(os.getgrouplist(S1, entry.pw_gid))
+        assert server.cwd() == entry.pw_dir
+        assert os.getsid(spawner.pid) == spawner.pid  # its own session
+        # in every hierarchy's group, with the tier's limit
+        for folder in group_dirs(spawner):
+            assert str(spawner.pid) in open(os.path.join(folder, "cgroup.procs")).read().split()
+        memory_dir = next(d for d in group_dirs(spawner) if "/memory/" in d)
+        assert int(open(os.path.join(memory_dir, "memory.limit_in_bytes")).read()) == MEM_LIMIT
+        # nothing of the template's is open in the server: no way to ask it for a spawn
+        assert not socket_inodes(spawner.pid) & socket_inodes(template.pid)
+        # the request's environment reached the server (its kernels inherit it)
+        kernel_id = await start_kernel(app, S1)
+        await kernel_client(S1, kernel_id)
+        (kernel,) = kernel_pids_of(spawner, kernel_id)
+        env = environ(kernel)
+        assert env["JUPYTERHUB_API_TOKEN"] == spawner.api_token and env["HOME"] == entry.pw_dir
+        assert env["MEM_LIMIT"] == str(MEM_LIMIT) and env["CLASSROOMHUB_SERVER_KEY"] == spawner.group_key
+        r = await server_api(app, S1, "status")
+        assert r.status_code == 200, r.text
+    finally:
+        await stop(app, S1)
+
+
+async def test_what_imports_derive_from_the_environment_is_the_students(app, synced):
+    """JupyterHub's HubAuth takes the cookie path of a server's login from
+    JUPYTERHUB_SERVICE_PREFIX, JupyterLab its settings folder from HOME, at
+    import. A forked server has its owner's: their login cookie is sent to
+    their server only (not to every other student's server under /user/),
+    and their settings are saved in their home."""
+    spawner = await start(app, S3)
+    try:
+        session, _ = await login(app, S3)
+        r = await session.get(public_url(app, app.users[S3]) + "lab", allow_redirects=True)
+        assert r.status_code == 200 and r.url.endswith("/lab"), (r.status_code, r.url)
+        cookies = {c.name: c for c in session.cookies}
+        cookie = cookies[f"jupyterhub-user-{S3}"]
+        assert cookie.path == spawner.server.base_url, cookie.path
+        plugin = "@jupyterlab/apputils-extension:themes"
+        r = await server_api(app, S3, "../lab/api/settings/" + plugin, "PUT", json={"raw": '{"theme": "JupyterLab Dark"}'})
+        assert r.status_code == 204, r.text
+        saved = os.path.join(
+            pwd.getpwnam(S3).pw_dir, ".jupyter/lab/user-settings/@jupyterlab/apputils-extension/themes.jupyterlab-settings"
+        )
+        assert os.stat(saved).st_uid == pwd.getpwnam(S3).pw_uid
+    finally:
+        await stop(app, S3)
+
+
+async def test_the_tier_limit_kills_the_kernel_and_the_server_lives(app, synced):
+    spawner = await start(app, S2)
+    try:
+        await kill_a_kernel_for_memory(app, S2, spawner)
+        await spawner.check()
+        assert spawner.oom_kills >= 1
+        assert await spawner.poll() is None
+        r = await server_api(app, S2, "status")
+        assert r.status_code == 200, r.text
+    finally:
+        await stop(app, S2)
+
+
+async def test_stop_leaves_nothing_and_a_dead_server_is_no_zombie(app, synced):
+    spawner = await start(app, S1)
+    await start_kernel(app, S1)
+    await asyncio.sleep(1)
+    pids, folders = group_pids(spawner), group_dirs(spawner)
+    assert len(pids) >= 2
+    await stop(app, S1)
+    assert not [p for p in pids if psutil.pid_exists(p)]  # reaped, not zombies
+    assert not any(os.path.exists(d) for d in folders)
+    # a server that dies on its own: the template reaps it at once, the
+    # hub's poll reports its status and removes what it left
+    spawner = await start(app, S1)
+    await start_kernel(app, S1)
+    await asyncio.sleep(1)
+    pid, pids, folders = spawner.pid, group_pids(spawner), group_dirs(spawner)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid):
+        assert time.monotonic() < deadline, f"server {pid} left as {psutil.Process(pid).status()}"
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while (status := await spawner.poll()) is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert status == -signal.SIGKILL
+    assert not [p for p in pids if psutil.pid_exists(p)]
+    assert not any(os.path.exists(d) for d in folders)
+    deadline = time.monotonic() + 30
+    while app.users[S1].spawner.active:  # the hub's own poll notices too
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+
+
+async def test_the_template_holds_nothing_of_the_students(app, synced):
+    """Three students spawned at once: their tokens, logins and homes are in
+    their servers and nowhere in the template."""
+    names = [S1, S2, S3]
+    await asyncio.gather(*(start(app, name) for name in names))
+    try:
+        template = Template._current
+        wanted = {name: secrets_of(app, name) for name in names}
+        # the probe sees what is there: each server's own memory holds its token
+        for name in names:
+            assert wanted[name]["token"] in memory_of(app.users[name].spawner.pid)
+        memory = memory_of(template.pid)
+        assert len(memory) > 50 * 1024**2, "the template has not imported the server"
+        found = [f"{name}'s {what}" for name in names for what, text in wanted[name].items() if text in memory]
+        assert not found, f"in the template's memory: {found}"
+        assert not re.search(rb"/home/" + TAG.encode(), memory)
+    finally:
+        await asyncio.gather(*(stop(app, name) for name in names))
+
+
+async def test_the_probe_finds_a_template_that_reads_before_forking(app, synced, broken_template):
+    spawner = await start(app, BROKEN)
+    try:
+        template = Template._current
+        assert psutil.Process(spawner.pid).ppid() == template.pid  # the broken template forked it
+        memory = memory_of(template.pid)
+        found = {what for what, text in secrets_of(app, BROKEN).items() if text in memory}
+        assert found == {"token", "name", "home"}, found
+    finally:
+        await stop(app, BROKEN)
+
+
+async def test_servers_outlive_their_hub_and_a_new_hub_starts_a_new_template(app, synced):
+    spawner = await start(app, S4)
+    old = Template._current
+    pid = spawner.pid
+    # the hub goes away: its end of the control socket closes
+    for server_name, s in list(app.users[S4].spawners.items()):
+        s.stop_polling()
+        s._stop_monitor()
+        app.users[S4].spawners.pop(server_name)
+    old.close()
+    assert old.process.returncode == 0
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    # a restarted hub finds the server from its database
+    Host.fresh()
+    app.db.expire_all()
+    await app.init_spawners()
+    revived = app.users[S4].spawner
+    assert revived.pid == pid and await revived.poll() is None
+    r = await server_api(app, S4, "status")
+    assert r.status_code == 200, r.text
+    # and forks new servers from a template of its own
+    other = await start(app, S3)
+    try:
+        assert Template._current is not old and psutil.Process(other.pid).ppid() == Template._current.pid
+    finally:
+        await stop(app, S3)
+    folders = group_dirs(revived)
+    await stop(app, S4)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not any(os.path.exists(d) for d in folders)
+
+
+async def test_what_the_template_cannot_run_starts_by_exec(app, synced, caplog):
+    spawner = app.users[S3].spawner
+    assert spawner._template_unsuitable([SCRIPT], {"PATH": os.defpath}) == ""
+    assert spawner._template_unsuitable(["jupyterhub-singleuser"], {"PATH": os.path.dirname(SCRIPT)}) == ""
+    assert "not" in spawner._template_unsuitable(["/usr/bin/env", SCRIPT], {})
+    # a variable the template's imports read, set otherwise for this server
+    template = {"LANG": "C.UTF-8", "HOME": "/nonexistent/t-HOME", "JUPYTERHUB_SSL_KEYFILE": None}
+    marked = {"HOME": "/nonexistent/t-HOME"}
+    assert differs({"LANG": "C.UTF-8", "HOME": "/home/a"}, template, marked) == ""
+    assert "LANG differs" in differs({"LANG": "fr_FR.UTF-8", "HOME": "/home/a"}, template, marked)
+    assert "JUPYTERHUB_SSL_KEYFILE is set here" in differs(
+        {"LANG": "C.UTF-8", "HOME": "/home/a", "JUPYTERHUB_SSL_KEYFILE": "/k"}, template, marked
+    )
+    spawner.popen_kwargs = {"stdout": subprocess.PIPE}
+    assert spawner._template_stdio() is None
+    spawner.popen_kwargs = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+    fds, opened = spawner._template_stdio()
+    assert fds[0] == 0 and fds[1] == fds[2] == opened[0]
+    os.close(opened[0])
+    # exec is the default
+    from classroomhub.spawner import ClassroomSpawner
+
+    assert ClassroomSpawner.spawn_method.default_value == "exec"
+
+
+async def test_no_process_of_the_students_is_left():
+    await asyncio.sleep(0.5)
+    uids = set()
+    for name in PEOPLE:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            pass
+    left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
+    assert not left, f"processes of the students left: {left}"
