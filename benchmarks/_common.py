@@ -1,13 +1,16 @@
 """What the benchmarks share: generated notebooks, the system users a run
-creates (and only those it removes), number formatting."""
+creates (and only those it removes), a run's folder and its clean-up on
+SIGTERM, number formatting."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 from classroomhub.spawner.users import ensure_system_user
 
@@ -98,6 +101,24 @@ def stop_hub(proc, timeout):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def interrupt_on_sigterm():
+    """SIGTERM (a CI timeout, ``kill``) stops the run as Ctrl-C does, so
+    that its ``finally`` blocks still remove what it made."""
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
+def shared_folder(tag):
+    """The run's new folder in /tmp, 0711: reachable by workers running as
+    students (and by students themselves), unlike a 0700 one."""
+    root = tempfile.mkdtemp(prefix=f"classroomhub-{tag}-")
+    os.chmod(root, 0o711)
+    return root
 
 
 def ms(seconds):

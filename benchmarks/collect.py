@@ -56,11 +56,9 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from classroomhub.service.files import runas
@@ -68,7 +66,7 @@ from classroomhub.service.domain.collect import Collector
 from classroomhub.service.domain.context import ServiceContext
 from classroomhub.service.db.models import open_database
 from classroomhub.service.files.store import ReleaseStore, snapshot_folder
-from _common import Users, make_notebook, ms, secs
+from _common import Users, interrupt_on_sigterm, make_notebook, ms, secs, shared_folder
 
 COURSE, ASSIGNMENT = "data101", "hw1"
 NOTEBOOK = "hw1.ipynb"
@@ -457,17 +455,12 @@ def main(argv=None):
     repeat = 1 if args.quick else max(1, args.repeat)
     submit_repeat = 1 if args.quick else min(3, max(1, args.submit_repeat))
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
+    interrupt_on_sigterm()
     started = time.perf_counter()
     tag = "cb" + secrets.token_hex(2)
     users = Users()
     venv = Venv(os.path.abspath(args.nbgrader_venv or f"/tmp/classroomhub-{tag}-nbgrader"), args.python, args.keep_venv)
-    # reachable by workers running as students (and by them submitting): not a 0700 folder
-    root = tempfile.mkdtemp(prefix=f"classroomhub-{tag}-")
-    os.chmod(root, 0o711)
+    root = shared_folder(tag)
     try:
         # homes, nbgrader's inbound and the students' caches, one collection at a time
         need = 4.5 * n * (BIG_BYTES + NOTEBOOK_KB[1] * 1024)

@@ -41,17 +41,15 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from classroomhub.service.files import runas
 from classroomhub.service.files.delivery import DeliveryJob, deliver_all
 from classroomhub.service.files.store import ReleaseStore, import_folder
-from _common import WORDS, Users, make_notebook, ms, secs
+from _common import WORDS, Users, interrupt_on_sigterm, make_notebook, ms, secs, shared_folder
 
 COURSE, MATERIAL, DATASET = "data101", "week1", "dataset"
 NOTEBOOKS = 100
@@ -286,16 +284,11 @@ def main(argv=None):
             return 1
         return max(3, args.repeat) if n <= 100 else min(3, max(1, args.large_repeat))
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
+    interrupt_on_sigterm()
     started = time.perf_counter()
     tag = "rb" + secrets.token_hex(2)
     users = Users()
-    # reachable by workers running as students: not a 0700 folder
-    root = tempfile.mkdtemp(prefix=f"classroomhub-{tag}-")
-    os.chmod(root, 0o711)
+    root = shared_folder(tag)
     try:
         tic = time.perf_counter()
         teacher = runas.Account.of(users.create(f"{tag}-ins").pw_name)
