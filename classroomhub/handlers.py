@@ -5,15 +5,14 @@ last sync; ``POST`` re-reads the file and applies it at once (what
 ``classroomhub roster sync`` calls). Both need ``admin:users``, which only
 the root tier holds by default: the roster is the hub owner's.
 
-``/hub/api/classroom/usage``: what each running ClassroomSpawner uses (what
-``classroomhub usage`` shows).
+``/hub/api/classroom/usage``: what each running server uses, from every
+spawner that reports usage (``usage_report()``: ClassroomSpawner,
+ClassroomSlurmSpawner); what ``classroomhub usage`` shows.
 """
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
-
-from .spawner import ClassroomSpawner
 
 
 class RosterAPIHandler(APIHandler):
@@ -47,7 +46,7 @@ class RosterAPIHandler(APIHandler):
 
 
 class UsageAPIHandler(APIHandler):
-    """``GET /hub/api/classroom/usage``: what each running ClassroomSpawner uses.
+    """``GET /hub/api/classroom/usage``: what each running server uses.
 
     Lists the servers the caller may read (``read:servers``, as filtered by
     their roles: an instructor sees their course's students, root sees all).
@@ -60,7 +59,8 @@ class UsageAPIHandler(APIHandler):
         servers = []
         for user in list(self.users.values()):
             for spawner in list(user.spawners.values()):
-                if not isinstance(spawner, ClassroomSpawner) or not spawner.active:
+                # the one interface: a spawner that knows its usage has usage_report()
+                if not hasattr(spawner, "usage_report") or not spawner.active:
                     continue
                 if not may_read(spawner.orm_spawner, kind="server"):
                     continue

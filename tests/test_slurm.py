@@ -9,24 +9,38 @@ limit; a kernel that allocates past it is killed by that cgroup while the
 server lives; stopping cancels the job and leaves nothing on the node; two
 students run on the two nodes at once, the one in a course on the course's
 account (JupyterHub's group_overrides); a demotion in the roster changes
-the next job.
+the next job. The job's usage (sstat) reaches the usage API, the CLI's
+table and Prometheus; an idle job is cancelled, a busy one kept; a job that
+Slurm ends (time limit, an operator's scancel) is told to its owner on the
+hub's pages; the hub's queries cannot be stalled by the student; late
+joiners are synced before the job is submitted; shared environments and
+the named-server limit apply as on one machine.
 """
 
 import asyncio
 import json
 import os
 import pwd
+import signal
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 import requests
+from batchspawner import SlurmSpawner
 from jupyterhub.tests.utils import api_request, public_url
+from jupyterhub.utils import random_port
+from prometheus_client import generate_latest
+from tornado import web
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from classroomhub.slurm import ClassroomSlurmSpawner, slurm_time
+from classroomhub.cli.usage import format_usage
+from classroomhub.environments.layout import Layout, write_json_atomic
+from classroomhub.slurm import ClassroomSlurmSpawner, SlurmCommandTimeout, slurm_time
+from classroomhub.spawner.notices import ended_notice
 
 from conftest import write_roster
 
@@ -60,6 +74,11 @@ def HUB_CONFIG(c):
     c.Spawner.cmd = [os.path.join(BIN, "jupyterhub-singleuser")]
     c.Spawner.start_timeout = 90
     c.Spawner.http_timeout = 60
+    c.Spawner.poll_interval = 5  # the hub notices a job Slurm ended within seconds
+    c.JupyterHub.allow_named_servers = True
+    c.ClassroomSlurmSpawner.monitor_interval = 2  # a usage sample (sstat) every 2 s
+    # the late joiners' sync asks the classroom service with a token of this scope
+    c.ClassroomPasswordAuthenticator.everyone_scopes = ["access:services!service=classroom"]
     # sbatch gets the spawner's environment only: it must find this cluster's slurm.conf
     c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
     c.ClassroomSlurmSpawner.batchspawner_singleuser_cmd = os.path.join(BIN, "batchspawner-singleuser")
@@ -150,8 +169,7 @@ def job_processes(cluster, job):
 
 
 def processes_on_nodes(cluster, login):
-    """*login*'s processes on the cluster's nodes (in any of their cgroups: the
-    nodes share this host with the hub, whose squeue runs as the owner too)."""
+    """*login*'s processes on the cluster's nodes (in any of their cgroups)."""
     uid = pwd.getpwnam(login).pw_uid
     return [pid for pid in cluster.pids_in_cgroups() if _uid(pid) == uid]
 
@@ -222,7 +240,7 @@ async def test_student_server_runs_as_a_job_with_the_tier_limits(app, cluster):
                 app, "batchspawner", method="post", data=json.dumps(body), headers={"Authorization": f"token {spawner.api_token}"}
             )
             assert r.status_code == 400, r.text
-        assert (spawner.exec_prefix, spawner.batch_query_cmd) == ("runuser -u {username} --", "squeue -h -j {job_id} -o '%T %B'")
+        assert (spawner.exec_prefix, spawner.batch_query_cmd) == ("runuser -u {username} --", "squeue -h -t all -j {job_id} -o '%T %r %B'")
     finally:
         await stop_server(app, STUDENT)
 
@@ -373,3 +391,214 @@ def oom_kills(cluster, job):
 def test_slurm_time():
     assert slurm_time(3600) == "0-01:00:00"
     assert slurm_time(8 * 86400 + 61) == "8-00:01:01"
+
+
+# -- usage, culling, end notices (what ClassroomSpawner's monitor does on one machine)
+
+
+class personal_settings:
+    """*values* as the owner's own ``user_settings`` (applied last at each
+    start) on their spawner, for the test's duration."""
+
+    def __init__(self, app, name, server="", **values):
+        self.spawner = app.users[name].spawners[server] if server else app.users[name].spawner
+        self.name, self.values = name, values
+
+    def __enter__(self):
+        self.before = self.spawner.user_settings
+        self.spawner.user_settings = {**self.before, self.name: self.values}
+        return self.spawner
+
+    def __exit__(self, *exc):
+        self.spawner.user_settings = self.before
+
+
+async def usage_of(app, name):
+    r = await api_request(app, "classroom/usage")
+    assert r.status_code == 200, r.text
+    return next((s for s in r.json()["servers"] if s["user"] == name), None)
+
+
+async def wait_async(probe, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        await asyncio.sleep(0.5)
+
+
+async def test_a_jobs_usage_from_sstat_in_the_api_the_cli_and_prometheus(app, cluster):
+    spawner = await start_server(app, STUDENT)
+    try:
+        _, ws = await open_kernel(app, STUDENT)
+        # 200 MiB kept, and about 6 s of CPU
+        await run_code(ws, f"import time\nkeep = bytearray({200 * MiB}); keep[::4096] = b'x' * len(keep[::4096])\n"
+                       "t = time.time()\nwhile time.time() - t < 6: pass")
+        ws.close()
+
+        async def busy_sample():
+            s = await usage_of(app, STUDENT)
+            return s if s and s["cpu_seconds"] >= 5 and s["mem_bytes"] >= 200 * MiB else None
+
+        report = await wait_async(busy_sample, 60, "usage sample with the kernel's CPU and memory")
+        assert report["enforcement"] == "slurm" and report["job_id"] == spawner.job_id
+        assert report["mem_limit"] == 512 * MiB and report["cpu_limit"] == 1.0
+        assert 200 * MiB <= report["mem_peak_bytes"] and report["mem_bytes"] < 512 * MiB
+        assert report["procs"] is None and report["oom_kills"] is None  # Slurm does not say
+        row = [line for line in format_usage([report]).splitlines() if line.startswith(STUDENT)]
+        assert row and "512 MiB" in row[0], format_usage([report])
+        # the series /hub/metrics serves
+        metrics = generate_latest().decode()
+        cpu = [line for line in metrics.splitlines() if line.startswith("classroomhub_server_cpu_seconds{") and f'user="{STUDENT}"' in line]
+        assert cpu and float(cpu[0].split()[-1]) >= 5, cpu
+    finally:
+        await stop_server(app, STUDENT)
+    assert await usage_of(app, STUDENT) is None
+    assert f'classroomhub_server_cpu_seconds{{server="",user="{STUDENT}"}}' not in generate_latest().decode()
+
+
+SLURM_COMMANDS = {"squeue", "sstat", "scancel", "scontrol", "sacct"}
+
+
+async def test_a_student_cannot_stall_the_hubs_slurm_commands(app, cluster):
+    """The student stops (SIGSTOP) every Slurm command running under their
+    uid, as a loop in their shell could: batchspawner ran squeue that way and
+    waited forever; the hub now queries as itself, and kills any command at
+    its time limit."""
+    spawner = await start_server(app, STUDENT)
+    uid = pwd.getpwnam(STUDENT).pw_uid
+    done, stopped = threading.Event(), set()
+
+    def hostile():
+        while not done.is_set():
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        name = f.read().strip()
+                    if name in SLURM_COMMANDS and os.stat(f"/proc/{pid}").st_uid == uid:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.add(pid)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=hostile, daemon=True)
+    thread.start()
+    try:
+        # batchspawner's own query runs squeue as the student: it stalls
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(SlurmSpawner.query_job_status(spawner), 5)
+        assert stopped, "the student's loop stopped nothing"
+        # ours does not
+        for _ in range(3):
+            assert await asyncio.wait_for(spawner.poll(), 20) is None
+            assert await asyncio.wait_for(spawner.job_usage(), 20) is not None
+        # and a command that hangs is killed at the time limit, with what it started
+        spawner.slurm_command_timeout = 1
+        t0 = time.monotonic()
+        with pytest.raises(SlurmCommandTimeout):
+            await spawner.run_command(f"runuser -u {STUDENT} -- sleep 987")
+        assert time.monotonic() - t0 < 5
+        await wait_for(lambda: not any("sleep 987" in cmdline(p) for p in map(int, filter(str.isdigit, os.listdir("/proc")))), 5, "end of the stalled command")
+    finally:
+        done.set()
+        thread.join()
+        spawner.slurm_command_timeout = ClassroomSlurmSpawner.slurm_command_timeout.default_value
+        await stop_server(app, STUDENT)
+
+
+async def test_an_idle_job_is_cancelled_and_a_busy_one_kept(app, cluster):
+    with personal_settings(app, STUDENT, idle_timeout=30), personal_settings(app, CLASSMATE, idle_timeout=30):
+        busy, idle = await asyncio.gather(start_server(app, STUDENT), start_server(app, CLASSMATE))
+        idle_job = idle.job_id
+        try:
+            _, ws = await open_kernel(app, STUDENT)
+            await run_code(ws, "import time\nt = time.time()\nwhile time.time() - t < 150: pass")
+            ws.close()  # the tab is closed: no hub activity from here on
+            t0 = time.monotonic()
+            await wait_for(lambda: not idle.active, 120, "cull of the idle job")
+            assert time.monotonic() - t0 >= 20
+            assert cluster.job(idle_job)["JobState"] == "CANCELLED"
+            assert busy.active and cluster.job(busy.job_id)["JobState"] == "RUNNING", "the busy job was culled"
+            assert busy.idle_seconds() < 30
+            # the hub stopped it: no "Slurm ended your server" notice
+            assert ended_notice(app.users[CLASSMATE]) == ""
+        finally:
+            await asyncio.gather(stop_server(app, STUDENT), stop_server(app, CLASSMATE))
+
+
+async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
+    """A time limit (a one-minute ``--time``) and an operator's scancel end
+    the jobs; the hub's poll reads the end state and the owners see why on
+    the hub's pages."""
+    announcement = app.tornado_settings["template_vars"]["announcement"]
+    with personal_settings(app, STUDENT, max_age=60, idle_timeout=0), personal_settings(app, CLASSMATE, idle_timeout=0):
+        timed, cancelled = await asyncio.gather(start_server(app, STUDENT), start_server(app, CLASSMATE))
+        try:
+            assert cluster.job(timed.job_id)["TimeLimit"] == "00:01:00"
+            job = cancelled.job_id
+            cluster.run("scancel", job)  # an operator, on the cluster
+            await wait_for(lambda: not cancelled.active, 30, "the hub noticing the cancelled job")
+            assert f"Slurm job {job}, CANCELLED" in ended_notice(app.users[CLASSMATE])
+            assert "was cancelled on the cluster" in announcement(app.users[CLASSMATE])
+            job = timed.job_id
+            await wait_for(lambda: not timed.active, 150, "the end of the time limit")
+            assert cluster.job(job)["JobState"] == "TIMEOUT"
+            notice = announcement(app.users[STUDENT])
+            assert "Your server reached its time limit" in notice and f"Slurm job {job}, TIMEOUT" in notice
+            assert ended_notice(app.users[RESEARCHER]) == ""
+        finally:
+            await asyncio.gather(stop_server(app, STUDENT), stop_server(app, CLASSMATE))
+            for name in (STUDENT, CLASSMATE):  # the notices are the test's
+                app.users[name].spawner.ended = []
+                app.users[name].spawner.orm_spawner.state = app.users[name].spawner.get_state()
+            app.db.commit()
+
+
+async def test_a_late_joiner_is_synced_before_the_job_is_submitted(app, cluster):
+    """classroom_service_url: the start asks the classroom service to deliver
+    the owner's missing releases before sbatch (here a stand-in for the
+    service's /api/sync records the call and what Slurm had of the owner then)."""
+    calls = []
+
+    class Sync(web.RequestHandler):
+        def post(self):
+            calls.append(cluster.run("squeue", "-h", "-u", CLASSMATE, "-o", "%i"))
+            self.finish({"delivered": []})
+
+    port = random_port()
+    server = web.Application([("/services/classroom/api/sync", Sync)]).listen(port, "127.0.0.1")
+    try:
+        with personal_settings(app, CLASSMATE, classroom_service_url=f"http://127.0.0.1:{port}/services/classroom/"):
+            spawner = await start_server(app, CLASSMATE)
+            try:
+                assert calls == [""], calls  # synced once, before any job of theirs existed
+                assert cluster.job(spawner.job_id)["JobState"] == "RUNNING"
+            finally:
+                await stop_server(app, CLASSMATE)
+    finally:
+        server.stop()
+
+
+async def test_shared_environments_and_the_named_server_limit_apply_to_jobs(app, cluster, tmp_path):
+    data = tmp_path / "hubdata"
+    layout = Layout(data / "environments")
+    for name, audience, default in (("base", ["everyone"], True), ("data101", ["course:data101"], False), ("other", ["course:x9"], False)):
+        os.makedirs(layout.kernels_dir(name, 1))
+        write_json_atomic(layout.declaration(name), {"name": name, "packages": ["ipykernel"], "audience": audience, "default": default})
+        layout.switch(name, 1)
+    with personal_settings(app, CLASSMATE, environments_data_dir=str(data)):
+        spawner = await start_server(app, CLASSMATE)
+        try:
+            server = [env for _, cmd, env in job_processes(cluster, cluster.job(spawner.job_id)).values() if "jupyterhub-singleuser" in cmd]
+            env = dict(item.split(b"=", 1) for item in server[0] if b"=" in item)
+            assert env[b"JUPYTER_PATH"].decode().split(os.pathsep)[:2] == [layout.kernels_dir("base"), layout.kernels_dir("data101")]
+            assert env[b"PATH"].decode().startswith(f"{data}/environments/base/1/bin{os.pathsep}")
+        finally:
+            await stop_server(app, CLASSMATE)
+    # a student's tier allows no named server: refused before any job
+    r = await api_request(app, f"users/{STUDENT}/servers/extra", method="post")
+    assert r.status_code >= 400 and "allows 0 named server" in r.text, r.text
+    assert cluster.run("squeue", "-h", "-u", STUDENT, "-o", "%i").strip() == ""

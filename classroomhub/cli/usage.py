@@ -21,10 +21,15 @@ def format_usage(servers):
             f"{human_bytes(s.get('mem_bytes')) if s.get('mem_bytes') else '-':>10} "
             f"{human_bytes(s.get('mem_peak_bytes')) if s.get('mem_peak_bytes') else '-':>10} "
             f"{human_bytes(s.get('mem_limit')):>10} {s.get('cpu_seconds', 0):>9.1f} "
-            f"{s.get('procs', 0):>5} {s.get('oom_kills', 0):>4} "
+            f"{_count(s.get('procs', 0)):>5} {_count(s.get('oom_kills', 0)):>4} "
             f"{'-' if idle is None else f'{idle / 60:.0f}m':>7}"
         )
     return "\n".join(rows)
+
+
+def _count(value):
+    """A count, or "-" where the engine cannot tell (null: a Slurm job's processes)."""
+    return "-" if value is None else value
 
 
 def cmd_usage(args):

@@ -85,6 +85,22 @@ def pressure_notice(user):
     return "<br>".join(escape(line) for line in lines)
 
 
+def ended_notice(user, now=None):
+    """Why a server of *user* ended without its owner or the hub stopping it
+    (a spawner records ``[time, message]`` as ``ended`` in its state: e.g. a
+    Slurm job that reached its time limit), for `NOTICE_SECONDS`; or ""."""
+    orm_user = getattr(user, "orm_user", None)
+    if orm_user is None:
+        return ""
+    now = now or time.time()
+    lines = []
+    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
+        ended = (orm_spawner.state or {}).get("ended")
+        if ended and now - ended[0] < NOTICE_SECONDS:
+            lines.append(ended[1])
+    return "<br>".join(escape(line) for line in lines)
+
+
 def install(template_vars):
     """Add the notice to the announcements in the hub's *template_vars* (once):
     to ``announcement``, and to ``announcement_home``/``announcement_spawn``
@@ -101,7 +117,7 @@ def install(template_vars):
 def _with_notice(existing):
     def announcement(user):
         base = existing(user) if callable(existing) else (existing or "")
-        return "<br>".join(part for part in (base, oom_notice(user), pressure_notice(user)) if part)
+        return "<br>".join(part for part in (base, oom_notice(user), pressure_notice(user), ended_notice(user)) if part)
 
     announcement.classroomhub_oom_notice = True
     return announcement

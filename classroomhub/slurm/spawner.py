@@ -1,102 +1,65 @@
 """ClassroomSlurmSpawner: a person's tier settings as a Slurm job.
 
-batchspawner's ``SlurmSpawner`` submits, watches and cancels the job; this
-module only decides what the job asks for. The owner's settings are
-resolved as for ClassroomSpawner (tier, then JupyterHub's
-``group_overrides``, then ``user_settings``: :mod:`.spawner.settings`), and
-then ``mem_limit`` becomes ``--mem``, ``cpu_limit`` ``--cpus-per-task`` and
-``max_age`` ``--time``. The partition and the account are batchspawner's
-``req_partition`` and ``req_account``, set per tier, group (a course) or
-person in the same settings. Slurm's cgroups on the node enforce the limits.
-
-Importing this module imports batchspawner (the ``slurm`` extra); nothing
-else in the package does.
+batchspawner's ``SlurmSpawner`` submits the job and watches it start; this
+module decides what the job asks for. The owner's settings are resolved as
+for ClassroomSpawner (tier, then JupyterHub's ``group_overrides``, then
+``user_settings``: :mod:`..spawner.settings`), and then ``mem_limit``
+becomes ``--mem``, ``cpu_limit`` ``--cpus-per-task`` and ``max_age``
+``--time`` (:mod:`.request`). The partition and the account are
+batchspawner's ``req_partition`` and ``req_account``, set per tier, group (a
+course) or person in the same settings. Slurm's cgroups on the node enforce
+the limits; the commands run with time limits (:mod:`.commands`); usage,
+culling and end notices come from :mod:`.jobwatch`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import re
 import shlex
 import time
 
 from batchspawner import SlurmSpawner
-from jupyterhub.apihandlers import APIHandler, default_handlers
-from tornado import web
+from batchspawner.batchspawner import JobStatus
 from traitlets import Float, Integer, TraitError, Unicode, validate
 
-from .spawner.classroomsync import ClassroomSync
-from .spawner.serverargs import ServerArguments
-from .spawner.settings import TierSettings
-from .spawner.users import SystemUsers
-from .units import human_bytes
-
-MiB = 1024**2
-BATCHSPAWNER_ROUTE = r"/api/batchspawner"
-#: what an account or partition name may be (empty: Slurm's default)
-SLURM_NAME = re.compile(r"[\w.-]*")
-
-
-def slurm_memory(mem_bytes):
-    """``--mem`` for a limit in bytes: whole MiB, rounded up (Slurm's ``M``)."""
-    return f"{math.ceil(mem_bytes / MiB)}M"
+from ..spawner import notices
+from ..spawner.classroomsync import ClassroomSync
+from ..spawner.kernels import ManagedKernels
+from ..spawner.serverargs import ServerArguments
+from ..spawner.settings import TierSettings
+from ..spawner.users import SystemUsers
+from ..units import human_bytes
+from .commands import SlurmCommands
+from .jobwatch import SlurmJobWatch
+from .request import SLURM_NAME, slurm_cpus, slurm_memory, slurm_time
 
 
-def slurm_cpus(cpu_limit):
-    """``--cpus-per-task`` for a CPU limit: Slurm allocates whole CPUs, so 0.5 asks for 1."""
-    return max(1, math.ceil(cpu_limit))
-
-
-def slurm_time(seconds):
-    """``--time`` for a number of seconds, as ``days-hours:minutes:seconds``."""
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
-
-
-class PortReportHandler(APIHandler):
-    """``POST /hub/api/batchspawner``: the server in a job reports its port.
-
-    It replaces batchspawner's own handler, which sets *any* attribute the
-    request names on the spawner. The request carries the server's token,
-    which its owner can read in the job's environment: with batchspawner's
-    handler a student could set ``exec_prefix`` or ``batch_query_cmd``, shell
-    commands the hub then runs as root. Only ``{"port": N}`` is accepted here.
-    """
-
-    @web.authenticated
-    def post(self):
-        token = self.get_auth_token()
-        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
-        if spawner is None:
-            raise web.HTTPError(403, "Only a server's own token may report its port")
-        data = self.get_json_body()
-        port = data.get("port") if isinstance(data, dict) else None
-        if set(data or ()) != {"port"} or type(port) is not int or not 0 < port < 65536:
-            raise web.HTTPError(400, 'Expected {"port": <1-65535>} and nothing else')
-        spawner.port = port
-        self.set_status(201)
-        self.finish(json.dumps({"message": "port recorded"}))
-
-
-# importing batchspawner appended its handler to the hub's API handlers: use ours instead
-default_handlers[:] = [
-    (route, PortReportHandler) if route == BATCHSPAWNER_ROUTE else (route, *rest) for route, *rest in default_handlers
-]
-
-
-class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArguments, SlurmSpawner):
+class ClassroomSlurmSpawner(
+    TierSettings,
+    SystemUsers,
+    ClassroomSync,
+    ServerArguments,
+    ManagedKernels,
+    SlurmJobWatch,
+    SlurmCommands,
+    SlurmSpawner,
+):
     """batchspawner's SlurmSpawner with the classroom's tier policy.
 
     Each start resolves the owner's settings (tier, group overrides, person)
     and submits a job with the matching ``--mem``, ``--cpus-per-task``,
     ``--time``, partition and account; the server sees the same
-    ``MEM_LIMIT``/``CPU_LIMIT`` as under ClassroomSpawner. Stopping cancels
-    the job (``scancel``), and Slurm removes every process of it.
+    ``MEM_LIMIT``/``CPU_LIMIT`` and shared environments as under
+    ClassroomSpawner. Stopping cancels the job (``scancel``), and Slurm
+    removes every process of it.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        template_vars = self.user.settings.get("template_vars") if self.user else None
+        if template_vars is not None:
+            notices.install(template_vars)  # the end-of-job notice on the hub's pages
 
     max_age = Integer(
         0,
@@ -106,10 +69,11 @@ class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArgu
 
     exec_prefix = Unicode(
         "runuser -u {username} --",
-        help="""How the hub (as root, like ClassroomSpawner's) runs sbatch, squeue
-        and scancel as the server's owner, so the job is theirs. batchspawner's
-        default, ``sudo -E -u {username}``, needs sudo and a sudoers rule;
-        runuser keeps the environment and comes with util-linux.""",
+        help="""How the hub (as root, like ClassroomSpawner's) runs sbatch as the
+        server's owner, so the job is theirs (the other commands run as the
+        hub: see `batch_query_cmd`). batchspawner's default, ``sudo -E -u
+        {username}``, needs sudo and a sudoers rule; runuser keeps the
+        environment and comes with util-linux.""",
     ).tag(config=True)
 
     batch_submit_cmd = Unicode(
@@ -189,12 +153,50 @@ class ClassroomSlurmSpawner(TierSettings, SystemUsers, ClassroomSync, ServerArgu
 
     async def start(self):
         deadline = time.monotonic() + self.start_timeout
+        self.check_named_server_limit()
         await self.ensure_account()  # never a job as root, a system account or someone else's account
         await self.sync_classroom(deadline)
         node, port = await super().start()
         self.ip = await self.node_address(node)
+        self._start_monitor(time.time())
         await self._wait_for_port(self.ip, port, min(self.port_wait_timeout, deadline - time.monotonic() - 1))
         return self.ip, port
+
+    async def poll(self):
+        """batchspawner's poll, which also tells the owner when Slurm ended the job."""
+        status = await self.query_job_status()
+        if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+            return None
+        self.note_job_end()
+        self._stop_monitor()
+        self.clear_state()
+        return 1
+
+    async def stop(self, now=False):
+        self._stopping = True  # the job's end is the hub's doing, not Slurm's
+        self._stop_monitor()
+        if self.job_id:
+            await super().stop(now)
+
+    def get_state(self):
+        state = super().get_state()
+        state["tier"] = self.tier
+        if self.ended and time.time() - self.ended[0] < notices.NOTICE_SECONDS:
+            state["ended"] = self.ended
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.tier = state.get("tier", self.tier)
+        self.ended = state.get("ended", [])
+        if self.job_id:
+            # a job that outlived a hub restart: watch it again, with its settings
+            self._restore_settings = True
+            self._start_monitor()
+
+    def clear_state(self):
+        super().clear_state()
+        self.usage = {}
 
     async def _wait_for_port(self, ip, port, timeout):
         """Return once the server accepts connections, or after *timeout* s."""
