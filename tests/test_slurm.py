@@ -530,9 +530,11 @@ async def test_an_idle_job_is_cancelled_and_a_busy_one_kept(app, cluster):
 
 
 async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
-    """A time limit (a one-minute ``--time``) and an operator's scancel end
-    the jobs; the hub's poll reads the end state and the owners see why on
-    the hub's pages."""
+    """A time limit (a one-minute ``--time``), an operator's scancel and a
+    node that fails (set DOWN by the operator) end the jobs; the hub's poll
+    reads the end state and the owners see why on the hub's pages. A job is
+    never requeued: restarted elsewhere, its server would have an address
+    the hub does not know."""
     announcement = app.tornado_settings["template_vars"]["announcement"]
     with personal_settings(app, STUDENT, max_age=60, idle_timeout=0), personal_settings(app, CLASSMATE, idle_timeout=0):
         timed, cancelled = await asyncio.gather(start_server(app, STUDENT), start_server(app, CLASSMATE))
@@ -543,6 +545,20 @@ async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
             await wait_for(lambda: not cancelled.active, 30, "the hub noticing the cancelled job")
             assert f"Slurm job {job}, CANCELLED" in ended_notice(app.users[CLASSMATE])
             assert "was cancelled on the cluster" in announcement(app.users[CLASSMATE])
+            # again, on the other node than the timed job's, which then fails
+            node = next(n for n in cluster.nodes if n != cluster.job(timed.job_id)["BatchHost"])
+            with personal_settings(app, CLASSMATE, idle_timeout=0, req_options=f"--nodelist={node}"):
+                failed = await start_server(app, CLASSMATE)
+            job = failed.job_id
+            assert cluster.job(job)["Requeue"] == "0"
+            try:
+                cluster.run("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=slurm-test")
+                await wait_for(lambda: not failed.active, 60, "the hub noticing the failed node")
+                assert cluster.job(job)["JobState"] == "NODE_FAIL"
+                assert f"Slurm job {job}, NODE_FAIL" in announcement(app.users[CLASSMATE])
+            finally:
+                cluster.run("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
+                await wait_for(lambda: cluster.node_states().get(node) == "idle", 60, f"{node} idle again")
             job = timed.job_id
             await wait_for(lambda: not timed.active, 150, "the end of the time limit")
             assert cluster.job(job)["JobState"] == "TIMEOUT"
@@ -555,6 +571,31 @@ async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
                 app.users[name].spawner.ended = []
                 app.users[name].spawner.orm_spawner.state = app.users[name].spawner.get_state()
             app.db.commit()
+
+
+async def test_a_job_that_outlives_a_hub_restart_is_watched_again(app, cluster):
+    """What a hub restart does: the spawner objects are gone and the hub
+    rebuilds them from its database (load_state) and polls them (JupyterHub's
+    own init_spawners). The new spawner samples the same job again, with the
+    owner's settings re-applied."""
+    before = await start_server(app, STUDENT)
+    try:
+        await wait_for(lambda: before.usage, 30, "a first usage sample")
+        user = app.users[STUDENT]
+        before.stop_polling()
+        before._stop_monitor()
+        user.spawners.pop("")
+        app.db.expire_all()
+        await app.init_spawners()
+        after = user.spawner
+        assert after is not before and after.active and after.job_id == before.job_id
+        await wait_for(lambda: after.usage, 30, "a usage sample after the restart")
+        assert after.mem_limit == 512 * MiB  # the student tier's, re-applied (not in the saved state)
+        report = await usage_of(app, STUDENT)
+        assert report["job_id"] == before.job_id and report["cpu_seconds"] > 0
+    finally:
+        await stop_server(app, STUDENT)
+    assert cluster.job(before.job_id)["JobState"] == "CANCELLED"
 
 
 async def test_a_late_joiner_is_synced_before_the_job_is_submitted(app, cluster):

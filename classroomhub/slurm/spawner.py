@@ -77,10 +77,13 @@ class ClassroomSlurmSpawner(
     ).tag(config=True)
 
     batch_submit_cmd = Unicode(
-        "sbatch --parsable{% if account %} --account={{account}}{% endif %}",
+        "sbatch --parsable --no-requeue{% if account %} --account={{account}}{% endif %}",
         help="""The submit command (a template over the ``req_*`` values).
         batchspawner's Slurm script has no ``--account`` line; on the
-        command line it also overrides a script's ``#SBATCH`` directive.""",
+        command line it also overrides a script's ``#SBATCH`` directive.
+        ``--no-requeue``: a job whose node fails ends (``NODE_FAIL``, told to
+        its owner) instead of starting again elsewhere, where its server
+        would have an address and port the hub does not know.""",
     ).tag(config=True)
 
     @validate("req_account", "req_partition")
