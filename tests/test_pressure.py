@@ -7,9 +7,14 @@ pauses (interactive first)."""
 import asyncio
 import os
 import secrets
+import subprocess
+import sys
 import time
 
 import pytest
+
+from classroomhub.spawner.culling import IdleTracker
+from classroomhub.spawner.monitor import cpu_demand_seconds
 
 from fixtures.servers import (
     cgroup_v1_unavailable,
@@ -126,3 +131,45 @@ async def test_a_server_busy_for_a_while_gets_a_low_cpu_weight_until_it_pauses(a
         client.stop_channels()
     finally:
         await stop(app, BUSY)
+
+
+def test_cpu_demand_counts_the_time_a_loop_waits_for_a_core():
+    """Two loops sharing one core each run half the time; both ask for all of
+    it, and that is what makes a server busy (not the share it got)."""
+    loop = "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # both pinned and looping
+        pids = [p.pid for p in procs]
+        ran0, demand0, t0 = sum(ran_seconds(p) for p in pids), cpu_demand_seconds(pids), time.monotonic()
+        time.sleep(3)
+        wall = time.monotonic() - t0
+        ran = sum(ran_seconds(p) for p in pids) - ran0
+        demand = cpu_demand_seconds(pids) - demand0
+        assert ran <= 1.1 * wall, (ran, wall)  # one core between them
+        assert demand >= 1.8 * wall, (demand, wall)  # each wanted a whole core
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def ran_seconds(pid):
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def test_a_loop_is_busy_a_student_between_cells_is_not():
+    """Interactive first judges each interval between checks: a loop asks
+    for a core in every one, a student running 3 s cells with pauses in
+    between does not, even when the average over the window is high."""
+    loop, student = IdleTracker(0), IdleTracker(0)
+    demand_loop = demand_student = 0.0
+    for t in range(10, 50, 10):
+        demand_loop += 10.0
+        demand_student += 9.5 if t != 30 else 4.0  # cells stretched by waiting; one pause
+        loop.add(t, demand_loop, float("inf"), 60)
+        student.add(t, demand_student, float("inf"), 60)
+    assert loop.lowest_fraction(40, 30) == 1.0
+    assert student.lowest_fraction(40, 30) == 0.4
+    assert IdleTracker(0).lowest_fraction(40, 30) is None  # not watched for the window yet

@@ -45,12 +45,15 @@ class IdleTracker:
             return None
         return (end[1] - start[1]) / (end[0] - start[0])
 
-    def last_fraction(self):
-        """Cores used between the last two samples; None before two."""
-        if len(self.samples) < 2:
+    def lowest_fraction(self, now, window):
+        """The least cores used between two consecutive samples over the last
+        *window* seconds (a loop uses a core in every one of them, a student
+        between cells does not); None until the window is covered."""
+        if not self.samples or self.samples[0][0] > now - window:
             return None
-        (t0, c0), (t1, c1) = self.samples[-2], self.samples[-1]
-        return (c1 - c0) / (t1 - t0) if t1 > t0 else None
+        pairs = zip(list(self.samples), list(self.samples)[1:])
+        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in pairs if t1 > now - window and t1 > t0]
+        return min(rates) if rates else None
 
     def idle_seconds(self, now, last_activity):
         """Seconds since the later of hub activity and the last busy sample."""

@@ -6,8 +6,9 @@ counts as idle is decided by :mod:`.culling`.
 
 Interactive first: every server has its own CPU group, so under contention
 each gets the same share of the cores, whatever it runs. A server that kept a
-core busy for `cpu_busy_seconds` (a loop, a long fit) is moved to a low CPU
-weight until it pauses, so a student whose cell takes a second is not slowed
+core busy for `cpu_busy_seconds` (a loop, a long fit: running or waiting for
+a core, from the processes' schedstat) is moved to a low CPU weight until it
+pauses, so a student whose cell takes a second is not slowed
 down by it; on an otherwise idle machine it still gets every free cycle.
 """
 
@@ -65,11 +66,13 @@ class Monitoring(LoggingConfigurable):
 
     cpu_busy_seconds = Integer(
         30,
-        help="""Interactive first: a server whose processes used at least
-        `cpu_busy_fraction` of a core (of its `cpu_limit` if that is lower) on
-        average for this many seconds gets `cpu_busy_weight` until it uses
-        less, so other students' cells run first when the cores are short.
-        0 keeps every server at the same weight.""",
+        help="""Interactive first: a server whose processes asked for at least
+        `cpu_busy_fraction` of a core (of its `cpu_limit` if that is lower)
+        between every two checks for this many seconds (running or waiting
+        for a core) gets `cpu_busy_weight` until it asks for less, so other
+        students' cells run first when the cores are short. A student
+        between cells pauses; a loop or a long fit does not. 0 keeps every
+        server at the same weight.""",
     ).tag(config=True)
 
     cpu_busy_fraction = Float(
@@ -98,6 +101,7 @@ class Monitoring(LoggingConfigurable):
 
     _monitor_task = None
     _tracker = None
+    _demand = None
     #: after a hub restart, the monitor first applies the settings a start would
     _restore_settings = False
 
@@ -107,6 +111,7 @@ class Monitoring(LoggingConfigurable):
         if started is None and self.orm_spawner is not None:
             started = timestamp(self.orm_spawner.started)
         self._tracker = IdleTracker(started or time.time())
+        self._demand = IdleTracker(started or time.time())  # CPU used + waited for (cpu_demand_seconds)
         if fresh:
             self._oom_base = 0
         self._adjusted, self._adjusted_to = set(), None
@@ -162,10 +167,13 @@ class Monitoring(LoggingConfigurable):
         usage = backend.usage(key)
         self._note_oom(usage.oom_kills)
         usage.oom_kills = self.oom_kills
+        pids = backend.pids(key)
         idle = self.idle_seconds(now)
-        self._protect_server(backend.pids(key), idle=idle is not None and idle >= self.pressure_min_idle)
+        self._protect_server(pids, idle=idle is not None and idle >= self.pressure_min_idle)
         keep = max(self.idle_timeout, self.cpu_busy_seconds) + 2 * self.monitor_interval
         self._tracker.add(now, usage.cpu_seconds, self.idle_cpu_fraction, keep)
+        if self.cpu_busy_seconds:
+            self._demand.add(now, cpu_demand_seconds(pids), float("inf"), self.cpu_busy_seconds + 2 * self.monitor_interval)
         self._prioritize(now)
         self.usage = {**usage.to_dict(), "sampled": now, "cpu_weight": self.cpu_weight}
         metrics.record(self, usage)
@@ -181,24 +189,25 @@ class Monitoring(LoggingConfigurable):
         """Interactive first: a low CPU weight while busy for `cpu_busy_seconds`."""
         if not self.cpu_busy_seconds and self.cpu_weight == DEFAULT_CPU_WEIGHT:
             return
+        # busy by what it asks for, not what it got: under contention a loop
+        # gets a fraction of a core and waits the rest
         threshold = self.cpu_busy_fraction * min(self.cpu_limit or 1.0, 1.0)
-        window = self._tracker.cpu_fraction(now, self.cpu_busy_seconds) if self.cpu_busy_seconds else None
-        last = self._tracker.last_fraction()
-        busy = window is not None and last is not None and window >= threshold and last >= threshold
+        lowest = self._demand.lowest_fraction(now, self.cpu_busy_seconds) if self.cpu_busy_seconds else None
+        busy = lowest is not None and lowest >= threshold
         weight = self.cpu_busy_weight if busy else DEFAULT_CPU_WEIGHT
         if weight == self.cpu_weight or not set_cpu_weight(self.backend, self.group_key, weight):
             return
         self.cpu_weight = weight
         if busy:
             self.log.info(
-                "CPU: %s used %.2f cores for %s s: weight %s (others 100) until it pauses",
+                "CPU: %s kept at least %.2f cores busy for %s s: weight %s (others 100) until it pauses",
                 self._log_name,
-                window,
+                lowest,
                 self.cpu_busy_seconds,
                 weight,
             )
         else:
-            self.log.info("CPU: %s paused (%.2f cores): weight %s again", self._log_name, last or 0, weight)
+            self.log.info("CPU: %s paused: weight %s again", self._log_name, weight)
 
     def idle_seconds(self, now=None):
         if self._tracker is None:
@@ -223,6 +232,20 @@ class Monitoring(LoggingConfigurable):
             "oom_kills": self.oom_kills,
             "oom_kills_total": self.oom_kills_total,
         }
+
+
+def cpu_demand_seconds(pids):
+    """Seconds the processes *pids* ran plus waited to run on a CPU (their
+    /proc/PID/schedstat): what they asked of the cores, whoever got them."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat", "rb") as f:
+                ran, waited = f.read().split()[:2]
+        except (OSError, ValueError):
+            continue  # exited meanwhile, or a kernel without schedstats
+        total += int(ran) + int(waited)
+    return total / 1e9
 
 
 def set_cpu_weight(backend, key, weight):
