@@ -530,8 +530,9 @@ async def test_an_idle_job_is_cancelled_and_a_busy_one_kept(app, cluster):
 
 
 async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
-    """A time limit (a one-minute ``--time``), an operator's scancel and a
-    node that fails (set DOWN by the operator) end the jobs; the hub's poll
+    """A time limit (a one-minute ``--time``), an operator's scancel, a
+    node that fails (set DOWN by the operator) and preemption by a job of a
+    partition of higher priority end the jobs; the hub's poll
     reads the end state and the owners see why on the hub's pages. A job is
     never requeued: restarted elsewhere, its server would have an address
     the hub does not know."""
@@ -559,9 +560,24 @@ async def test_a_job_slurm_ends_is_told_to_its_owner(app, cluster):
             finally:
                 cluster.run("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
                 await wait_for(lambda: cluster.node_states().get(node) == "idle", 60, f"{node} idle again")
+            # again, and a research job (a partition of higher priority) needs both CPUs of its node
+            with personal_settings(app, CLASSMATE, idle_timeout=0, req_options=f"--nodelist={node}"):
+                preempted = await start_server(app, CLASSMATE)
+            job = preempted.job_id
+            research = cluster.run(
+                "sbatch", "--parsable", "--partition=research", f"--nodelist={node}", "--cpus-per-task=2", "--mem=64M",
+                "--output=/dev/null", "--chdir=/tmp", "--wrap=sleep 600",
+            ).strip()
+            try:
+                await wait_for(lambda: not preempted.active, 60, "the hub noticing the preempted job")
+                assert cluster.job(job)["JobState"] == "PREEMPTED"
+                assert f"Slurm job {job}, PREEMPTED" in announcement(app.users[CLASSMATE])
+            finally:
+                cluster.run("scancel", research, check=False)
             job = timed.job_id
             await wait_for(lambda: not timed.active, 150, "the end of the time limit")
-            assert cluster.job(job)["JobState"] == "TIMEOUT"
+            # (scontrol may still say COMPLETING while the node cleans up)
+            await wait_for(lambda: cluster.job(job)["JobState"] == "TIMEOUT", 30, "the job's TIMEOUT state")
             notice = announcement(app.users[STUDENT])
             assert "Your server reached its time limit" in notice and f"Slurm job {job}, TIMEOUT" in notice
             assert ended_notice(app.users[RESEARCHER]) == ""
