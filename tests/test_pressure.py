@@ -2,7 +2,7 @@
 groups: under memory pressure an idle kernel goes before anything else, and
 never a kernel running a cell; the OOM killer is pointed at idle servers'
 kernels first; a server that keeps a core busy gets a low CPU weight until it
-pauses (interactive first)."""
+pauses, and one that is starting a high one (interactive first)."""
 
 import asyncio
 import os
@@ -13,7 +13,9 @@ import time
 
 import pytest
 
+from classroomhub.spawner import detect
 from classroomhub.spawner.culling import IdleTracker
+from classroomhub.spawner.enforcement import group_key
 from classroomhub.spawner.monitor import cpu_demand_seconds
 
 from fixtures.servers import (
@@ -111,20 +113,31 @@ async def test_under_pressure_the_idle_kernel_goes_never_the_one_running_a_cell(
 
 
 async def test_a_server_busy_for_a_while_gets_a_low_cpu_weight_until_it_pauses(app, synced):
-    spawner = await start(app, BUSY)
+    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
+    start_shares = os.path.join(backend.bases["cpu"], group_key(BUSY), "cpu.shares")
+    seen = set()
+    starting = asyncio.ensure_future(start(app, BUSY))
+    while not starting.done():  # the weight while the server starts
+        try:
+            seen.add(read(start_shares))
+        except OSError:
+            pass  # not made yet
+        await asyncio.sleep(0.02)
+    spawner = await starting
     try:
+        assert str(4 * 1024) in seen, f"no precedence while starting: {seen}"
         spawner.cpu_busy_seconds = 2
         shares = next(os.path.join(d, "cpu.shares") for d in group_dirs(spawner) if os.path.exists(os.path.join(d, "cpu.shares")))
-        assert read(shares) == "1024"
+
+        async def shares_are(value):
+            return read(shares) == value
+
+        await wait_for(lambda: shares_are("1024"), 5, "the start's weight stayed after the server was ready")
         kernel_id = await start_kernel(app, BUSY)
         client = await kernel_client(BUSY, kernel_id)
         await asyncio.sleep(3)  # the kernel's start-up is not a busy server
         assert read(shares) == "1024"
         client.execute("import time\nt = time.time()\nwhile time.time() - t < 8: pass")
-
-        async def shares_are(value):
-            return read(shares) == value
-
         await wait_for(lambda: shares_are(str(10 * 1024 // 100)), 8, "a busy server kept its full CPU weight")
         assert spawner.usage_report()["cpu_weight"] == 10
         await wait_for(lambda: shares_are("1024"), 15, "the weight did not come back after the loop ended")

@@ -5,7 +5,8 @@ One asyncio task per running server (:meth:`Monitoring._monitor`); what
 counts as idle is decided by :mod:`.culling`.
 
 Interactive first: every server has its own CPU group, so under contention
-each gets the same share of the cores, whatever it runs. A server that kept a
+each gets the same share of the cores, whatever it runs. A server that is
+starting gets more (someone is waiting for it). A server that kept a
 core busy for `cpu_busy_seconds` (a loop, a long fit: running or waiting for
 a core, from the processes' schedstat) is moved to a low CPU weight until it
 pauses, so a student whose cell takes a second is not slowed
@@ -92,6 +93,21 @@ class Monitoring(LoggingConfigurable):
     def _validate_cpu_busy_weight(self, proposal):
         if not 1 <= proposal.value <= 10000:
             raise TraitError("cpu_busy_weight must be between 1 and 10000 (100: the others' weight)")
+        return proposal.value
+
+    cpu_start_weight = Integer(
+        400,
+        help="""CPU weight of a server while it starts (the others have 100):
+        a student waiting for their server is interactive too, and a start
+        is about two seconds of CPU that a login wave's other work would
+        otherwise stretch out. From the next check after it is ready it has
+        the usual weight. 100 gives it no precedence.""",
+    ).tag(config=True)
+
+    @validate("cpu_start_weight")
+    def _validate_cpu_start_weight(self, proposal):
+        if not 1 <= proposal.value <= 10000:
+            raise TraitError("cpu_start_weight must be between 1 and 10000 (100: the others' weight)")
         return proposal.value
 
     usage = Dict(help="The last usage sample (see `usage_report`).")
@@ -186,7 +202,12 @@ class Monitoring(LoggingConfigurable):
             await self.relieve_pressure(now)
 
     def _prioritize(self, now):
-        """Interactive first: a low CPU weight while busy for `cpu_busy_seconds`."""
+        """Interactive first: a high CPU weight while starting, a low one
+        while busy for `cpu_busy_seconds`."""
+        if self.pending == "spawn":
+            if self.cpu_weight != self.cpu_start_weight and set_cpu_weight(self.backend, self.group_key, self.cpu_start_weight):
+                self.cpu_weight = self.cpu_start_weight
+            return
         if not self.cpu_busy_seconds and self.cpu_weight == DEFAULT_CPU_WEIGHT:
             return
         # busy by what it asks for, not what it got: under contention a loop
@@ -197,8 +218,8 @@ class Monitoring(LoggingConfigurable):
         weight = self.cpu_busy_weight if busy else DEFAULT_CPU_WEIGHT
         if weight == self.cpu_weight or not set_cpu_weight(self.backend, self.group_key, weight):
             return
-        self.cpu_weight = weight
-        if busy:
+        previous, self.cpu_weight = self.cpu_weight, weight
+        if busy:  # (the end of a start's precedence is not worth a line)
             self.log.info(
                 "CPU: %s kept at least %.2f cores busy for %s s: weight %s (others 100) until it pauses",
                 self._log_name,
@@ -206,7 +227,7 @@ class Monitoring(LoggingConfigurable):
                 self.cpu_busy_seconds,
                 weight,
             )
-        else:
+        elif previous == self.cpu_busy_weight:
             self.log.info("CPU: %s paused: weight %s again", self._log_name, weight)
 
     def idle_seconds(self, now=None):
