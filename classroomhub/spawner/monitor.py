@@ -66,7 +66,7 @@ class Monitoring(LoggingConfigurable):
     ).tag(config=True)
 
     cpu_busy_seconds = Integer(
-        30,
+        60,
         help="""Interactive first: a server whose processes asked for at least
         `cpu_busy_fraction` of a core (of its `cpu_limit` if that is lower)
         between every two checks for this many seconds (running or waiting
