@@ -8,6 +8,7 @@ test_environments.py: after a first run the builds download nothing.
 """
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -359,7 +360,8 @@ def cmdline(pid):
         return b""
 
 
-async def test_a_build_cut_off_by_a_stop_is_reported_failed_after_the_restart(app, ready):
+async def running_rebuild():
+    """A rebuild of DATA_ENV, once its installer runs."""
     r = await api(INES, "PATCH", f"environments/{DATA_ENV}", json={"rebuild": True})
     assert r.status_code == 202, r.text
     build = r.json()
@@ -369,24 +371,57 @@ async def test_a_build_cut_off_by_a_stop_is_reported_failed_after_the_restart(ap
             break
         await asyncio.sleep(0.1)
     assert state == "running"
-    service = app._service_map["classroom"]
-    service.spawner.stop_polling()
-    os.kill(service.spawner.pid, signal.SIGKILL)  # no clean-up of any kind
-    await service.spawner.stop(now=True)
+    return build
+
+
+def build_record(build):
+    """The build as the service left it on disk."""
+    with open(os.path.join(DATA_DIR, "environment-builds", f"{build['id']}.json")) as f:
+        return json.load(f)
+
+
+def installers_of(name):
+    """Processes whose command line names the environment's folder (its installer's)."""
+    folder = os.path.join(ENVS, name).encode()
+    return [pid for pid in os.listdir("/proc") if pid.isdigit() and folder in cmdline(pid)]
+
+
+async def restarted(app, service):
     await service.start()
     for _ in range(150):
         try:
-            r = await api(INES, "GET", f"environments/{DATA_ENV}/builds/{build['id']}")
+            r = await api(INES, "GET", "environments")
             if r.status_code == 200:
-                break
+                return
         except requests.ConnectionError:
             pass
         await asyncio.sleep(0.2)
-    done = r.json()
+    pytest.fail("the service did not come back")
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGKILL"])
+async def test_a_build_cut_off_by_a_stop_is_reported_failed_after_the_restart(app, ready, stop):
+    build = await running_rebuild()
+    service = app._service_map["classroom"]
+    service.spawner.stop_polling()
+    if stop == "SIGINT":  # the hub's own stop: the service ends its build itself
+        await service.spawner.stop()
+        record = build_record(build)
+        assert record["state"] == "failed" and "interrupted" in record["error"], record
+        assert not installers_of(DATA_ENV), "the installer outlived the service"
+    else:  # no clean-up of any kind: the next start finds the build "running"
+        os.kill(service.spawner.pid, signal.SIGKILL)
+        await service.spawner.stop(now=True)
+        assert build_record(build)["state"] == "running"
+    await restarted(app, service)
+    done = (await api(INES, "GET", f"environments/{DATA_ENV}/builds/{build['id']}")).json()
     assert done["state"] == "failed" and "interrupted" in done["error"], done
     env = (await api(SAM, "GET", f"environments/{DATA_ENV}")).json()
     assert env["current"] == 2 and env["building"] is None  # the version in force stays
-    # ... and a new build goes through
+    assert [v["version"] for v in env["versions"]] == [2]
+
+
+async def test_builds_go_on_after_the_restarts(app, ready):
     r = await api(INES, "PATCH", f"environments/{DATA_ENV}", json={"rebuild": True})
     assert r.status_code == 202, r.text
     done = await wait_for_build(INES, r.json())

@@ -12,15 +12,23 @@ still shows what happened: a job the stop cut off (``queued`` or
 ``running`` when the service ended, even by SIGKILL) is marked ``failed``
 ("interrupted") at the next start; the manager never made its version
 current.
+
+A build runs in an event loop of its own, in a thread: the installer's
+processes are asynchronous, but what the manager does between them (walking
+a new version's files to make them read-only, handing them over) is not,
+and would hold up every request meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import datetime
 import json
 import os
+import threading
 
 from sqlalchemy import select
 
@@ -39,6 +47,42 @@ INTERRUPTED = "interrupted: the service stopped before the build ended; the vers
 
 class Busy(RuntimeError):
     """Another build of the environment runs or waits, or the queue is full (a 409)."""
+
+
+async def in_own_loop(work, progress):
+    """``await work(report)`` in a new event loop in a worker thread, where
+    ``report(line)`` calls *progress* in this loop; a cancellation here
+    cancels the work there (the manager then stops its installer and
+    cleans up) and waits for it."""
+    loop = asyncio.get_running_loop()
+    started = concurrent.futures.Future()
+    stop = threading.Event()
+
+    def report(line):
+        loop.call_soon_threadsafe(progress, line)
+
+    def run():
+        inner = asyncio.new_event_loop()
+        try:
+            task = inner.create_task(work(report))
+            started.set_result((inner, task))
+            if stop.is_set():  # cancelled before this thread began
+                task.cancel()
+            return inner.run_until_complete(task)
+        finally:
+            inner.close()
+
+    done = loop.run_in_executor(None, run)
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop.set()
+        if started.done():
+            inner, task = started.result()
+            with contextlib.suppress(RuntimeError):  # its loop has ended meanwhile
+                inner.call_soon_threadsafe(task.cancel)
+        await asyncio.wait([done])
+        raise
 
 
 def _now():
@@ -221,7 +265,7 @@ class EnvironmentBuilds:
         async def update(progress):
             version = await self.manager.update(name, **changes, rebuild=True, progress=progress)
             try:  # as `classroomhub env update`: the old versions go once unused
-                build.removed, kept = await asyncio.to_thread(self.manager.prune, name)
+                build.removed, kept = self.manager.prune(name)  # (in the build's own thread)
                 build.kept = {str(v): pids for v, pids in kept.items()}
             except EnvError as e:
                 build.log.append(f"# old versions not removed: {e}")
@@ -279,7 +323,7 @@ class EnvironmentBuilds:
             async with self._places:
                 build.state, build.started = "running", _now()
                 self._save(build)
-                build.version = await work(build.log.append)
+                build.version = await in_own_loop(work, build.log.append)
             build.state = "succeeded"
         except (BuildError, EnvError, SpecError) as e:
             build.state, build.error = "failed", str(e)
