@@ -8,6 +8,9 @@ a. Spawn-to-ready and stop of one server, as a user experiences it: through a
    and same run, interleaved pair by pair: jupyterhub's stock
    ``LocalProcessSpawner`` with the same command. ClassroomSpawner has its
    limits on (cgroup v1 here; memory 1G, CPU 1).
+   A third kind, same run: ClassroomSpawner with ``spawn_method = "template"``
+   (servers forked from the spawn template); its ratio to stock is the
+   sub-second target.
 b. Burst: 20 and 40 servers requested at once (ClassroomSpawner). Counts
    ready servers and failures, the wall time from the first request to the
    last server ready, and the CPU seconds spent meanwhile by the hub process,
@@ -19,6 +22,12 @@ c. Usage sampling for 5, 50 and 200 server groups of 1 and 40 processes
    each (``sleep`` processes in cgroups made by the backend, no jupyter
    servers): the cgroup backend's ``usage(key)`` against a psutil walk of the
    process tree (``PsutilWatchdog.usage``, the product's own fallback).
+d. Memory of N idle servers (default 10): N servers started one after the
+   other, exec'd and then forked from the template, measured 5 s after the
+   last is ready from /proc/<pid>/smaps_rollup: the sum of RSS (counting
+   shared pages once per server) against the sum of PSS (shared pages split
+   among their users; for the template, its own PSS is added, as its share
+   of the pages the servers share with it).
 
 Needs root and writable cgroup v1 controllers. Creates system users
 ``chb-<hex>-NN`` (gecos "classroomhub benchmark user") and cgroups under
@@ -27,7 +36,7 @@ exit, also after an error or Ctrl-C. Run from the repository root::
 
     PATH=$PWD/.venv/bin:$PWD/proxy/node_modules/.bin:$PATH python benchmarks/spawner.py
     ... python benchmarks/spawner.py --quick            # a smoke run (~2 min)
-    ... python benchmarks/spawner.py --only usage       # one part: spawn, burst or usage
+    ... python benchmarks/spawner.py --only usage       # one part: spawn, burst, memory or usage
 
 Prints medians and ratios; ends with one line per target (PASS/MISS).
 """
@@ -54,8 +63,10 @@ import time
 from pathlib import Path
 
 import psutil
+from traitlets import default
 
 from classroomhub.spawner import ClassroomSpawner, Limits, detect
+from classroomhub.spawner.template import Template
 from classroomhub.spawner.users import ensure_system_user
 from classroomhub.spawner.watchdog import PsutilWatchdog
 
@@ -68,6 +79,7 @@ CORES = os.cpu_count() or 1
 TIMEOUT = 120  # start_timeout and http_timeout of the servers
 
 TARGET_SPAWN_RATIO = 0.75
+TARGET_TEMPLATE_RATIO = 0.35  # forked from the template, against stock
 TARGET_BURST_RATIO = 1.25
 TARGET_USAGE_US = 60.0
 TARGET_FLAT = 1.5  # cgroup µs/user with 40 processes / with 1 process, at most
@@ -195,6 +207,14 @@ def verdict(ok):
     return "PASS" if ok else "MISS"
 
 
+class TemplateSpawner(ClassroomSpawner):
+    """ClassroomSpawner with its servers forked from the spawn template."""
+
+    @default("spawn_method")
+    def _default_spawn_method(self):
+        return "template"
+
+
 def make_users(names):
     for name in names:
         LEFT.users.append(name)  # before useradd: cleaned even if interrupted now
@@ -316,6 +336,7 @@ class Hub:
                     app.log.removeHandler(handler)
                     handler.close()
                 app.log.addHandler(logging.NullHandler())
+        Template.stop_current()  # as the hub process's exit would
         if self.server_log is not None:
             os.close(self.server_log)
             self.server_log = None
@@ -406,8 +427,8 @@ async def bench_spawn(hub, repeat):
         f"a. spawn-to-ready and stop through the hub API, one server at a time "
         f"(median of {repeat} each, interleaved; + 1 untimed warm-up each)"
     )
-    kinds = {"ClassroomSpawner": ClassroomSpawner, "LocalProcessSpawner": LocalProcessSpawner}
-    names = {kind: [f"{TAG}-{k}{i:02d}" for i in range(repeat + 1)] for kind, k in zip(kinds, "cl")}
+    kinds = {"ClassroomSpawner": ClassroomSpawner, "LocalProcessSpawner": LocalProcessSpawner, "ClassroomSpawner template": TemplateSpawner}
+    names = {kind: [f"{TAG}-{k}{i:02d}" for i in range(repeat + 1)] for kind, k in zip(kinds, "clt")}
     for kind, cls in kinds.items():
         make_users(names[kind])
         await hub.add_users(names[kind], cls)
@@ -421,7 +442,7 @@ async def bench_spawn(hub, repeat):
             t_ready, t_listen = await hub.spawn(name)
             await asyncio.sleep(1.0)  # the server settles, as a user would open it
             t_stop = await hub.stop_server(name)
-            if kind == "ClassroomSpawner":
+            if kind != "LocalProcessSpawner":
                 spawner = hub.spawner(name)
                 assert not any(os.path.exists(d) for d in spawner.backend.group_dirs(spawner.group_key))
             if i > 0:  # the first pair warms caches
@@ -436,14 +457,14 @@ async def bench_spawn(hub, repeat):
         "   lag = ready - listening, per spawn (the hub's readiness check and proxy route)"
     )
     print(
-        f"   {'':<22} {'ready ms':>9} {'min':>7} {'max':>7} {'listening':>10} {'lag ms':>7} {'max':>7} "
+        f"   {'':<26} {'ready ms':>9} {'min':>7} {'max':>7} {'listening':>10} {'lag ms':>7} {'max':>7} "
         f"{'stop ms':>8} {'min':>7} {'max':>7}"
     )
     for kind in kinds:
         r, s = ready[kind], stop[kind]
         lag = [a - b for a, b in zip(r, listen[kind])]
         print(
-            f"   {kind:<22} {ms(statistics.median(r))} {min(r) * 1e3:7.0f} {max(r) * 1e3:7.0f} "
+            f"   {kind:<26} {ms(statistics.median(r))} {min(r) * 1e3:7.0f} {max(r) * 1e3:7.0f} "
             f"{statistics.median(listen[kind]) * 1e3:10.0f} {statistics.median(lag) * 1e3:7.0f} {max(lag) * 1e3:7.0f} "
             f"{statistics.median(s) * 1e3:8.0f} {min(s) * 1e3:7.0f} {max(s) * 1e3:7.0f}"
         )
@@ -451,7 +472,19 @@ async def bench_spawn(hub, repeat):
     ratio_stop = statistics.median(stop[cs]) / statistics.median(stop[lp])
     pairs = statistics.median(c / b for c, b in zip(ready[cs], ready[lp]))
     print(f"   ClassroomSpawner / LocalProcessSpawner: ready {ratio_ready:.2f} (median of pairwise ratios {pairs:.2f}), stop {ratio_stop:.2f}")
-    return {"ready": ratio_ready, "stop": ratio_stop}
+    tp = "ClassroomSpawner template"
+    ratio_template = statistics.median(ready[tp]) / statistics.median(ready[lp])
+    pairs = statistics.median(t / b for t, b in zip(ready[tp], ready[lp]))
+    print(
+        f"   ClassroomSpawner template / LocalProcessSpawner: ready {ratio_template:.2f} "
+        f"(median of pairwise ratios {pairs:.2f}), stop {statistics.median(stop[tp]) / statistics.median(stop[lp]):.2f}"
+    )
+    return {
+        "ready": ratio_ready,
+        "stop": ratio_stop,
+        "template": ratio_template,
+        "template_ready_s": statistics.median(ready[tp]),
+    }
 
 
 # -- b. burst --------------------------------------------------------------------------
@@ -547,7 +580,56 @@ async def bench_bursts(hub, sizes):
     return results
 
 
-async def run_hub_parts(tmp, parts, repeat, bursts):
+# -- d. memory of idle servers -------------------------------------------------------------
+
+
+def smaps_rollup(pid):
+    """``(RSS, PSS)`` of *pid* in bytes."""
+    sizes = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1].isdigit():
+                sizes[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return sizes.get("Rss", 0), sizes.get("Pss", 0)
+
+
+async def bench_memory(hub, n):
+    print(
+        f"\nd. memory of {n} idle servers (no kernels), 5 s after the last is ready; MiB from smaps_rollup\n"
+        f"   RSS = sum over the servers (shared pages once per server); PSS = sum of proportional shares\n"
+        f"   (template: + the template's own PSS, its share of what the servers share with it)"
+    )
+    print(f"   {'':<26} {'RSS sum':>8} {'PSS sum':>8} {'PSS/server':>10} {'template PSS':>12} {'PSS/RSS':>8}")
+    kinds = {"ClassroomSpawner": ClassroomSpawner, "ClassroomSpawner template": TemplateSpawner}
+    results = {}
+    for (kind, cls), k in zip(kinds.items(), "xy"):
+        names = [f"{TAG}-{k}{i:02d}" for i in range(n)]
+        make_users(names)
+        await hub.add_users(names, cls)
+        for name in names:
+            await hub.spawn(name)
+        await asyncio.sleep(5)
+        pids = [hub.spawner(name).pid for name in names]
+        if kind.endswith("template"):
+            assert all(psutil.Process(pid).ppid() == Template._current.pid for pid in pids), "not forked from the template"
+        sizes = [smaps_rollup(pid) for pid in pids]
+        rss, pss = sum(r for r, _ in sizes), sum(p for _, p in sizes)
+        template = smaps_rollup(Template._current.pid)[1] if kind.endswith("template") else 0
+        total = pss + template
+        MiB = 1024**2
+        print(
+            f"   {kind:<26} {rss / MiB:8.0f} {total / MiB:8.0f} {total / n / MiB:10.1f} "
+            f"{template / MiB:12.0f} {total / rss:8.2f}"
+        )
+        results[kind] = {"rss": rss, "pss": total}
+        await asyncio.gather(*(hub.stop_server(name) for name in names))
+    exec_pss, template_pss = (results[kind]["pss"] for kind in kinds)
+    print(f"   template / exec: PSS {template_pss / exec_pss:.2f}")
+    return {"ratio": template_pss / exec_pss, **results}
+
+
+async def run_hub_parts(tmp, parts, repeat, bursts, memory_n=10):
     hub = Hub(tmp)
     results = {}
     try:
@@ -556,6 +638,8 @@ async def run_hub_parts(tmp, parts, repeat, bursts):
             results["spawn"] = await bench_spawn(hub, repeat)
         if "burst" in parts:
             results["burst"] = await bench_bursts(hub, bursts)
+        if "memory" in parts:
+            results["memory"] = await bench_memory(hub, memory_n)
     except BaseException:
         tail = hub.tail()
         if tail:
@@ -672,14 +756,16 @@ def bench_usage(sizes, procs_list, rounds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats, one small burst, small groups")
-    parser.add_argument("--only", action="append", choices=("spawn", "burst", "usage"), help="run only this part (repeatable)")
+    parser.add_argument("--only", action="append", choices=("spawn", "burst", "memory", "usage"), help="run only this part (repeatable)")
     parser.add_argument("--repeat", type=int, help="timed spawns per spawner class (default 10, quick 3)")
     parser.add_argument("--burst", type=int, nargs="+", help="burst sizes (default 20 40, quick 5)")
     parser.add_argument("--sizes", type=int, nargs="+", help="server groups in part c (default 5 50 200, quick 5 50)")
     parser.add_argument("--procs", type=int, nargs="+", help="processes per group in part c (default 1 40)")
     parser.add_argument("--rounds", type=int, help="rounds in part c (default 7, quick 3)")
+    parser.add_argument("--idle", type=int, help="idle servers of each kind in part d (default 10, quick 3)")
     args = parser.parse_args(argv)
-    parts = set(args.only or ("spawn", "burst", "usage"))
+    parts = set(args.only or ("spawn", "burst", "memory", "usage"))
+    idle = args.idle or (3 if args.quick else 10)
     repeat = args.repeat or (3 if args.quick else 10)
     bursts = args.burst or ([5] if args.quick else [20, 40])
     sizes = args.sizes or ([5, 50] if args.quick else [5, 50, 200])
@@ -688,7 +774,7 @@ def main(argv=None):
 
     if os.geteuid() != 0:
         sys.exit("needs root: creates system users and cgroups")
-    if parts & {"spawn", "burst"}:
+    if parts & {"spawn", "burst", "memory"}:
         if shutil.which("configurable-http-proxy") is None:
             sys.exit("configurable-http-proxy is not on PATH: add proxy/node_modules/.bin (see the docstring)")
         if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")):
@@ -713,8 +799,8 @@ def main(argv=None):
             old_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp)
             os.chdir(tmp)
             try:
-                if parts & {"spawn", "burst"}:
-                    results.update(asyncio.run(run_hub_parts(tmp, parts, repeat, bursts)))
+                if parts & {"spawn", "burst", "memory"}:
+                    results.update(asyncio.run(run_hub_parts(tmp, parts, repeat, bursts, idle)))
             finally:
                 os.chdir(cwd)
                 tempfile.tempdir = old_tempdir
@@ -728,6 +814,15 @@ def main(argv=None):
     if "spawn" in results:
         r = results["spawn"]["ready"]
         print(f"target spawn-to-ready ClassroomSpawner/LocalProcessSpawner <= {TARGET_SPAWN_RATIO:g}: {verdict(r <= TARGET_SPAWN_RATIO)} ({r:.2f})")
+        t, ready_s = results["spawn"]["template"], results["spawn"]["template_ready_s"]
+        ok = t <= TARGET_TEMPLATE_RATIO and ready_s < 1.0
+        print(
+            f"target spawn-to-ready template/LocalProcessSpawner <= {TARGET_TEMPLATE_RATIO:g} and under 1 s: "
+            f"{verdict(ok)} ({t:.2f}, {ready_s * 1e3:.0f} ms)"
+        )
+    if "memory" in results:
+        m = results["memory"]
+        print(f"memory of {idle} idle servers, PSS template/exec: {m['ratio']:.2f} (no target; reported)")
     for n, b in results.get("burst", {}).items():
         ok = b["failed"] == 0 and b["ratio"] <= TARGET_BURST_RATIO
         print(

@@ -318,8 +318,14 @@ async def test_the_probe_finds_a_template_that_reads_before_forking(app, synced,
         await stop(app, BROKEN)
 
 
-async def test_servers_outlive_their_hub_and_a_new_hub_starts_a_new_template(app, synced):
+def by_exec(caplog):
+    """Why servers started by exec, from the hub's log."""
+    return [r.getMessage() for r in caplog.records if "starts by exec" in r.getMessage()]
+
+
+async def test_servers_outlive_their_hub_and_a_new_hub_starts_a_new_template(app, synced, caplog):
     spawner = await start(app, S4)
+    assert spawner._template_child is not None, by_exec(caplog)
     old = Template._current
     pid = spawner.pid
     # the hub goes away: its end of the control socket closes
@@ -341,6 +347,7 @@ async def test_servers_outlive_their_hub_and_a_new_hub_starts_a_new_template(app
     # and forks new servers from a template of its own
     other = await start(app, S3)
     try:
+        assert other._template_child is not None, by_exec(caplog)
         assert Template._current is not old and psutil.Process(other.pid).ppid() == Template._current.pid
     finally:
         await stop(app, S3)

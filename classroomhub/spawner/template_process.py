@@ -1,9 +1,9 @@
 """The spawn template: a root process that has imported what a jupyter
 server imports, and forks one server per request.
 
-Run by the hub (:mod:`.template`) as ``python -m
-classroomhub.spawner.template_process FD``, FD being its end of a private
-socketpair (the control socket). It imports the single-user server and the
+Started by the hub (:mod:`.template`) with ``main([FD, *MODULES])``, FD
+being its end of a private socketpair (the control socket), MODULES the
+extra modules to import (``template_preload``). It imports the single-user server and the
 server extensions this environment enables, then ``gc.freeze()``\\ s them, so
 that the forked servers share those pages copy-on-write.
 
@@ -266,7 +266,7 @@ def main(argv=None):
     marks = {name: os.environ[name] for name in PER_SERVER if name in os.environ}
     environ, os.environ = os.environ, RecordedReads(os.environ)
     try:
-        preload(server_modules())
+        preload(server_modules() + argv[1:])
     finally:
         reads, os.environ = os.environ.read, environ
     captures = Captures(marks).scan()
