@@ -18,18 +18,22 @@ import psutil
 import pytest
 from jupyterhub.tests.utils import public_url
 
+from classroomhub.demo import free_ports
 from classroomhub.spawner import Host, detect
 from classroomhub.spawner.enforcement import EnforcementUnavailable
 from classroomhub.spawner.template import Template
 from classroomhub.spawner.template_env import differs
 
 from conftest import login
+from fixtures.example_hub import proxy_path
+from fixtures.real_hub import start_hub, stop_hub, wait_until_answers
 
 from fixtures.servers import group_dirs, group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
 
 TAG = "ft" + secrets.token_hex(2)
-S1, S2, S3, S4, BROKEN = (f"{TAG}-s{i}" for i in range(1, 6))
-PEOPLE = [S1, S2, S3, S4, BROKEN]
+S1, S2, S3, S4, BROKEN, R1, R2 = (f"{TAG}-s{i}" for i in range(1, 8))
+PEOPLE = [S1, S2, S3, S4, BROKEN, R1, R2]
+REAL_PARENT = f"ft-{TAG}-real"  # the real hub's cgroups
 CGROUP_PARENT = f"ft-{TAG}"
 MEM_LIMIT = 256 * 1024**2
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
@@ -97,10 +101,11 @@ def clean_up():
         if entry.pw_gecos == "classroomhub user":
             subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
             subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
-    backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    for key in backend.keys():
-        asyncio.run(backend.destroy(key))
-    backend.remove_parent()
+    for parent in (CGROUP_PARENT, REAL_PARENT):
+        backend, _ = detect("cgroup-v1", cgroup_parent=parent)
+        for key in backend.keys():
+            asyncio.run(backend.destroy(key))
+        backend.remove_parent()
 
 
 @pytest.fixture
@@ -392,3 +397,115 @@ async def test_no_process_of_the_students_is_left():
             pass
     left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in uids]
     assert not left, f"processes of the students left: {left}"
+
+
+REAL_HUB_CONFIG = """
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.ConfigurableHTTPProxy.command = [{proxy!r}]
+c.JupyterHub.db_url = "sqlite:///{tmp}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{tmp}/cookie_secret"
+c.JupyterHub.pid_file = "{tmp}/hub.pid"
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allowed_users = {users!r}
+c.JupyterHub.services = [{{"name": "ft-admin", "api_token": {token!r}}}]
+c.JupyterHub.load_roles = [
+    {{"name": "ft-admin", "scopes": ["admin:users", "admin:servers", "admin:server_state", "access:servers"], "services": ["ft-admin"]}}
+]
+c.JupyterHub.spawner_class = "classroom"
+c.Spawner.cmd = [{script!r}]
+c.ClassroomSpawner.spawn_method = "template"
+c.ClassroomSpawner.cgroup_parent = {parent!r}
+c.ClassroomSpawner.create_system_users = True
+c.ClassroomSpawner.memory_reserve = 0
+"""
+
+
+def real_hub_api(url, token, method, path):
+    import requests
+
+    return requests.request(method, url + "hub/api/" + path, headers={"Authorization": f"token {token}"}, timeout=30)
+
+
+def wait_server_ready(url, token, name, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = real_hub_api(url, token, "GET", f"users/{name}")
+        server = r.json().get("servers", {}).get("") if r.status_code == 200 else None
+        if server and server.get("ready"):
+            return server
+        time.sleep(0.3)
+    raise AssertionError(f"the server of {name} was not ready in {timeout} s")
+
+
+def template_of(pid):
+    """The spawn template a server was forked from: its parent, a child of the hub."""
+    return psutil.Process(pid).parent()
+
+
+@pytest.mark.e2e
+def test_a_real_hub_restart_leaves_servers_running_and_starts_a_new_template(tmp_path):
+    """Real `jupyterhub` processes: the hub exits (Ctrl-C, cleanup_servers =
+    False), its template follows it at once, the server lives on and is found
+    by the next hub, which forks the next server from a template of its own."""
+    import requests
+
+    port, hub_port, api_port = free_ports(3)
+    url, token = f"http://127.0.0.1:{port}/", secrets.token_hex(16)
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(
+        REAL_HUB_CONFIG.format(
+            port=port, hub_port=hub_port, api_port=api_port, proxy=proxy_path(), tmp=tmp_path,
+            users={R1, R2}, token=token, script=SCRIPT, parent=REAL_PARENT,
+        )
+    )
+    command = [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", str(config)]
+    env = dict(os.environ)
+
+    def run(log_name):
+        proc, log = start_hub(command, tmp_path, env, tmp_path / log_name)
+        wait_until_answers(proc, url + "hub/api/", tmp_path / log_name)
+        return proc, log
+
+    proc, log = run("hub1.log")
+    children, template = psutil.Process(proc.pid).children(recursive=True), None
+    try:
+        for name in (R1, R2):
+            assert real_hub_api(url, token, "POST", f"users/{name}").status_code in (201, 409)
+        assert real_hub_api(url, token, "POST", f"users/{R1}/server").status_code in (201, 202)
+        pid = wait_server_ready(url, token, R1)["state"]["pid"]
+        template = template_of(pid)
+        assert template.parent().pid == proc.pid and template.uids().real == 0
+        children = psutil.Process(proc.pid).children(recursive=True)
+    finally:
+        # what the hub started, but the servers it leaves running
+        stop_hub(proc, log, [c for c in children if c.username() == "root" and c.pid != getattr(template, "pid", None)])
+    # the template went with its hub; the server did not
+    try:
+        template.wait(10)
+    except psutil.TimeoutExpired:
+        template.kill()
+        raise AssertionError("the template outlived its hub") from None
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+    proc, log = run("hub2.log")
+    children = []
+    try:
+        assert wait_server_ready(url, token, R1)["state"]["pid"] == pid
+        r = requests.get(url + f"user/{R1}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert real_hub_api(url, token, "POST", f"users/{R2}/server").status_code in (201, 202)
+        pid2 = wait_server_ready(url, token, R2)["state"]["pid"]
+        assert template_of(pid2).parent().pid == proc.pid and template_of(pid2).pid != template.pid
+        children = psutil.Process(proc.pid).children(recursive=True)
+        for name in (R1, R2):
+            assert real_hub_api(url, token, "DELETE", f"users/{name}/server").status_code in (202, 204)
+        deadline = time.monotonic() + 30
+        while psutil.pid_exists(pid) or psutil.pid_exists(pid2):
+            assert time.monotonic() < deadline, "servers not stopped"
+            time.sleep(0.2)
+    finally:
+        stop_hub(proc, log, children)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
