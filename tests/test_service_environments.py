@@ -282,6 +282,7 @@ async def test_the_rights_matrix(app, ready):
         ({"packages": ["six\n--index-url=x"]}, "one requirement per string"),
         ({"packages": "six", "format": "conda"}, "format: one of"),
         ({"packages": "six", "audience": ["course:data 101"]}, "invalid audience"),
+        ({"packages": "six", "audience": []}, "at least one"),
         ({"packages": "six", "display_name": "a\x00b"}, "printable text only"),
         ({"packages": "six", "name": "Not A Name"}, "invalid environment name"),
     ],
@@ -329,7 +330,7 @@ async def test_removal_of_an_environment_in_use_is_409(app, ready):
     current = (await api(SAM, "GET", f"environments/{DATA_ENV}")).json()["current"]
     # a student's process running the version's interpreter, as a kernel started from its kernelspec
     python = os.path.join(ENVS, DATA_ENV, str(current), "bin", "python")
-    proc = subprocess.Popen(["runuser", "-u", SAM, "--", python, "-c", "import time; time.sleep(120)"])
+    proc = subprocess.Popen(["runuser", "-u", SAM, "--", python, "-c", "import time; time.sleep(120)"], start_new_session=True)
     try:
         for _ in range(100):  # runuser's child has exec'd the interpreter
             if any(cmdline(pid).startswith(python.encode()) for pid in [proc.pid, *children(proc.pid)]):
@@ -339,7 +340,7 @@ async def test_removal_of_an_environment_in_use_is_409(app, ready):
         assert r.status_code == 409, r.text
         assert "in use" in r.json()["message"]
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # runuser and the interpreter it started
         proc.wait()
     assert (await api(SAM, "GET", f"environments/{DATA_ENV}")).json()["current"] == current
 
@@ -408,7 +409,11 @@ async def test_a_build_cut_off_by_a_stop_is_reported_failed_after_the_restart(ap
         await service.spawner.stop()
         record = build_record(build)
         assert record["state"] == "failed" and "interrupted" in record["error"], record
-        assert not installers_of(DATA_ENV), "the installer outlived the service"
+        for _ in range(100):  # a killed installer's own children take a moment to go
+            if not installers_of(DATA_ENV):
+                break
+            await asyncio.sleep(0.1)
+        assert not installers_of(DATA_ENV), [cmdline(pid) for pid in installers_of(DATA_ENV)]
     else:  # no clean-up of any kind: the next start finds the build "running"
         os.kill(service.spawner.pid, signal.SIGKILL)
         await service.spawner.stop(now=True)

@@ -82,6 +82,8 @@ async def in_own_loop(work, progress):
             with contextlib.suppress(RuntimeError):  # its loop has ended meanwhile
                 inner.call_soon_threadsafe(task.cancel)
         await asyncio.wait([done])
+        with contextlib.suppress(BaseException):  # its end is the cancellation's, already on its way
+            done.result()
         raise
 
 

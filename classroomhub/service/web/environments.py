@@ -69,8 +69,8 @@ def read_packages(value, format=None):
 
 
 def check_audience(value):
-    if not all(isinstance(a, str) for a in value):
-        raise Invalid("audience: a list of 'everyone', 'course:<id>' or 'tier:<tier>'")
+    if not value or not all(isinstance(a, str) for a in value):
+        raise Invalid("audience: a list of 'everyone', 'course:<id>' or 'tier:<tier>' (at least one)")
     return value
 
 
@@ -157,7 +157,7 @@ class EnvironmentsBase(BaseHandler):
             return EnvironmentSpec(
                 name=body["name"],
                 packages=packages,
-                audience=check_audience(body.get("audience") or ["everyone"]),
+                audience=check_audience(body.get("audience", ["everyone"])),
                 display_name=check_display_name(body.get("display_name") or ""),
                 default=body.get("default", False),
             )
