@@ -815,10 +815,10 @@ def main(argv=None):
         r = results["spawn"]["ready"]
         print(f"target spawn-to-ready ClassroomSpawner/LocalProcessSpawner <= {TARGET_SPAWN_RATIO:g}: {verdict(r <= TARGET_SPAWN_RATIO)} ({r:.2f})")
         t, ready_s = results["spawn"]["template"], results["spawn"]["template_ready_s"]
-        ok = t <= TARGET_TEMPLATE_RATIO and ready_s < 1.0
+        print(f"target spawn-to-ready template/LocalProcessSpawner <= {TARGET_TEMPLATE_RATIO:g}: {verdict(t <= TARGET_TEMPLATE_RATIO)} ({t:.2f})")
         print(
-            f"target spawn-to-ready template/LocalProcessSpawner <= {TARGET_TEMPLATE_RATIO:g} and under 1 s: "
-            f"{verdict(ok)} ({t:.2f}, {ready_s * 1e3:.0f} ms)"
+            f"target spawn-to-ready template under 1 s: {verdict(ready_s < 1.0)} ({ready_s * 1e3:.0f} ms; "
+            f"load average now {os.getloadavg()[0]:.1f} on {CORES} cores)"
         )
     if "memory" in results:
         m = results["memory"]

@@ -34,6 +34,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 
 from jupyterhub.spawner import set_user_setuid
 
@@ -54,6 +55,14 @@ PR_SET_CHILD_SUBREAPER = 36
 
 #: what a fresh interpreter has, so the server's own handlers behave as after exec
 FRESH_SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN, signal.SIGXFSZ: signal.SIG_IGN}
+
+
+class ServerExit(BaseException):
+    """A forked child's server has ended with ``code``: leave the template's loop."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
 
 
 def server_modules():
@@ -125,9 +134,11 @@ def spawn(conn_fd, context):
         return
     if pid == 0:
         try:
-            become_server(conn_fd, context)
-        finally:
-            os._exit(70)
+            code = become_server(conn_fd, context)
+        except BaseException:  # as a script's uncaught exception
+            traceback.print_exc()
+            os._exit(1)
+        raise ServerExit(code)  # out of the template's loop, to exit as the server's script does
     context[-1].add(pid)
     os.close(conn_fd)
 
@@ -171,7 +182,7 @@ def become_server(conn_fd, context):
     conn.sendall(READY)
     conn.close()
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    os._exit(run_server(argv))
+    return run_server(argv)
 
 
 def reset_signals():
@@ -228,33 +239,18 @@ def become_user(request, stdio, captures):
 
 
 def run_server(argv):
-    """The single-user server's ``main`` in this process, as its script runs it."""
+    """The single-user server's ``main`` in this process, as its script runs
+    it; its exit status (the interpreter's exit then waits for the server's
+    threads and runs its exit handlers, as after exec)."""
     from jupyterhub.singleuser import main
 
     gc.enable()
     atexit._clear()  # the template's exit handlers are not the server's
     sys.argv = list(argv)
     try:
-        code = main()
+        return main()
     except SystemExit as e:
-        code = e.code
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
+        return e.code
 
 
 def main(argv=None):
@@ -280,7 +276,10 @@ def main(argv=None):
     )
     report = json.dumps({"reads": {name: environ.get(name) for name in sorted(reads)}}).encode()
     ctl.sendall(READY + INT.pack(len(report)) + report)
-    serve(ctl, captures)
+    try:
+        serve(ctl, captures)
+    except ServerExit as e:  # in a forked child: the server has ended
+        sys.exit(e.code)
 
 
 if __name__ == "__main__":
