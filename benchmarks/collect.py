@@ -175,13 +175,14 @@ class Venv:
                     raise RuntimeError(f"{self.path} exists but holds no nbgrader; not ours to touch")
                 self.created = True
                 log = os.path.join(self.path + ".install.log")
-                with open(log, "w") as out:
-                    checked(subprocess.run([self.python, "-m", "venv", self.path], stdout=out, stderr=out), f"{self.python} -m venv")
-                    pip = [os.path.join(self.path, "bin", "pip"), "install", "--disable-pip-version-check", "nbgrader"]
-                    result = subprocess.run(pip, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
-                if result.returncode != 0:
-                    with open(log) as f:
-                        raise RuntimeError("pip install nbgrader failed: " + " | ".join(f.read().strip().splitlines()[-3:]))
+                pip = [os.path.join(self.path, "bin", "pip"), "install", "--disable-pip-version-check", "nbgrader"]
+                for command, what in ([self.python, "-m", "venv", self.path], f"{self.python} -m venv"), (pip, "pip install nbgrader"):
+                    with open(log, "w") as out:
+                        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+                    if result.returncode != 0:  # the output went to the log, not to result
+                        with open(log) as f:
+                            tail = " | ".join(f.read().strip().splitlines()[-3:]) or "no output"
+                        raise RuntimeError(f"{what} failed (exit status {result.returncode}): {tail}")
                 os.unlink(log)
             os.chmod(self.path, 0o755)  # run by the students and the instructor
             self.version = checked(
