@@ -1,24 +1,29 @@
 """Managed environments (classroomhub.environments): real environments built
 with uv from small real PyPI packages, used by a real system user.
 
-Builds are fast because uv's cache is kept between runs in the project's
-``.state/uv-cache`` (same file system as the test data, so files are hard
-links); a fresh machine downloads about 10 MB once. Two successful builds
+Builds run as the module's build account (``eb-build``) and are fast because
+uv's cache is kept between runs in the project's
+``.state/uv-cache-environments`` (the account's; same file system as the
+test data, so files are hard links); a fresh machine downloads it once. Two successful builds
 and one failing build are shared by the whole module.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
+import psutil
 import pytest
 
 from classroomhub.access import course_group
@@ -33,17 +38,22 @@ from classroomhub.environments import (
     parse_packages,
     server_environment,
 )
+from classroomhub.environments import installers
+from classroomhub.environments.buildaccount import LOCK_DIR, ensure_build_account
 from classroomhub.environments.visibility import choose_default
 from classroomhub.spawner import ClassroomSpawner
 from classroomhub.tiers import tier_group
 
-from fixtures.accounts import system_users
-from fixtures.servers import kernel_client, server_api, start, stop
+from fixtures.accounts import shared_tempdir, system_users
+from fixtures.servers import kernel_client, kernel_pids_of, server_api, start, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache")
-TAG = f"ev{secrets.token_hex(3)}"
+# this module's own: a cache belongs to one build account, and other modules build as theirs
+UV_CACHE = os.path.join(os.path.dirname(HERE), ".state", "uv-cache-environments")
+TAG = f"eb{secrets.token_hex(3)}"
 STUDENT, OTHER = f"{TAG}-stu", f"{TAG}-oth"
+# the module's own build account (EnvironmentManager.build_user), removed at its end
+BUILDER = "eb-build"
 COURSE = "ev101"
 OTHER_COURSE = "ev202"
 # not below pytest's 0700 tmp_path: the students must reach the environments
@@ -70,10 +80,12 @@ def HUB_CONFIG(c):
     c.ClassroomSpawner.enforcement = "psutil"  # no cgroups to clean up; kills the server's tree on stop
     c.ClassroomSpawner.memory_reserve = 0
     c.ClassroomSpawner.environments_data_dir = ENV_DATA_DIR
+    # this network's TLS proxy: uv in a server (a power user's own build) needs the host's CA bundle
+    c.Spawner.environment = {k: os.environ[k] for k in ("SSL_CERT_FILE", "SSL_CERT_DIR") if k in os.environ}
 
 needs_root = pytest.mark.root("builds shared environments and runs them as real system users")
 # builds real environments with uv and pip: not in the fast tier (fixtures/selection.py)
-E2E_FIXTURES = {"manager", "student"}
+E2E_FIXTURES = {"manager", "student", "build_account"}
 
 
 def groups_of(tier="student", **courses):
@@ -201,26 +213,35 @@ def hostile_wheel(folder, marker):
     return path
 
 
-@pytest.mark.e2e  # a real build
+@needs_root
 @pytest.mark.parametrize("kind", ["uv", "pip"])
-def test_build_runs_no_code_of_the_packages(tmp_path, kind):
+def test_build_runs_no_code_of_the_packages(manager, build_account, kind):
     """uv's --compile-bytecode and ``pip freeze`` start the new environment's
     interpreter, whose site module runs the installed .pth files as the builder."""
     from classroomhub.environments.installers import INSTALLERS, build_venv
 
-    marker = str(tmp_path / "ran")
-    wheel = hostile_wheel(str(tmp_path), marker)
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text(f"evpth @ file://{wheel}\n")
-    installer = INSTALLERS[kind](UV_CACHE if kind == "uv" else str(tmp_path / "pip-cache"))
-    target = str(tmp_path / "env")
-    python = EnvironmentManager(data_dir=str(tmp_path)).base_python
-    with open(tmp_path / "build.log", "w") as log:
-        installed = asyncio.run(build_venv(installer, python, target, str(requirements), log))
-    assert "evpth==1.0" in installed
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("ran-")], "a package's code ran during the build"
-    assert subprocess.run([os.path.join(target, "bin", "python"), "-c", "pass"]).returncode == 0
-    assert os.path.exists(f"{marker}-{os.getuid()}"), "the test wheel's .pth runs when its environment starts"
+    folder = shared_tempdir("pth")
+    os.chmod(folder, 0o777)  # the wheel's .pth may write its marker here, as anyone
+    try:
+        marker = os.path.join(folder, "ran")
+        wheel = hostile_wheel(folder, marker)
+        requirements = os.path.join(folder, "requirements.txt")
+        with open(requirements, "w") as f:
+            f.write(f"evpth @ file://{wheel}\n")
+        cache = manager.cache_dir if kind == "uv" else os.path.join(folder, "pip-cache")
+        target = os.path.join(folder, "env")
+        for made in {cache, target}:
+            os.makedirs(made, exist_ok=True)
+            os.chown(made, build_account.uid, build_account.gid)
+        installer = INSTALLERS[kind](cache, account=build_account)
+        with open(os.path.join(folder, "build.log"), "w") as log:
+            installed = asyncio.run(build_venv(installer, manager.base_python, target, requirements, log))
+        assert "evpth==1.0" in installed
+        assert not [p for p in os.listdir(folder) if p.startswith("ran-")], "a package's code ran during the build"
+        assert subprocess.run([os.path.join(target, "bin", "python"), "-c", "pass"]).returncode == 0
+        assert os.path.exists(f"{marker}-{os.getuid()}"), "the test wheel's .pth runs when its environment starts"
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +256,22 @@ def data_dir():
 
 @pytest.fixture(scope="module")
 def manager(data_dir):
+    """Builds as the module's build account, with uv's cache kept between runs
+    (given to each run's account: see EnvironmentManager._prepare_root)."""
     os.makedirs(UV_CACHE, exist_ok=True)
-    return EnvironmentManager(data_dir=data_dir, cache_dir=UV_CACHE)
+    return EnvironmentManager(data_dir=data_dir, cache_dir=UV_CACHE, build_user=BUILDER)
+
+
+@pytest.fixture(scope="module")
+def build_account(manager):
+    """The module's build account, made as the manager makes it; removed at the end."""
+    account = ensure_build_account(BUILDER, manager.log)
+    manager._prepare_root(account)
+    yield account
+    subprocess.run(["pkill", "-KILL", "-u", BUILDER], check=False)
+    subprocess.run(["userdel", BUILDER], check=False, stderr=subprocess.DEVNULL)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(LOCK_DIR, f"build-{BUILDER}.lock"))
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +281,7 @@ def student():
 
 
 @pytest.fixture(scope="module")
-async def course_env(manager):
+async def course_env(manager, build_account):
     """Environment ``course`` for ev101 at version 1 (six 1.17.0)."""
     lines = []
     version = await manager.create(
@@ -277,12 +312,14 @@ def test_build_publishes_a_read_only_kernel(course_env):
     assert "six==1.17.0" in info.versions[0].manifest["installed"]
     assert any(p.startswith("ipykernel==") for p in info.versions[0].manifest["installed"])
     assert "Installed" in course_env.build_log("course", 1)
+    assert f"as {BUILDER}" in course_env.build_log("course", 1)
     for top, dirs, files in os.walk(version_dir):
         for entry in [top] + [os.path.join(top, f) for f in files]:
-            mode = os.lstat(entry).st_mode
-            if not stat.S_ISLNK(mode):
-                assert not mode & 0o222, f"{entry} is writable ({oct(mode)})"
-                assert mode & stat.S_IROTH, f"{entry} is not readable by others"
+            st = os.lstat(entry)
+            assert (st.st_uid, st.st_gid) == (0, 0), f"{entry} is not root's (built as {BUILDER})"
+            if not stat.S_ISLNK(st.st_mode):
+                assert not st.st_mode & 0o222, f"{entry} is writable ({oct(st.st_mode)})"
+                assert st.st_mode & stat.S_IROTH, f"{entry} is not readable by others"
 
 
 @needs_root
@@ -305,6 +342,105 @@ def test_student_uses_but_cannot_change_a_shared_environment(course_env, student
     # and the installer itself, run as the student, cannot install into it
     result = as_user(student, shutil.which("uv"), "pip", "install", "--no-config", "--offline", "--python", python, "iniconfig")
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+HOSTILE_SETUP = """\
+import json, os, time
+from setuptools import setup
+
+# run by the build backend at build time (several times: each records a report)
+report = {{"uid": os.getuid()}}
+for what, path in {targets!r}.items():
+    try:
+        with open(path, "a") as f:
+            f.write("# changed by a package's build\\n")
+        report[what] = "written"
+    except OSError as e:
+        report[what] = type(e).__name__
+if os.fork() == 0:  # a process that outlives the build, with the new version's file open
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):  # the installer waits for the end of the build's output
+        os.dup2(null, std)
+    try:
+        late = open({late!r}, "a")
+        deadline = time.monotonic() + 300
+        while os.fstat(late.fileno()).st_uid != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until root has taken the version
+        late.write("# changed after the build\\n")
+        late.flush()
+    finally:
+        os._exit(0)
+with open(os.path.join({reports!r}, "report-%d.json" % os.getpid()), "w") as f:
+    json.dump(report, f)
+setup(name="ebsdist", version="1.0", py_modules=["ebsdist"])
+"""
+
+
+def hostile_sdist(folder, setup_py):
+    """An sdist (ebsdist 1.0) whose setup.py is *setup_py*, in *folder* (a find-links folder)."""
+    import io
+    import tarfile
+
+    files = {
+        "setup.py": setup_py,
+        "ebsdist.py": "VALUE = 42\n",
+        "PKG-INFO": "Metadata-Version: 2.1\nName: ebsdist\nVersion: 1.0\n",
+    }
+    with tarfile.open(os.path.join(folder, "ebsdist-1.0.tar.gz"), "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"ebsdist-1.0/{name}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+def build_account_pids(account):
+    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == account.uid]
+
+
+@needs_root
+async def test_a_packages_build_code_runs_as_the_build_account(course_env, build_account, monkeypatch):
+    """With allow_builds, an sdist's setup.py runs at build time: as the build
+    account, it can write neither a root-owned folder nor an existing version,
+    and nothing it starts outlives the build."""
+    layout = course_env.layout
+    six_py = os.path.join(installers.site_packages(layout.version_dir("course", 1)), "six.py")
+    with open(six_py) as f:
+        six_before = f.read()
+    folder = shared_tempdir("sdist")
+    os.chmod(folder, 0o755)  # a find-links folder: listed by the build account
+    reports = os.path.join(folder, "reports")
+    os.mkdir(reports, 0o777)
+    os.chmod(reports, 0o777)
+    new_version = layout.version_dir("sdist", 1)
+    targets = {"root's folder": os.path.join(layout.root, "planted-by-a-build"), "existing version": six_py}
+    hostile_sdist(folder, HOSTILE_SETUP.format(targets=targets, late=os.path.join(new_version, "pyvenv.cfg"), reports=reports))
+    monkeypatch.setenv("UV_FIND_LINKS", folder)  # passed on to the installer, as a mirror setting would be
+    builder = EnvironmentManager(data_dir=course_env.data_dir, cache_dir=course_env.cache_dir, build_user=BUILDER, allow_builds=True)
+    try:
+        assert await builder.create(EnvironmentSpec("sdist", ["ebsdist==1.0"], audience=[f"course:{COURSE}"])) == 1
+        found = [json.load(open(os.path.join(reports, r))) for r in os.listdir(reports)]
+        assert found, "the sdist's build code did not run"
+        for report in found:
+            assert report == {"uid": build_account.uid, "root's folder": "PermissionError", "existing version": "PermissionError"}
+        assert not os.path.exists(targets["root's folder"])
+        with open(six_py) as f:
+            assert f.read() == six_before
+        # the build works: the package is in the new version, which is root's
+        python = layout.python("sdist", 1)
+        result = subprocess.run([python, "-c", "import ebsdist; print(ebsdist.VALUE)"], capture_output=True, text=True)
+        assert result.stdout.strip() == "42", result.stderr
+        assert os.lstat(new_version).st_uid == 0 and os.lstat(os.path.join(new_version, "pyvenv.cfg")).st_uid == 0
+        # what the build started was killed with it: the version stays as built
+        assert build_account_pids(build_account) == []
+        await asyncio.sleep(5)
+        with open(os.path.join(new_version, "pyvenv.cfg")) as f:
+            assert "changed after the build" not in f.read()
+    finally:
+        if "sdist" in builder.names():
+            builder.remove("sdist", force=True)
+        shutil.rmtree(folder)
 
 
 KERNEL_SCRIPT = """\
@@ -415,8 +551,9 @@ async def test_a_server_offers_its_owners_kernels_only(app, synced, course_env, 
         specs = (await server_api(app, OTHER, "kernelspecs")).json()["kernelspecs"]
         assert "env-course" not in specs and {"python3", "own-ev"} <= specs.keys()
         r = await server_api(app, OTHER, "kernels", "POST", json={"name": "env-course"})
-        # jupyter_server's answer to a kernel name it does not know (NoSuchKernel, unhandled)
-        assert r.status_code == 500, r.text
+        # classroomhub's kernel manager in the server (jupyter_server alone answers 500)
+        assert r.status_code == 404, r.text
+        assert "No kernel named 'env-course' on this server" in r.json()["message"]
         assert (await server_api(app, OTHER, "kernels")).json() == []
         assert v1 not in ":".join(server_path(other))
         # the version is in use by the student's server (its PATH) and kernel, not by the other's server
@@ -461,6 +598,98 @@ async def test_an_update_leaves_running_kernels_working(app, synced, course_env,
         await stop_servers(app)
 
 
+async def run_command_in_server(app, name, argv, timeout=600):
+    """Run *argv* inside *name*'s server (from a python3 kernel, as its owner, with
+    the server's environment); its exit status and output."""
+    from fixtures.servers import start_kernel
+
+    kernel = await start_kernel(app, name)
+    code = (
+        "import subprocess\n"
+        f"r = subprocess.run({argv!r}, capture_output=True, text=True)\n"
+        "print(r.returncode)\nprint(r.stdout + r.stderr)\n"
+    )
+    client = await kernel_client(name, kernel)
+    out = []
+    try:
+        reply = await asyncio.to_thread(
+            client.execute_interactive, code, timeout=timeout, output_hook=lambda msg: out.append(msg["content"].get("text", ""))
+        )
+    finally:
+        client.stop_channels()
+        await server_api(app, name, f"kernels/{kernel}", "DELETE")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    status, _, output = "".join(out).partition("\n")
+    return int(status), output
+
+
+@needs_root
+async def test_a_power_user_builds_their_own_environment_in_their_server(app, synced, student):
+    """``classroomhub env`` inside a power user's server builds in their home, as
+    them, and their server offers the kernel; a student's server refuses."""
+    home = pwd.getpwnam(OTHER).pw_dir
+    try:
+        await start(app, OTHER)
+        status, output = await run_command_in_server(app, OTHER, ["classroomhub", "env", "create", "mine", "-p", "six==1.17.0", "-q"])
+        assert status == 0, output
+        assert output.strip() == "mine: version 1 built and in force"
+        version_dir = os.path.join(home, ".local/share/classroomhub/environments/mine/1")
+        assert os.lstat(version_dir).st_uid == pwd.getpwnam(OTHER).pw_uid
+        specs = (await server_api(app, OTHER, "kernelspecs")).json()["kernelspecs"]
+        assert specs["env-mine"]["spec"]["display_name"] == "Python 3 (mine)"
+        r = await server_api(app, OTHER, "kernels", "POST", json={"name": "env-mine"})
+        assert r.status_code == 201, r.text
+        assert await run_in_kernel(OTHER, r.json()["id"]) == ["1.17.0", version_dir]
+        status, output = await run_command_in_server(app, OTHER, ["classroomhub", "env", "list"])
+        assert status == 0 and "mine" in output, output
+
+        await start(app, STUDENT)
+        status, output = await run_command_in_server(app, STUDENT, ["classroomhub", "env", "create", "mine", "-p", "six"])
+        assert status == 2, output
+        assert "your tier (student) uses the environments it is given" in output
+        assert not os.path.exists(os.path.join(pwd.getpwnam(STUDENT).pw_dir, ".local/share/classroomhub"))
+    finally:
+        await stop_servers(app)
+
+
+@needs_root
+async def test_a_restarted_kernel_gets_the_version_in_force(app, synced, course_env, student):
+    """A kernel that died is restarted by jupyter with its kernelspec read again:
+    the version in force, even when its own version was removed meanwhile (nothing
+    runs from it while the kernel is dead, so a prune then removes it)."""
+    layout = course_env.layout
+    await course_env.create(EnvironmentSpec("restart", ["six==1.17.0"], audience=[f"course:{COURSE}"]))
+    old = layout.version_dir("restart", 1)
+    try:
+        spawner = await start(app, STUDENT)
+        r = await server_api(app, STUDENT, "kernels", "POST", json={"name": "env-restart"})
+        assert r.status_code == 201, r.text
+        kernel = r.json()["id"]
+        assert await run_in_kernel(STUDENT, kernel) == ["1.17.0", old]
+        assert await course_env.update("restart", packages=["six==1.16.0"]) == 2
+        [pid] = kernel_pids_of(spawner, kernel)
+        # the kernel dies while its server cannot restart it yet: then nothing uses version 1
+        os.kill(spawner.pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert course_env.prune("restart") == ([1], {})
+        finally:
+            os.kill(spawner.pid, signal.SIGCONT)
+        # jupyter restarts it (same id), from the version in force
+        deadline = time.monotonic() + 60
+        while not kernel_pids_of(spawner, kernel) - {pid}:
+            assert time.monotonic() < deadline, "the kernel was not restarted"
+            await asyncio.sleep(0.2)
+        assert await run_in_kernel(STUDENT, kernel) == ["1.16.0", layout.version_dir("restart", 2)]
+    finally:
+        await stop_servers(app)
+        course_env.remove("restart", force=True)
+
+
 @needs_root
 async def test_broken_package_list_keeps_the_version_in_force(course_env):
     layout = course_env.layout
@@ -488,10 +717,10 @@ def test_remove(course_env):
 
 
 @needs_root
-def test_cli(manager, tmp_path, capsys):
+def test_cli(manager, build_account, tmp_path, capsys):
     from classroomhub.cli import main
 
-    where = ["--data-dir", manager.data_dir, "--cache-dir", manager.cache_dir]
+    where = ["--data-dir", manager.data_dir, "--cache-dir", manager.cache_dir, "--build-user", BUILDER]
     assert main(["env", "create", "cli", "-p", "six==1.17.0", "--audience", "tier:power", "-q", *where]) == 0
     assert capsys.readouterr().out == "cli: version 1 built and in force\n"
 

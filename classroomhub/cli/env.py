@@ -1,7 +1,9 @@
 """``classroomhub env``: shared environments published as kernels (create, update, list, show, remove).
 
-Run on the hub's host by root (or the hub's user): it builds in the hub's
-data folder, the way the hub's servers will find them.
+Run by root on the hub's host, it builds in the hub's data folder (as the
+build account), the way the hub's servers will find them. Run by anyone
+else (a power user in their server), it builds their own environments in
+their home, with the kernels in their Jupyter data folder.
 """
 
 from __future__ import annotations
@@ -16,13 +18,26 @@ from ..errors import CommandError
 DEFAULT_DATA_DIR = os.environ.get("CLASSROOMHUB_SERVICE_DIR", "/srv/classroomhub")
 
 
-def _manager(args):
-    from ..environments import EnvironmentManager, SpecError  # keeps `classroomhub --help` fast
+def _personal(args):
+    """Whether this run is about the caller's own environments (not root, no --data-dir)."""
+    return os.geteuid() != 0 and args.data_dir is None
 
+
+def _manager(args):
+    from ..environments import EnvironmentManager, SpecError, personal_data_dir, refusal  # keeps `classroomhub --help` fast
+
+    if os.geteuid() != 0:
+        why = refusal()
+        if why:
+            raise CommandError(why, 2)
     try:
-        settings = {"data_dir": args.data_dir, "installer": args.installer}
+        personal = _personal(args)
+        data_dir = personal_data_dir() if personal else (args.data_dir or DEFAULT_DATA_DIR)
+        settings = {"data_dir": data_dir, "installer": args.installer, "personal": personal}
         if args.cache_dir:
             settings["cache_dir"] = args.cache_dir
+        if args.build_user:
+            settings["build_user"] = args.build_user
         return EnvironmentManager(**settings)
     except SpecError as e:
         raise CommandError(str(e), 2) from None
@@ -58,8 +73,15 @@ def _run(coroutine_fn):
         raise CommandError(str(e), 1) from None
 
 
+def _shared_only(args):
+    if _personal(args) and (args.audience or args.default):
+        raise CommandError("--audience and --default are for shared environments: your own are for you alone", 2)
+
+
 def cmd_env_create(args):
     from ..environments import EnvironmentSpec
+
+    _shared_only(args)
 
     def create():
         packages = _packages(args)
@@ -76,6 +98,8 @@ def cmd_env_create(args):
 
 
 def cmd_env_update(args):
+    _shared_only(args)
+
     def update():
         return asyncio.run(
             _manager(args).update(
@@ -175,13 +199,18 @@ def cmd_env_remove(args):
 
 def _common(parser):
     parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR,
-        help="the hub's data folder; environments live in its environments/ folder ($CLASSROOMHUB_SERVICE_DIR)",
+        "--data-dir",
+        help="the hub's data folder; environments live in its environments/ folder (root's default: "
+        "$CLASSROOMHUB_SERVICE_DIR or /srv/classroomhub; anyone else's: their own, ~/.local/share/classroomhub)",
     )
     parser.add_argument("--installer", default="uv", choices=["uv", "pip"], help="what builds the environments")
     parser.add_argument(
         "--cache-dir", metavar="DIR",
         help="the installer's cache, on the data folder's file system (default: DATA_DIR/environments/.cache/INSTALLER)",
+    )
+    parser.add_argument(
+        "--build-user", metavar="LOGIN",
+        help="the system account builds run as when run by root (default: classroomhub-build, created at first use)",
     )
 
 
@@ -200,7 +229,7 @@ def _declaration(parser, creating):
 
 
 def register(sub, command):
-    env = command(sub, "env", "shared environments published as kernels")
+    env = command(sub, "env", "environments published as kernels: shared ones (root), or your own (in your server)")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="{create,update,list,show,remove}")
 
     create = command(

@@ -7,6 +7,7 @@ course group names.
 
 from .installers import BuildError
 from .manager import EnvError, EnvironmentBusy, EnvironmentManager
+from .personal import TIER_ENV, personal_data_dir, refusal
 from .spec import EnvironmentSpec, SpecError, parse_packages, read_packages
 from .visibility import kernel_dirs, may_use, server_environment, usable_environments
 
@@ -17,10 +18,13 @@ __all__ = [
     "EnvironmentManager",
     "EnvironmentSpec",
     "SpecError",
+    "TIER_ENV",
     "kernel_dirs",
     "may_use",
     "parse_packages",
+    "personal_data_dir",
     "read_packages",
+    "refusal",
     "server_environment",
     "usable_environments",
 ]

@@ -7,14 +7,17 @@ version costs little disk (``benchmarks/environments.py`` measures both).
 ``pip`` is kept as the baseline of that benchmark and as a fallback.
 
 Both are run as child processes with their output written to the build
-log line by line (and to an optional progress callback).
+log line by line (and to an optional progress callback), as the build
+account when one is given (:mod:`.buildaccount`), in an environment of
+their own: what the installer needs from the caller's (proxies,
+certificates, ``UV_*``/``PIP_*`` settings), nothing else of root's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
-import importlib.metadata
+import json
 import os
 import shutil
 from collections import deque
@@ -51,9 +54,20 @@ def find_uv():
     return found
 
 
-async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25):
-    """Run *cmd*, appending its output to the open file *log*; raise
-    :class:`BuildError` with the output's last *tail* lines if it fails."""
+#: what a build account's commands get of the caller's environment (names, and prefixes ending in _)
+PASSED_ON = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "LANG", "UV_", "PIP_",
+)
+
+
+def _passed_on(name):
+    return any(name.startswith(p) if p.endswith("_") else name == p for p in PASSED_ON)
+
+
+async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25, account=None):
+    """Run *cmd* (as *account* if given), appending its output to the open file
+    *log*; raise :class:`BuildError` with the output's last *tail* lines if it fails."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     proc = await asyncio.create_subprocess_exec(
@@ -63,6 +77,7 @@ async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25):
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         cwd=cwd,
+        **(account.popen_options() if account else {}),
     )
     last = deque(maxlen=tail)
     try:
@@ -86,19 +101,24 @@ async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25):
 
 class Installer:
     """What both installers share: the cache, whether builds from source are
-    allowed, and the environment their commands run in."""
+    allowed, the account and the environment their commands run in."""
 
-    def __init__(self, cache_dir, allow_builds=False, extra_env=None):
+    def __init__(self, cache_dir, allow_builds=False, extra_env=None, account=None):
         self.cache_dir = cache_dir
         self.allow_builds = allow_builds
         self.extra_env = extra_env or {}
+        self.account = account
 
     def settings(self):
         """The installer's own environment variables."""
         return {}
 
     def env(self):
-        env = dict(os.environ)
+        if self.account is None:
+            env = dict(os.environ)
+        else:  # root's variables are not the build account's business
+            env = {k: v for k, v in os.environ.items() if _passed_on(k)}
+            env.update(PATH="/usr/bin:/bin", HOME="/nonexistent")
         env.update(self.settings())
         env.pop("VIRTUAL_ENV", None)  # the hub's own environment is never a target
         env.update(self.extra_env)
@@ -125,12 +145,12 @@ class UvInstaller(Installer):
         cmd = [find_uv(), "pip", "install", "--no-config", "--python", os.path.join(target, "bin", "python")]
         cmd += ["--link-mode", "hardlink"]
         if not self.allow_builds:
-            cmd.append("--no-build")  # wheels only: no package's build code runs as root
+            cmd.append("--no-build")  # wheels only: no package's build code runs
         return cmd + ["-r", requirements_file]
 
     def compile_cmd(self, python, target):
         # not uv's --compile-bytecode: it runs the new environment's interpreter, whose
-        # start runs the installed packages' .pth files, as the builder (root)
+        # start runs the installed packages' .pth files, as the builder
         return compile_cmd(python, target)
 
 
@@ -175,14 +195,27 @@ def compile_cmd(python, target):
     return [python, "-I", "-S", "-m", "compileall", "-q", "-j", "0", site_packages(target)]
 
 
-def installed(target):
-    """``name==version`` of every distribution in *target*, read from its metadata (no code runs)."""
-    found = {
-        f"{dist.metadata['Name']}=={dist.version}"
-        for dist in importlib.metadata.distributions(path=[site_packages(target)])
-        if dist.metadata["Name"]
-    }
-    return sorted(found, key=str.lower)
+#: prints the installed distributions of the site-packages folder in argv[1]
+# as JSON; run by the base interpreter with -I -S, so no package's code runs
+LIST_INSTALLED = """\
+import importlib.metadata, json, sys
+dists = importlib.metadata.distributions(path=[sys.argv[1]])
+print(json.dumps(sorted({f"{d.metadata['Name']}=={d.version}" for d in dists if d.metadata['Name']}, key=str.lower)))
+"""
+
+
+async def installed(python, target, account=None):
+    """``name==version`` of every distribution in *target*, read from its metadata by
+    the base *python* (as *account*: what the build left is read with its rights)."""
+    proc = await asyncio.create_subprocess_exec(
+        python, "-I", "-S", "-c", LIST_INSTALLED, site_packages(target),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd="/", **(account.popen_options() if account else {}),
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BuildError("cannot list the installed packages", err.decode("utf-8", "replace"))
+    return json.loads(out)
 
 
 async def build_venv(installer, python, target, requirements_file, log, progress=None):
@@ -190,13 +223,16 @@ async def build_venv(installer, python, target, requirements_file, log, progress
     *requirements_file* into it and compile its bytecode; returns the
     installed distributions (``name==version``).
 
-    Nothing the package list brings runs in the builder's process or as the
-    builder: no build from source (unless ``allow_builds``), and the new
-    environment's interpreter never starts with its packages installed."""
+    Every command runs as ``installer.account`` when it has one (*target*
+    must exist then, empty and the account's). Nothing the package list
+    brings runs in the builder's process: no build from source (unless
+    ``allow_builds``), and the new environment's interpreter never starts
+    with its packages installed."""
     env = installer.env()
-    await run_logged(installer.create_cmd(python, target), log, env=env, cwd=os.path.dirname(target), progress=progress)
-    await run_logged(installer.install_cmd(target, requirements_file), log, env=env, cwd=target, progress=progress)
+    run = dict(env=env, progress=progress, account=installer.account)
+    await run_logged(installer.create_cmd(python, target), log, cwd=os.path.dirname(target), **run)
+    await run_logged(installer.install_cmd(target, requirements_file), log, cwd=target, **run)
     compile = installer.compile_cmd(python, target)
     if compile:
-        await run_logged(compile, log, env=env, cwd=target, progress=progress)
-    return installed(target)
+        await run_logged(compile, log, cwd=target, **run)
+    return await installed(python, target, installer.account)

@@ -1,8 +1,9 @@
 """Build, switch, list and remove shared environments.
 
 Every build makes a new version beside the old ones, built with the
-configured installer on the interpreter the hub runs on, then made
-read-only; only a complete build becomes ``current`` (a symlink renamed
+configured installer on the interpreter the hub runs on, as the build
+account when run by root (:mod:`.buildaccount`), then taken by root and made
+read-only (:mod:`.handover`); only a complete build becomes ``current`` (a symlink renamed
 over the old one, so a server never sees half a switch). A failed build
 removes its folder, keeps its log and leaves the version in force alone.
 """
@@ -24,11 +25,14 @@ from packaging.utils import canonicalize_name
 from traitlets import Bool, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from .buildaccount import build_slot, ensure_build_account, kill_all
 from .disk import disk_bytes
+from .handover import give, take
 from .inuse import processes_using
 from .installers import INSTALLERS, BuildError, build_venv
 from .kernelspec import write_kernelspec
 from .layout import Layout, write_json_atomic
+from .personal import install_kernelspec, remove_kernelspec, user_kernels_dir
 from .spec import EnvironmentSpec, SpecError
 
 #: the package every environment gets, so that it can run a Jupyter kernel
@@ -71,17 +75,6 @@ def _world_usable(path):
             return False
         folder = os.path.dirname(folder)
     return True
-
-
-def make_read_only(top):
-    """Every folder 0555, every file 0444 (0555 if executable): readable by all, writable by nobody but root."""
-    for folder, dirs, files in os.walk(top):
-        for name in files:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(path, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
-        os.chmod(folder, 0o555)
 
 
 def _writable_again(top):
@@ -145,7 +138,23 @@ class EnvironmentManager(LoggingConfigurable):
     allow_builds = Bool(
         False,
         help="Allow packages without a wheel to be built from source. A build runs the package's own "
-        "code as the hub's user (root): keep it off unless every package list comes from root.",
+        "code as the build account (`build_user`), which can then change the installer's cache and so "
+        "what later builds install: keep it off unless every package list comes from someone you trust.",
+    ).tag(config=True)
+
+    build_user = Unicode(
+        "classroomhub-build",
+        help="The system account that builds environments when the manager runs as root (builds never "
+        "run as root): created at first use as a system user without login shell or home. It may write "
+        "only the version being built and the installer's cache; root takes each built version.",
+    ).tag(config=True)
+
+    personal = Bool(
+        False,
+        help="One person's own environments (``classroomhub env`` inside their server, as them): each "
+        "switch installs the kernelspec into their Jupyter data folder, as ``ipykernel install --user`` "
+        "does, and a removal takes it out; other users' processes (which cannot reach a private home) "
+        "are not looked at when removing versions.",
     ).tag(config=True)
 
     @property
@@ -216,9 +225,17 @@ class EnvironmentManager(LoggingConfigurable):
         finally:
             os.close(fd)
 
-    def _prepare_root(self):
+    def _build_account(self):
+        """The account builds run as: the build account as root, else whoever runs this."""
+        return ensure_build_account(self.build_user, self.log) if os.geteuid() == 0 else None
+
+    def _prepare_root(self, account=None):
         os.makedirs(self.layout.root, mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(self.cache_dir), mode=0o755, exist_ok=True)
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        if account is not None and os.lstat(self.cache_dir).st_uid != account.uid:
+            self.log.info("Environments: giving the installer's cache %s to %s", self.cache_dir, account.name)
+            give(self.cache_dir, account.uid, account.gid)
 
     def _write_spec(self, spec):
         write_json_atomic(self.layout.declaration(spec.name), spec.to_dict())
@@ -226,11 +243,12 @@ class EnvironmentManager(LoggingConfigurable):
     async def create(self, spec, progress=None):
         """Declare *spec* and build its first version; returns the version.
         A failed first build leaves nothing declared (but its log)."""
-        self._prepare_root()
+        account = self._build_account()
+        self._prepare_root(account)
         with self._locked(spec.name):
             if os.path.exists(self.layout.declaration(spec.name)):
                 raise EnvError(f"environment {spec.name} exists already (update it instead)")
-            version = await self._build(spec, progress)
+            version = await self._build(spec, progress, account)
             self._write_spec(spec)
             return version
 
@@ -246,13 +264,14 @@ class EnvironmentManager(LoggingConfigurable):
         spec = EnvironmentSpec.from_dict(data)
         if rebuild is None:
             rebuild = packages is not None or spec.display_name != old.display_name
-        self._prepare_root()
+        account = self._build_account() if rebuild else None
+        self._prepare_root(account)
         with self._locked(name):
-            version = await self._build(spec, progress) if rebuild else None
+            version = await self._build(spec, progress, account) if rebuild else None
             self._write_spec(spec)
             return version
 
-    async def _build(self, spec, progress):
+    async def _build(self, spec, progress, account):
         layout = self.layout
         name = spec.name
         version = layout.next_version(name)
@@ -264,12 +283,14 @@ class EnvironmentManager(LoggingConfigurable):
         requirements = layout.requirements_file(name, version)
         with open(requirements, "w") as f:
             f.write("\n".join(packages) + "\n")
-        installer = INSTALLERS[self.installer](self.cache_dir, allow_builds=self.allow_builds)
-        self.log.info("Environment %s: building version %d with %s", name, version, self.installer)
+        installer = INSTALLERS[self.installer](self.cache_dir, allow_builds=self.allow_builds, account=account)
+        builder = account.name if account else "its owner"
+        self.log.info("Environment %s: building version %d with %s as %s", name, version, self.installer, builder)
         with open(layout.log_file(name, version), "w") as log:
-            log.write(f"# environment {name}, version {version}, {self.installer} on {self.base_python}\n")
+            log.write(f"# environment {name}, version {version}, {self.installer} on {self.base_python} as {builder}\n")
             try:
-                installed = await build_venv(installer, self.base_python, target, requirements, log, progress)
+                installed = await self._build_as(account, installer, target, requirements, log, progress)
+                os.chmod(target, 0o755)  # for what the builder adds (root's or the owner's now)
                 write_kernelspec(target, spec, version)
                 manifest = {
                     "environment": name,
@@ -283,7 +304,7 @@ class EnvironmentManager(LoggingConfigurable):
                     "display_name": spec.display_name,
                 }
                 write_json_atomic(layout.manifest(name, version), manifest)  # last: the version is complete
-                make_read_only(target)
+                take(target)
             except BaseException as e:
                 log.write(f"# build failed: {e}\n")
                 self._remove_tree(target)
@@ -294,9 +315,29 @@ class EnvironmentManager(LoggingConfigurable):
                     raise BuildError(f"environment {name}: version {version} failed to build; {kept}", e.output) from None
                 raise
             layout.switch(name, version)
+            if self.personal:
+                install_kernelspec(target, spec.kernel_name, user_kernels_dir())
             log.write(f"# switched {name} to version {version}\n")
         self.log.info("Environment %s: version %d in force", name, version)
         return version
+
+    async def _build_as(self, account, installer, target, requirements, log, progress):
+        """Build *target* (as *account*, one build at a time per account) and take it:
+        owned by root when built by the build account, read-only but for its top folder."""
+        if account is None:
+            os.mkdir(target, 0o755)
+            try:
+                return await build_venv(installer, self.base_python, target, requirements, log, progress)
+            finally:
+                take(target)
+        async with build_slot(account, progress):
+            os.mkdir(target, 0o755)
+            os.chown(target, account.uid, account.gid, follow_symlinks=False)
+            try:
+                return await build_venv(installer, self.base_python, target, requirements, log, progress)
+            finally:
+                await kill_all(account, self.base_python)  # nothing of the build may change it once taken
+                take(target, owner=(0, 0))
 
     def _remove_tree(self, path):
         if os.path.lexists(path):
@@ -312,7 +353,7 @@ class EnvironmentManager(LoggingConfigurable):
             current = layout.current(name)
             old = [v for v in layout.versions(name) if v != current]
             usage = processes_using([layout.version_dir(name, v) for v in old])
-            if usage.blind and old:
+            if usage.blind and old and not self.personal:
                 raise EnvError(
                     f"{usage.blind} processes could not be inspected (run as root): no version of {name} removed"
                 )
@@ -334,12 +375,12 @@ class EnvironmentManager(LoggingConfigurable):
     def remove(self, name, force=False):
         """Remove *name* entirely, unless a process uses one of its versions (or *force*)."""
         layout = self.layout
-        self.spec(name)  # exists
+        kernel_name = self.spec(name).kernel_name  # exists
         with self._locked(name):
             folders = [layout.version_dir(name, v) for v in layout.versions(name)]
             usage = processes_using(folders)
             busy = {f: p for f, p in usage.pids.items() if p}
-            if not force and (busy or usage.blind):
+            if not force and (busy or (usage.blind and not self.personal)):
                 detail = "; ".join(f"{os.path.basename(f)}: pids {sorted(p)}" for f, p in busy.items())
                 raise EnvError(
                     f"environment {name} is in use ({detail or f'{usage.blind} processes not inspectable'}); "
@@ -349,4 +390,6 @@ class EnvironmentManager(LoggingConfigurable):
             graveyard = os.path.join(layout.root, f".removed-{name}-{os.getpid()}")
             os.rename(layout.env_dir(name), graveyard)
         self._remove_tree(graveyard)
+        if self.personal:
+            remove_kernelspec(kernel_name, user_kernels_dir())
         self.log.info("Environment %s removed", name)
