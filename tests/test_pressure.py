@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from classroomhub.spawner import detect
+from classroomhub.spawner import ClassroomSpawner, detect, monitor
 from classroomhub.spawner.culling import IdleTracker
 from classroomhub.spawner.enforcement import group_key
 from classroomhub.spawner.monitor import cpu_demand_seconds
@@ -53,7 +53,9 @@ def HUB_CONFIG(c):
     c.ClassroomSpawner.servers_memory_budget = BUDGET
     c.ClassroomSpawner.monitor_interval = 0.5
     c.ClassroomSpawner.kernel_memory_reserve = 0
-    c.ClassroomSpawner.tier_settings = {"student": {"idle_timeout": 0, "max_age": 0, "kernel_cull_timeout": 0}}
+    c.ClassroomSpawner.tier_settings = {
+        "student": {"idle_timeout": 0, "max_age": 0, "kernel_cull_timeout": 0, "cpu_busy_seconds": 2}
+    }
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,7 +128,6 @@ async def test_a_server_busy_for_a_while_gets_a_low_cpu_weight_until_it_pauses(a
     spawner = await starting
     try:
         assert str(4 * 1024) in seen, f"no precedence while starting: {seen}"
-        spawner.cpu_busy_seconds = 2
         shares = next(os.path.join(d, "cpu.shares") for d in group_dirs(spawner) if os.path.exists(os.path.join(d, "cpu.shares")))
 
         async def shares_are(value):
@@ -135,7 +136,7 @@ async def test_a_server_busy_for_a_while_gets_a_low_cpu_weight_until_it_pauses(a
         await wait_for(lambda: shares_are("1024"), 5, "the start's weight stayed after the server was ready")
         kernel_id = await start_kernel(app, BUSY)
         client = await kernel_client(BUSY, kernel_id)
-        await asyncio.sleep(3)  # the kernel's start-up is not a busy server
+        await asyncio.sleep(3)  # neither the server's start (seconds of CPU) nor the kernel's is a busy server
         assert read(shares) == "1024"
         client.execute("import time\nt = time.time()\nwhile time.time() - t < 8: pass")
         await wait_for(lambda: shares_are(str(10 * 1024 // 100)), 8, "a busy server kept its full CPU weight")
@@ -186,3 +187,36 @@ def test_a_loop_is_busy_a_student_between_cells_is_not():
     assert loop.lowest_fraction(40, 30) == 1.0
     assert student.lowest_fraction(40, 30) == 0.4
     assert IdleTracker(0).lowest_fraction(40, 30) is None  # not watched for the window yet
+
+
+def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
+    """A server asks for a whole core while it starts, for as long as a loaded
+    wave makes that take: it gets the start's weight then, and the usual
+    weight once ready, not the busy one."""
+    writes = []
+    monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
+
+    class Probe(ClassroomSpawner):
+        group_key = "probe"
+        backend = None
+
+    server = Probe()
+    server.cpu_busy_seconds, server.monitor_interval = 20, 10
+    server._demand, server.cpu_weight = IdleTracker(0), 100
+    demand = 0.0
+
+    def check(t, used):
+        nonlocal demand
+        demand += used
+        server._demand.add(t, demand, float("inf"), 40)
+        server._prioritize(t)
+
+    server._spawn_pending = True
+    for t in range(0, 60, 10):  # a minute of start-up at a whole core
+        check(t, 10.0)
+    assert writes == [400]
+    server._spawn_pending = False
+    check(60, 10.0)  # the kernel starts; then the student thinks
+    check(70, 1.0)
+    check(80, 1.0)
+    assert server.cpu_weight == 100 and writes == [400, 100], writes

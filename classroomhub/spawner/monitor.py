@@ -205,6 +205,9 @@ class Monitoring(LoggingConfigurable):
         """Interactive first: a high CPU weight while starting, a low one
         while busy for `cpu_busy_seconds`."""
         if self.pending == "spawn":
+            # the start's own CPU (stretched out by a login wave) is not a busy
+            # server: its demand is counted from the first check after it
+            self._demand = IdleTracker(now)
             if self.cpu_weight != self.cpu_start_weight and set_cpu_weight(self.backend, self.group_key, self.cpu_start_weight):
                 self.cpu_weight = self.cpu_start_weight
             return
