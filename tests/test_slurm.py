@@ -12,9 +12,9 @@ account (JupyterHub's group_overrides); a demotion in the roster changes
 the next job. The job's usage (sstat) reaches the usage API, the CLI's
 table and Prometheus; an idle job is cancelled, a busy one kept; a job that
 Slurm ends (time limit, an operator's scancel) is told to its owner on the
-hub's pages; the hub's queries cannot be stalled by the student; late
-joiners are synced before the job is submitted; shared environments and
-the named-server limit apply as on one machine.
+hub's pages; the hub's queries cannot be stalled by the student; shared
+environments and the named-server limit apply as on one machine. (Late
+joiners with the real classroom service: test_slurm_service.py.)
 """
 
 import asyncio
@@ -22,7 +22,6 @@ import json
 import os
 import pwd
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -31,9 +30,7 @@ import pytest
 import requests
 from batchspawner import SlurmSpawner
 from jupyterhub.tests.utils import api_request, public_url
-from jupyterhub.utils import random_port
 from prometheus_client import generate_latest
-from tornado import web
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -43,6 +40,7 @@ from classroomhub.slurm import ClassroomSlurmSpawner, SlurmCommandTimeout, slurm
 from classroomhub.spawner.notices import ended_notice
 
 from conftest import write_roster
+from fixtures.slurm import slurm_hub_config, start_server, stop_server
 
 pytestmark = pytest.mark.root("starts a Slurm cluster and servers as system users")
 E2E_FIXTURES = {"slurm_cluster"}
@@ -66,23 +64,13 @@ DEMOTED = ROSTER.replace(f"{RESEARCHER}: {{tier: power}}", f"{RESEARCHER}: {{}}"
 # what each tier's job must ask for (the nodes have 2 CPUs and 2048 MB each)
 STUDENT_JOB = {"mem": "512M", "cpu": "1", "time": "01:00:00", "partition": "classroom", "account": "teaching"}
 POWER_JOB = {"mem": "1G", "cpu": "2", "time": "02:00:00", "partition": "research", "account": "research"}
-BIN = os.path.dirname(sys.executable)
 
 
 def HUB_CONFIG(c):
-    c.JupyterHub.spawner_class = ClassroomSlurmSpawner
-    c.Spawner.cmd = [os.path.join(BIN, "jupyterhub-singleuser")]
-    c.Spawner.start_timeout = 90
-    c.Spawner.http_timeout = 60
+    slurm_hub_config(c)
     c.Spawner.poll_interval = 5  # the hub notices a job Slurm ended within seconds
     c.JupyterHub.allow_named_servers = True
     c.ClassroomSlurmSpawner.monitor_interval = 2  # a usage sample (sstat) every 2 s
-    # the late joiners' sync asks the classroom service with a token of this scope
-    c.ClassroomPasswordAuthenticator.everyone_scopes = ["access:services!service=classroom"]
-    # sbatch gets the spawner's environment only: it must find this cluster's slurm.conf
-    c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
-    c.ClassroomSlurmSpawner.batchspawner_singleuser_cmd = os.path.join(BIN, "batchspawner-singleuser")
-    c.ClassroomSlurmSpawner.job_listen_ip = "127.0.0.1"  # every node is this host
     # a course's students bill their jobs to the course's account
     c.ClassroomSlurmSpawner.group_overrides = {
         "data101": {"groups": ["course-data101-students"], "spawner_override": {"req_account": "data101"}},
@@ -118,29 +106,6 @@ def cleanup_after():
     """Replaces jupyterhub's per-test cleanup (it stops servers with a mock's
     assumptions): each test stops its own servers."""
     yield
-
-
-async def start_server(app, name, timeout=90):
-    r = await api_request(app, f"users/{name}/server", method="post")
-    assert r.status_code in (201, 202), r.text
-    spawner = app.users[name].spawner
-    deadline = time.monotonic() + timeout
-    while not spawner.ready:
-        assert spawner.pending or spawner.ready, f"{name}'s server failed to start"
-        assert time.monotonic() < deadline, f"{name}'s server not ready in {timeout} s"
-        await asyncio.sleep(0.1)
-    return spawner
-
-
-async def stop_server(app, name, timeout=60):
-    spawner = app.users[name].spawner
-    if not (spawner.active or spawner.pending):
-        return
-    await api_request(app, f"users/{name}/server", method="delete")
-    deadline = time.monotonic() + timeout
-    while spawner.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert not spawner.active, f"{name}'s server did not stop in {timeout} s"
 
 
 async def status_through_proxy(app, name):
@@ -612,31 +577,6 @@ async def test_a_job_that_outlives_a_hub_restart_is_watched_again(app, cluster):
     finally:
         await stop_server(app, STUDENT)
     assert cluster.job(before.job_id)["JobState"] == "CANCELLED"
-
-
-async def test_a_late_joiner_is_synced_before_the_job_is_submitted(app, cluster):
-    """classroom_service_url: the start asks the classroom service to deliver
-    the owner's missing releases before sbatch (here a stand-in for the
-    service's /api/sync records the call and what Slurm had of the owner then)."""
-    calls = []
-
-    class Sync(web.RequestHandler):
-        def post(self):
-            calls.append(cluster.run("squeue", "-h", "-u", CLASSMATE, "-o", "%i"))
-            self.finish({"delivered": []})
-
-    port = random_port()
-    server = web.Application([("/services/classroom/api/sync", Sync)]).listen(port, "127.0.0.1")
-    try:
-        with personal_settings(app, CLASSMATE, classroom_service_url=f"http://127.0.0.1:{port}/services/classroom/"):
-            spawner = await start_server(app, CLASSMATE)
-            try:
-                assert calls == [""], calls  # synced once, before any job of theirs existed
-                assert cluster.job(spawner.job_id)["JobState"] == "RUNNING"
-            finally:
-                await stop_server(app, CLASSMATE)
-    finally:
-        server.stop()
 
 
 async def test_shared_environments_and_the_named_server_limit_apply_to_jobs(app, cluster, tmp_path):

@@ -21,7 +21,7 @@ from traitlets import Dict, Float, Integer, List
 from traitlets.config import LoggingConfigurable
 
 from ..servers import stop_server
-from ..spawner import metrics, notices
+from ..spawner import metrics
 from ..spawner.culling import IdleTracker
 from ..spawner.host import Host
 from ..spawner.monitor import timestamp
