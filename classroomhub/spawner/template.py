@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import secrets
 import threading
 
 from jupyterhub.utils import random_port

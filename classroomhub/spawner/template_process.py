@@ -3,9 +3,10 @@ server imports, and forks one server per request.
 
 Started by the hub (:mod:`.template`) with ``main([FD, *MODULES])``, FD
 being its end of a private socketpair (the control socket), MODULES the
-extra modules to import (``template_preload``). It imports the single-user server and the
-server extensions this environment enables, then ``gc.freeze()``\\ s them, so
-that the forked servers share those pages copy-on-write.
+extra modules to import (``template_preload``). It imports the single-user
+server and the server extensions this environment enables, then
+``gc.freeze()``\\ s them, so that the forked servers share those pages
+copy-on-write.
 
 The template never sees anything of a person. A spawn request is a socket
 the hub passes over the control socket (SCM_RIGHTS) with a single byte; the
@@ -119,9 +120,17 @@ def serve(ctl, captures):
                 for fd in fds:
                     spawn(fd, context)
             else:
-                while os.read(wake_r, 512) == 512:
-                    pass
+                _drain(wake_r)
         reap(ctl, servers)
+
+
+def _drain(fd):
+    """Empty the (non-blocking) signal wake-up pipe."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def spawn(conn_fd, context):
@@ -163,7 +172,7 @@ def reap(ctl, servers):
 
 def become_server(conn_fd, context):
     """In the forked child: leave the template, read the request, become the
-    user's server, run it, exit with its status."""
+    user's server, run it; its exit status."""
     ctl, selector, wake_r, wake_w, captures, _ = context
     signal.set_wakeup_fd(-1)
     selector.close()
