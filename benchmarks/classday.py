@@ -35,7 +35,7 @@ times (nobody starts a new cell after the hand-in time, so a slow machine runs
 fewer of the planned ones); some students run one cell and leave the tab
 open; 2 hogs allocate 4 GiB; 2 run a CPU-bound loop for 40% of the run. Before the class, one extra
 student alone spawns (the single-spawn figure) and runs every menu cell twice (once with
-``--quick``): the solo latencies.
+``--quick``), 5 s apart: the solo latencies.
 
 Needs root and writable cgroup v1 controllers. Removes its users, servers,
 cgroups, hub and proxy at the end, also after an error or SIGTERM::
@@ -56,40 +56,34 @@ import json
 import os
 import pwd
 import random
-import re
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import requests
-import websocket
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import Users, stop_hub  # noqa: E402
+from classday_report import GiB, culls, host_oom_kills, report  # noqa: E402
+from classday_student import Student, comparable  # noqa: E402
 
 from classroomhub.demo import free_ports, proxy_command  # noqa: E402
 from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
 
-GiB = 1024**3
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
 #: both classes live below the same parent in these hierarchies: the memory
 #: budget, and one CPU weight for the class against the rest of the machine
 #: (ClassroomSpawner puts its servers' cpu groups there; the stock harness too)
 CLASS_HIERARCHIES = (MEMORY_ROOT, "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct")
 HOG_BYTES = 4 * GiB
-TARGET_LATENCY = 1.5  # well-behaved p95 <= 1.5x solo
-TARGET_SPAWN = 3.0  # spawn p95 in the wave <= 3x a single spawn
 
 #: the cells students run: (MB allocated, CPU seconds)
 MENU = [(50, 0.1), (60, 0.3), (100, 0.5), (120, 1.0), (150, 0.2), (200, 1.5), (250, 2.0), (300, 3.0)]
@@ -104,9 +98,24 @@ total = 0.0
 while time.process_time() - t0 < {cpu}:
     total += float(frame.b.values[:200_000].sum())
 result = frame.groupby("k").c.mean().head(3).round(6).tolist()
-del frame
+{keep}del frame
 print({mb}, {cpu}, result)
 """
+#: seconds the solo student waits before each cell
+SOLO_PAUSE = 5
+#: a student who keeps part of what a cell made (one frame, replaced by the next cell's)
+KEEP = "kept = frame.iloc[: int(rows * {fraction})].copy()\n"
+
+
+def cell_code(k, kept_fraction=0.0):
+    """The code of menu cell *k*; with *kept_fraction*, the student keeps that
+    part of the cell's frame until their next cell (the trace's default frees
+    it all: only the allocator's leftovers stay)."""
+    mb, cpu = MENU[k]
+    keep = KEEP.format(fraction=kept_fraction) if kept_fraction else ""
+    return CELL.format(mb=mb, cpu=cpu, seed=k, keep=keep)
+
+
 HOG = f"import numpy as np\nhog = np.ones({HOG_BYTES // 8}, dtype='float64')\nprint(hog.sum())\n"
 LOOP = "import time\nend = time.time() + {seconds}\nn = 0\nwhile time.time() < end:\n    n += 1\nprint(n)\n"
 
@@ -138,6 +147,7 @@ c.ClassroomPasswordAuthenticator.user_password = {password!r}
 c.JupyterHub.spawner_class = "classroom"
 c.ClassroomSpawner.cgroup_parent = {budget_parent!r}
 c.ClassroomSpawner.servers_memory_budget = {budget}
+c.ClassroomSpawner.spawn_method = {spawn_method!r}
 add_classroom_service(c, data_dir={state!r} + "/classroom", port={service_port})
 """
 
@@ -189,7 +199,7 @@ class Plan:
         self.handin_at = handin_at
 
 
-def make_trace(rng, logins, minutes):
+def make_trace(rng, logins, minutes, kept_fraction=0.0):
     """Seeded plans for *logins* over *minutes*."""
     duration = minutes * 60
     wave = min(180.0, duration / 4)
@@ -215,8 +225,7 @@ def make_trace(rng, logins, minutes):
                 steps.append((gap, "loop", LOOP.format(seconds=loop_seconds), None))
             else:
                 k = rng.randrange(len(MENU))
-                mb, cpu = MENU[k]
-                steps.append((gap, "cell", CELL.format(mb=mb, cpu=cpu, seed=k), k))
+                steps.append((gap, "cell", cell_code(k, kept_fraction), k))
         plans.append(Plan(login, role, rng.uniform(0, wave), steps, duration + rng.uniform(0, 10)))
     return plans
 
@@ -232,175 +241,65 @@ def print_trace(plans, minutes):
     sys.stdout.flush()
 
 
-# -- a student --------------------------------------------------------------------
+# -- measuring the budget's cgroups ----------------------------------------------------
+
+#: seconds between sums of RSS and PSS over the servers' processes (each reads
+#: every process's smaps_rollup: a few ms per process)
+PSS_EVERY = 10.0
 
 
-class Student:
-    """One person in a browser: cookies, a tab on their server, one kernel."""
+def oom_counters(budget_dir):
+    """``{group: OOM kills}`` of the budget's folder ("") and of each server
+    group in it: cgroup v1 ``memory.oom_control`` ``oom_kill`` (a v1 counter
+    counts the processes of its own group only, so the budget's own counts
+    the stock servers, which sit directly in it)."""
+    found = {}
+    for name in ["", *(e.name for e in os.scandir(budget_dir) if e.is_dir())] if os.path.isdir(budget_dir) else []:
+        try:
+            text = Path(budget_dir, name, "memory.oom_control").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                found[name] = int(value)
+    return found
 
-    def __init__(self, url, login, password, log):
-        self.url, self.login, self.password, self.log = url, login, password, log
-        self.http = requests.Session()
-        self.ws = None
-        self.session_id = uuid.uuid4().hex
-        self.cells = []  # the notebook's cells as saved
-        self.saved = None  # the notebook the server last acknowledged
-        self.handed_in = None
-        self.kernel_deaths = 0
-        self.events = []  # (what, detail)
 
-    def note(self, what, detail=""):
-        self.events.append((what, detail))
-        self.log(f"{self.login}: {what} {detail}")
+def vmstat_oom_kills():
+    """Every OOM kill on the host since boot (``oom_kill`` of /proc/vmstat)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
 
-    def login_form(self):
-        r = self.http.get(self.url + "hub/login", timeout=60)
-        r.raise_for_status()
-        r = self.http.post(
-            self.url + "hub/login",
-            data={"username": self.login, "password": self.password, "_xsrf": self.http.cookies.get("_xsrf", path="/hub/")},
-            allow_redirects=False,
-            timeout=120,
-        )
-        if r.status_code != 302:
-            raise RuntimeError(f"login: {r.status_code}")
 
-    def spawn(self, timeout=300):
-        """Seconds from /hub/spawn until the lab page opens (through OAuth)."""
-        tic = time.perf_counter()
-        self.http.get(self.url + "hub/spawn", timeout=timeout)
-        self.wait_progress(timeout)
-        lab = self.url + f"user/{self.login}/lab"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+def pss_sample(budget_dir):
+    """RSS and PSS summed over every process in the budget's cgroups (from
+    ``/proc/PID/smaps_rollup``), for the servers and for the kernels apart:
+    the RSS sum counts shared pages once per process, PSS splits them."""
+    sums = {"rss": 0, "pss": 0, "server_rss": 0, "server_pss": 0, "kernel_rss": 0, "kernel_pss": 0, "kernels": 0, "servers": 0}
+    pids = set()
+    for folder, _, files in os.walk(budget_dir):
+        if "cgroup.procs" in files:
             try:
-                r = self.http.get(lab, timeout=60)
-                if r.status_code == 200 and r.url.split("?")[0] == lab:
-                    return time.perf_counter() - tic
-            except requests.RequestException:
+                pids.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
+            except OSError:
                 pass
-            time.sleep(1)
-        raise RuntimeError(f"server not ready in {timeout} s")
-
-    def wait_progress(self, timeout):
-        """Follow the spawn's progress events until ready, as the spawn page does."""
-        url = self.url + f"hub/api/users/{self.login}/server/progress"
-        xsrf = self.http.cookies.get("_xsrf", path="/hub/") or ""
-        with self.http.get(url, stream=True, timeout=timeout, headers={"X-XSRFToken": xsrf}) as r:
-            if r.status_code != 200:
-                return  # the lab page's own polling decides
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if event.get("ready"):
-                        return
-                    if event.get("failed"):
-                        raise RuntimeError(f"spawn failed: {event.get('message')}")
-
-    def _xsrf(self):
-        for cookie in self.http.cookies:
-            if cookie.name == "_xsrf" and cookie.path.startswith(f"/user/{self.login}"):
-                return cookie.value
-        return ""
-
-    def _api(self, method, path, **kw):
-        r = self.http.request(
-            method, self.url + f"user/{self.login}/api/{path}", headers={"X-XSRFToken": self._xsrf()}, timeout=120, **kw
-        )
-        r.raise_for_status()
-        return r
-
-    def start_kernel(self):
-        kernel = self._api("POST", "kernels", json={"name": "python3"}).json()
-        ws_url = self.url.replace("http", "ws", 1) + f"user/{self.login}/api/kernels/{kernel['id']}/channels"
-        cookies = "; ".join(f"{c.name}={c.value}" for c in self.http.cookies if c.path.startswith(f"/user/{self.login}"))
-        self.ws = websocket.create_connection(
-            f"{ws_url}?session_id={self.session_id}&_xsrf={self._xsrf()}",
-            cookie=cookies,
-            header=[f"X-XSRFToken: {self._xsrf()}"],
-            timeout=60,
-        )
-
-    def execute(self, code, timeout):
-        """(seconds, status, stdout) of one cell; status ok, error, killed or timeout."""
-        msg_id = uuid.uuid4().hex
-        header = {
-            "msg_id": msg_id,
-            "username": self.login,
-            "session": self.session_id,
-            "msg_type": "execute_request",
-            "version": "5.3",
-            "date": datetime.now(timezone.utc).isoformat(),
-        }
-        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
-        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}
-        tic = time.perf_counter()
-        self.ws.send(json.dumps(message))
-        deadline = time.monotonic() + timeout
-        reply, idle, out, status = None, False, [], "ok"
-        while not (reply and idle):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return time.perf_counter() - tic, "timeout", "".join(out)
-            self.ws.settimeout(left)
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
-                continue
-            kind = msg.get("msg_type") or msg["header"]["msg_type"]
-            state = msg.get("content", {}).get("execution_state")
-            if kind == "status" and state in ("restarting", "autorestarting", "dead"):
-                self.kernel_deaths += 1
-                return time.perf_counter() - tic, "killed", "".join(out)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if kind == "execute_reply":
-                reply = msg
-                status = msg["content"].get("status", "error")
-            elif kind == "status" and state == "idle":
-                idle = True
-            elif kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}\n")
-        return time.perf_counter() - tic, status, "".join(out)
-
-    def notebook(self):
-        return {
-            "cells": self.cells,
-            "metadata": {"classday": {"student": self.login}, "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-            "nbformat": 4,
-            "nbformat_minor": 5,
-        }
-
-    def record(self, code, output):
-        n = len(self.cells) + 1
-        outputs = [{"output_type": "stream", "name": "stdout", "text": output}] if output else []
-        self.cells.append({"cell_type": "code", "execution_count": n, "id": f"c{n}", "metadata": {}, "outputs": outputs, "source": code})
-
-    def save(self, name):
-        nb = self.notebook()
-        self._api("PUT", f"contents/{name}", json={"type": "notebook", "format": "json", "content": nb})
-        return json.loads(json.dumps(nb))
-
-    def close(self):
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:
-                pass
-
-
-def comparable(nb):
-    """A notebook's content as the comparison sees it (sources and outputs, joined)."""
-
-    def text(v):
-        return "".join(v) if isinstance(v, list) else v
-
-    return (
-        nb.get("metadata", {}).get("classday"),
-        [(text(c["source"]), [text(o.get("text", "")) for o in c.get("outputs", [])]) for c in nb["cells"]],
-    )
+    for pid in pids:
+        try:
+            kind = "kernel" if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes() else "server"
+            fields = dict(line.split()[:2] for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+        rss, pss = int(fields.get("Rss:", 0)) * 1024, int(fields.get("Pss:", 0)) * 1024
+        sums["rss"] += rss
+        sums["pss"] += pss
+        sums[f"{kind}_rss"] += rss
+        sums[f"{kind}_pss"] += pss
+        sums[f"{kind}s"] += 1
+    return sums
 
 
 # -- one run ----------------------------------------------------------------------
@@ -409,8 +308,10 @@ def comparable(nb):
 class Run:
     """A hub (classroom or stock), its students, their results."""
 
-    def __init__(self, kind, tag, n, budget, plans_for, verbose, solo_repeat):
+    def __init__(self, kind, tag, n, budget, plans_for, verbose, solo_repeat, kept_fraction=0.0, spawn_method="exec"):
         self.kind, self.n, self.budget, self.verbose = kind, n, budget, verbose
+        self.kept_fraction = kept_fraction  # what each cell keeps of its frame, the solo's too
+        self.spawn_method = spawn_method  # ClassroomSpawner.spawn_method of the classroom run
         self.solo_repeat = solo_repeat
         letter = kind[0]
         self.logins = [f"cd{tag}{letter}{i:02d}" for i in range(n)]
@@ -438,7 +339,12 @@ class Run:
             roster = "users:\n" + "".join(f"  {u}: {{}}\n" for u in [*self.logins, self.solo])
             Path(self.state, "roster.yaml").write_text(roster)
             config += CONFIG_CLASSROOM.format(
-                state=self.state, password=self.password, budget_parent=self.parent, budget=self.budget, service_port=service_port
+                state=self.state,
+                password=self.password,
+                budget_parent=self.parent,
+                budget=self.budget,
+                service_port=service_port,
+                spawn_method=self.spawn_method,
             )
         else:
             config += CONFIG_STOCK.format(
@@ -455,6 +361,9 @@ class Run:
         self.pids = {}
         self.peak_host = 0
         self.peak_budget_sampled = 0
+        self.oom_counts = {}  # cgroup (server group, or "" for the budget's own) -> OOM kills
+        self.pss_peak = {}  # the pss_sample with the largest PSS sum
+        self.pss_idle = {}  # the pss_sample after the hand-in, everyone idle
         self.sampling = False
 
     def log(self, text):
@@ -513,7 +422,12 @@ class Run:
         stop_hub(self.proc, timeout=120)
 
     def sample(self):
+        """Every 0.5 s: peak memory of the host and the budget, and the OOM-kill
+        counters of the budget's cgroups (a server's group goes with its
+        server: the highest count seen is kept); every `PSS_EVERY` s the sum of
+        RSS and PSS over the servers' processes (the largest sum is the peak)."""
         self.sampling = True
+        next_pss = 0.0
         while self.sampling:
             mem = psutil.virtual_memory()
             self.peak_host = max(self.peak_host, mem.total - mem.available)
@@ -523,6 +437,13 @@ class Run:
                 )
             except OSError:
                 pass
+            for name, count in oom_counters(self.budget_dir).items():
+                self.oom_counts[name] = max(self.oom_counts.get(name, 0), count)
+            if time.monotonic() >= next_pss:
+                next_pss = time.monotonic() + PSS_EVERY
+                sample = pss_sample(self.budget_dir)
+                if sample["pss"] > self.pss_peak.get("pss", 0):
+                    self.pss_peak = sample
             time.sleep(0.5)
 
     # the class
@@ -551,8 +472,8 @@ class Run:
         # late servers still run the cells up to their special one (hog or loop)
         must = next((i for i, step in enumerate(plan.steps) if step[1] != "cell"), 0)
         for i, (gap, kind, code, k) in enumerate(plan.steps):
+            time.sleep(gap)
             if not solo:
-                time.sleep(gap)
                 if i > must and time.monotonic() - t0 > plan.handin_at - 5:
                     break
             timeout = 3 * 3600 if kind == "loop" else 600
@@ -592,8 +513,11 @@ class Run:
         sampler = threading.Thread(target=self.sample, daemon=True)
         sampler.start()
         self.uptime0 = float(Path("/proc/uptime").read_text().split()[0])
+        self.vmstat_oom = vmstat_oom_kills()
         # one student alone: a single spawn and every menu cell, twice
-        steps = [(0, "cell", CELL.format(mb=mb, cpu=cpu, seed=k), k) for k, (mb, cpu) in enumerate(MENU)] * self.solo_repeat
+        # with a pause between cells, as a student thinks (back to back, the
+        # solo would be a busy server that interactive-first puts behind others)
+        steps = [(SOLO_PAUSE, "cell", cell_code(k, self.kept_fraction), k) for k in range(len(MENU))] * self.solo_repeat
         self.log("solo student")
         self.student(Plan(self.solo, "solo", 0, steps, 0), time.monotonic(), solo=True)
         self.admin.delete(self.url + f"hub/api/users/{self.solo}/server", timeout=120)
@@ -608,17 +532,26 @@ class Run:
             for login, told in zip(hogs, pool.map(lambda h: self.told_why(self.results[h].get("student")), hogs)):
                 self.results[login]["told"] = told
         self.load.append(os.getloadavg()[0])
+        self.pss_idle = pss_sample(self.budget_dir)
+        self.vmstat_oom = vmstat_oom_kills() - self.vmstat_oom
         self.after = self.processes()
         self.servers_left = self.running_servers()
         self.sampling = False
         sampler.join()
-        self.oom = oom_kills(self.uptime0, self.parent)
+        self.host_oom = host_oom_kills(self.uptime0)
+        for name, count in oom_counters(self.budget_dir).items():  # kills since the last sample
+            self.oom_counts[name] = max(self.oom_counts.get(name, 0), count)
+        try:
+            self.budget_failcnt = int(Path(self.budget_dir, "memory.failcnt").read_text())
+        except OSError:
+            self.budget_failcnt = None
         self.intact = {p.login: self.check_intact(p.login) for p in self.plans}
         try:
             self.peak_budget = int(Path(self.budget_dir, "memory.max_usage_in_bytes").read_text())
         except OSError:
             self.peak_budget = self.peak_budget_sampled
-        self.culls = culls(Path(self.state, "hub.log").read_text(errors="replace"))
+        self.hub_log_text = Path(self.state, "hub.log").read_text(errors="replace")
+        self.culls = culls(self.hub_log_text)
 
     def told_why(self, student, wait=60):
         """Whether the hub's home page tells *student* why a process was
@@ -688,169 +621,6 @@ class Run:
                     time.sleep(0.1)
 
 
-def culls(hub_log):
-    """[(login, why)] of the servers stopped by the hub's culling or memory
-    pressure (classroomhub) or by jupyterhub-idle-culler (stock)."""
-    found = re.findall(r"Stopping server '[^']*' of (cd\w+): (.*)", hub_log)
-    found += re.findall(r"Culling server (cd\w+)\S* \((.*)\)", hub_log)
-    return found
-
-
-def oom_kills(since, parent):
-    """OOM kills in the kernel log after uptime *since*: [(uid, process, constraint, memcg)]."""
-    try:
-        text = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    kills = []
-    for line in text.splitlines():
-        m = re.match(r"\[\s*([\d.]+)\] oom-kill:constraint=(\w+),.*task_memcg=([^,]*),task=([^,]*),pid=\d+,uid=(\d+)", line)
-        if m and float(m.group(1)) >= since:
-            kills.append((int(m.group(5)), m.group(4), m.group(2), m.group(3)))
-    return kills
-
-
-# -- the report -------------------------------------------------------------------
-
-
-def pct(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
-
-
-def figures(run):
-    res = run.results
-    solo = res.get(run.solo, {"cells": [], "spawn": None})
-    solo_by_cell = {}
-    for kind, k, seconds, status in solo["cells"]:
-        if status == "ok":
-            solo_by_cell.setdefault(k, []).append(seconds)
-    solo_median = {k: statistics.median(v) for k, v in solo_by_cell.items()}
-    well = [p.login for p in run.plans if p.role == "well"]
-    class_lat, solo_lat = [], []
-    failed_cells = 0
-    for login in well:
-        for kind, k, seconds, status in res[login]["cells"]:
-            if status != "ok":
-                failed_cells += 1
-                continue
-            class_lat.append(seconds)
-            if k in solo_median:
-                solo_lat.append(solo_median[k])
-    spawns = [r["spawn"] for login, r in res.items() if login != run.solo and r["spawn"] is not None]
-    uids = {pwd.getpwnam(login).pw_uid: login for login in [*run.logins, run.solo]}
-    roles = {p.login: p.role for p in run.plans}
-    killed = {}
-    for login, r in res.items():
-        if "student" in r and r["student"].kernel_deaths:
-            killed[login] = r["student"].kernel_deaths
-    oom = run.oom or []
-    ours = [k for k in oom if k[0] in uids or run.parent in k[3]]
-    oom_who = sorted({uids.get(uid, f"uid {uid}") for uid, _, _, _ in ours})
-    host_oom = [k for k in oom if k[2] != "CONSTRAINT_MEMCG"]
-    hogs = sorted(p.login for p in run.plans if p.role == "hog")
-    innocents = sorted({*killed, *(w for w in oom_who if w in roles)} - set(hogs))
-    failed_logins = sum(1 for r in res.values() if any(f.startswith("login") for f in r["failed"]))
-    failed_spawns = sum(1 for r in res.values() if any(f.startswith("spawn") for f in r["failed"]))
-    other = sum(1 for r in res.values() for f in r["failed"] if not f.startswith(("login", "spawn")))
-    lost_work = sorted(login for login, (w, h) in run.intact.items() if not w)
-    lost_handin = sorted(login for login, (w, h) in run.intact.items() if not h)
-    restarts = sum(1 for name, pid in run.pids.items() if run.after.get(name) != pid)
-    not_running = sorted(set(run.logins) - run.servers_left)
-    return {
-        "lat": (pct(class_lat, 50), pct(class_lat, 95), pct(class_lat, 99)),
-        "solo": (pct(solo_lat, 50), pct(solo_lat, 95), pct(solo_lat, 99)),
-        "cells": len(class_lat),
-        "lat_ratio": pct(class_lat, 95) / pct(solo_lat, 95) if class_lat and solo_lat else float("inf"),
-        "spawn": (pct(spawns, 50), pct(spawns, 95)),
-        "single": solo["spawn"] or float("nan"),
-        "spawn_ratio": pct(spawns, 95) / solo["spawn"] if spawns and solo["spawn"] else float("inf"),
-        "peak_budget": run.peak_budget,
-        "peak_host": run.peak_host,
-        "killed": killed,
-        "oom_who": oom_who,
-        "oom_count": len(ours),
-        "host_oom": len(host_oom) if run.oom is not None else None,
-        "hogs": hogs,
-        "innocents": innocents,
-        "told": all(res[h].get("told") for h in hogs),
-        "failed": (failed_logins, failed_spawns, failed_cells, other),
-        "lost_work": lost_work,
-        "lost_handin": lost_handin,
-        "restarts": restarts,
-        "not_running": not_running,
-        "culls": run.culls,
-        "wall": run.wall,
-        "load": run.load,
-    }
-
-
-def report(runs, budget):
-    f = {kind: figures(run) for kind, run in runs.items()}
-    kinds = list(f)
-    print()
-    print("%-44s" % "figure" + "".join(f"{k:>26s}" for k in kinds))
-
-    def row(label, fn):
-        print("%-44s" % label + "".join(f"{fn(f[k]):>26s}" for k in kinds))
-
-    row("cell latency p50/p95/p99, well-behaved (s)", lambda x: "%.2f/%.2f/%.2f" % x["lat"])
-    row("  same cells, one student alone (s)", lambda x: "%.2f/%.2f/%.2f" % x["solo"])
-    row("  p95 ratio (cells measured)", lambda x: f"{x['lat_ratio']:.2f}x ({x['cells']})")
-    row("spawn-to-ready p50/p95 in the wave (s)", lambda x: "%.1f/%.1f" % x["spawn"])
-    row("  a single spawn (s); p95 ratio", lambda x: f"{x['single']:.1f}; {x['spawn_ratio']:.2f}x")
-    row(f"peak memory: budget ({budget / GiB:.0f} GiB limit)", lambda x: f"{x['peak_budget'] / GiB:.2f} GiB")
-    row("peak memory: host (all of it, other work too)", lambda x: f"{x['peak_host'] / GiB:.2f} GiB")
-    row("kernel deaths seen in a cell (students)", lambda x: ", ".join(f"{k}x{v}" for k, v in sorted(x["killed"].items())) or "none")
-    row("OOM kills of the class's processes (whose)", lambda x: f"{x['oom_count']}: " + (",".join(x["oom_who"]) or "-"))
-    row("host OOM kills", lambda x: "?" if x["host_oom"] is None else str(x["host_oom"]))
-    row("hogs (told why)", lambda x: ",".join(x["hogs"]) + (" (yes)" if x["told"] else " (no)"))
-    row("innocent students whose kernels died", lambda x: ",".join(x["innocents"]) or "none")
-    row("servers culled (why)", lambda x: "; ".join(f"{who}: {why}" for who, why in x["culls"]) or "none")
-    row("servers not running at the end", lambda x: ",".join(x["not_running"]) or "none")
-    row("failed logins/spawns/cells/saves", lambda x: "%d/%d/%d/%d" % x["failed"])
-    row("lost notebooks / hand-ins", lambda x: f"{len(x['lost_work'])} / {len(x['lost_handin'])}")
-    row("hub/proxy/service restarts", lambda x: str(x["restarts"]))
-    row("class wall time (s); load avg start/end", lambda x: "%.0f; %.1f/%.1f" % (x["wall"], *x["load"]))
-    for k in kinds:
-        if f[k]["lost_work"] or f[k]["lost_handin"]:
-            print(f"   {k}: lost notebooks {f[k]['lost_work']}, hand-ins {f[k]['lost_handin']}")
-    print()
-    ours = f.get("classroom")
-    stock = f.get("stock")
-    lines = []
-    if ours:
-        n = len(runs["classroom"].logins)
-        lines += [
-            (ours["host_oom"] == 0, f"{n} students inside {budget / GiB:.0f} GiB: 0 host OOM kills ({ours['host_oom']})"),
-            (ours["restarts"] == 0, f"0 hub/proxy/service restarts ({ours['restarts']})"),
-            (
-                not ours["lost_work"] and not ours["lost_handin"],
-                f"0 lost notebooks or hand-ins ({len(ours['lost_work'])} notebooks, {len(ours['lost_handin'])} hand-ins)",
-            ),
-            (not ours["innocents"], f"only the hogs' kernels killed (innocent: {','.join(ours['innocents']) or 'none'})"),
-            (ours["told"], "every hog told why (on the hub's home page)"),
-            (ours["lat_ratio"] <= TARGET_LATENCY, f"p95 cell latency <= {TARGET_LATENCY}x solo: {ours['lat_ratio']:.2f}x"),
-            (ours["spawn_ratio"] <= TARGET_SPAWN, f"spawn p95 in the wave <= {TARGET_SPAWN:.0f}x a single spawn: {ours['spawn_ratio']:.2f}x"),
-        ]
-    if ours and stock:
-        better = {
-            "latency": ours["lat_ratio"] <= stock["lat_ratio"],
-            "spawn": ours["spawn_ratio"] <= stock["spawn_ratio"],
-            "innocent kills": len(ours["innocents"]) <= len(stock["innocents"]),
-            "lost work": len(ours["lost_work"]) + len(ours["lost_handin"]) <= len(stock["lost_work"]) + len(stock["lost_handin"]),
-            "failures": sum(ours["failed"]) <= sum(stock["failed"]),
-            "peak budget": ours["peak_budget"] <= stock["peak_budget"],
-        }
-        worse = [k for k, ok in better.items() if not ok]
-        lines.append((not worse, f"classroom at least as good as stock on every figure (worse on: {', '.join(worse) or 'none'})"))
-    for ok, text in lines:
-        print(f"{'met    ' if ok else 'NOT met'} {text}")
-    return f
-
-
 # -- main -------------------------------------------------------------------------
 
 
@@ -861,7 +631,19 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the CI smoke: 10 students, 3 minutes")
     parser.add_argument("--budget", default="8G", help="memory of all student servers together (default 8G)")
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument(
+        "--kept-fraction",
+        type=float,
+        default=0.0,
+        help="each cell keeps this part of its frame until the student's next cell (default 0: everything freed)",
+    )
     parser.add_argument("--only", choices=["classroom", "stock"], help="run one configuration")
+    parser.add_argument(
+        "--spawn-method",
+        choices=["exec", "template"],
+        default="exec",
+        help="ClassroomSpawner.spawn_method of the classroom run (default exec, the product's default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every student's steps")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder (hub log, config)")
     args = parser.parse_args()
@@ -872,7 +654,8 @@ def main():
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
     budget = int(float(args.budget[:-1]) * units[args.budget[-1].upper()]) if args.budget[-1].upper() in units else int(args.budget)
     tag = secrets.token_hex(2)
-    print(f"class day: {n} students, {minutes:g} min, budget {budget / GiB:.1f} GiB, seed {args.seed}; "
+    print(f"class day: {n} students, {minutes:g} min, budget {budget / GiB:.1f} GiB, seed {args.seed}, "
+          f"spawn method {args.spawn_method}, kept fraction {args.kept_fraction:g}; "
           f"{os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB, load avg {os.getloadavg()[0]:.1f}")
     print("   harness: classroom sets the budget itself (ClassroomSpawner.servers_memory_budget); for stock the "
           "benchmark writes the parent's memory limit and its servers join it (and one cpu/cpuacct parent, as "
@@ -880,7 +663,7 @@ def main():
     trace_printed = []
 
     def plans_for(logins):
-        plans = make_trace(random.Random(args.seed), logins, minutes)
+        plans = make_trace(random.Random(args.seed), logins, minutes, args.kept_fraction)
         if not trace_printed:
             print_trace(plans, minutes)
             trace_printed.append(True)
@@ -901,7 +684,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     try:
         for kind in kinds:
-            run = Run(kind, tag, n, budget, plans_for, args.verbose, 1 if args.quick else 2)
+            run = Run(
+                kind, tag, n, budget, plans_for, args.verbose, 1 if args.quick else 2, args.kept_fraction, args.spawn_method
+            )
             current.append(run)
             print(f"{kind}: hub at {run.url}, state {run.state}", flush=True)
             tic = time.monotonic()

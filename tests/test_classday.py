@@ -38,6 +38,14 @@ def test_quick_class_day_keeps_every_notebook_and_kills_only_the_hog():
     hog = next(login for login, role in trace if role == "hog")
     killed = re.search(r"^kernel deaths seen in a cell \(students\)\s+(.*)$", out, re.M).group(1)
     assert killed.startswith(f"{hog}x"), out  # the hog's kernel was killed, and no other
+    # the hog's kill is in its own group's cgroup counter, with its reason
+    counted = re.search(r"^OOM kills, cgroup counters \(whose\)\s+(\d+): (\S+)$", out, re.M)
+    assert counted and int(counted.group(1)) >= 1 and counted.group(2) == hog, out
+    assert re.search(rf"^   classroom: {hog}: OOM at own limit", out, re.M), out
+    # shared pages make the servers' RSS sum larger than what they use together (PSS)
+    for when in ("at peak", "all idle at the end"):
+        sums = re.search(rf"^servers' RSS sum / PSS sum,? {when}\s+(\d+) / (\d+) MiB$", out, re.M)
+        assert sums and int(sums.group(1)) > int(sums.group(2)) > 0, out
     verdicts = dict((text, ok) for ok, text in re.findall(r"^(met    |NOT met) (.*)$", out, re.M))
     for target in HARD:
         line = next(text for text in verdicts if target in text)
