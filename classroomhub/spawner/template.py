@@ -27,7 +27,7 @@ from traitlets import Enum, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .template_env import differs, placeholders
-from .template_process import EXIT, INT, READY, SPAWN
+from .template_process import CHILD, EXIT, INT, READY, SPAWN
 
 #: the hub's environment the template keeps (as LocalProcessSpawner's env_keep)
 TEMPLATE_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
@@ -54,7 +54,7 @@ class Template:
         """*names*: the environment variables a server gets (for placeholders);
         *preload*: modules to import besides the server and its extensions."""
         self.log = log
-        self.exits = {}  # pid -> exit status, as the template reports them
+        self.exits = {}  # (pid, fork number) -> exit status, as the template reports them
         self.alive = False
         #: variables the template's imports read ({name: value then})
         self.reads = {}
@@ -119,16 +119,17 @@ class Template:
                 break
             buffer += data
             while len(buffer) >= EXIT.size:
-                pid, status = EXIT.unpack(buffer[: EXIT.size])
+                pid, number, status = EXIT.unpack(buffer[: EXIT.size])
                 buffer = buffer[EXIT.size :]
-                self.exits[pid] = status
+                self.exits[pid, number] = status
         closing, self.alive = not self.alive, False
         self.process.wait()
         log = self.log.info if closing else self.log.warning
         log("ClassroomSpawner: spawn template %s exited (%s)", self.pid, self.process.returncode)
 
     async def spawn(self, request, stdio):
-        """A new server for *request*, with *stdio* as its standard streams; its pid.
+        """A new server for *request*, with *stdio* as its standard streams:
+        its :class:`TemplateChild`.
 
         Raises TemplateUnavailable if the template did not fork (the server
         can start by exec), RuntimeError if the child failed to become the
@@ -147,16 +148,16 @@ class Template:
             socket.send_fds(mine, [INT.pack(len(payload))], list(stdio))
             mine.sendall(payload)
             mine.setblocking(False)
-            head = await asyncio.wait_for(_recv_exactly(mine, INT.size), CHILD_TIMEOUT)
-            if len(head) != INT.size:
+            head = await asyncio.wait_for(_recv_exactly(mine, CHILD.size), CHILD_TIMEOUT)
+            if len(head) != CHILD.size:
                 raise TemplateUnavailable("the spawn template did not fork")
-            (pid,) = INT.unpack(head)
+            pid, number = CHILD.unpack(head)
             answer = await asyncio.wait_for(_recv_exactly(mine, 4096), CHILD_TIMEOUT)
         finally:
             mine.close()
         if answer != READY:
             raise RuntimeError(f"server process {pid} could not start: {answer.decode(errors='replace') or 'it died'}")
-        return pid
+        return TemplateChild(self, pid, number)
 
     def close(self):
         """Close the control socket: the template exits, its servers run on."""
@@ -197,16 +198,17 @@ async def _recv_exactly(sock, size):
 class TemplateChild:
     """A server forked by the template: its pid and, once reported, its exit status."""
 
-    def __init__(self, template, pid):
+    def __init__(self, template, pid, number):
         self.template = template
         self.pid = pid
+        self.number = number  # the template's fork count: a reused pid is another fork
         self.returncode = None
 
     def poll(self):
         """The exit status, or None while it runs or while nobody can tell
         (the template is gone: the spawner then checks the pid)."""
         if self.returncode is None:
-            self.returncode = self.template.exits.pop(self.pid, None)
+            self.returncode = self.template.exits.pop((self.pid, self.number), None)
         return self.returncode
 
 
@@ -276,15 +278,15 @@ class TemplateSpawning(LoggingConfigurable):
         }
         self.log.info("Spawning %s (forked from spawn template %s)", shlex.join(cmd), template.pid)
         try:
-            pid = await template.spawn(request, stdio[0])
+            child = await template.spawn(request, stdio[0])
         except TemplateUnavailable as e:
             self.log.warning("ClassroomSpawner: %s starts by exec: %s", self._log_name, e)
             return await super().start()
         finally:
             for fd in stdio[1]:
                 os.close(fd)
-        self._template_child = TemplateChild(template, pid)
-        self.pid = pid
+        self._template_child = child
+        self.pid = child.pid
         return (self.ip or "127.0.0.1", self.port)
 
     def _template_unsuitable(self, cmd, env):

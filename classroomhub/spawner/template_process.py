@@ -26,6 +26,7 @@ import ctypes
 import gc
 import glob
 import importlib
+import itertools
 import json
 import os
 import selectors
@@ -44,9 +45,12 @@ from .template_env import PER_SERVER, Captures, RecordedReads
 
 #: a spawn request on the control socket: this byte and the child's socket
 SPAWN = b"S"
-#: an exit report from the template: (pid, status as Popen.returncode)
-EXIT = struct.Struct("!ii")
-#: what the child sends first (its pid) and the length prefix of the request
+#: an exit report from the template: (pid, fork number, status as Popen.returncode);
+#: the fork number tells a reused pid from the server that had it before
+EXIT = struct.Struct("!iQi")
+#: what the child sends first: its pid and fork number
+CHILD = struct.Struct("!iQ")
+#: the length prefix of the request and of the template's start report
 INT = struct.Struct("!i")
 #: the child's answer once it is about to run the server
 READY = b"ok"
@@ -103,14 +107,14 @@ def serve(ctl, captures):
     # orphans of the servers (a kernel whose server died) come here to be
     # reaped, instead of to an init that may never reap them
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    servers = set()
+    servers = {}  # pid -> fork number
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     selector = selectors.DefaultSelector()
     selector.register(ctl, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    context = (ctl, selector, wake_r, wake_w, captures, servers)
+    context = (ctl, selector, wake_r, wake_w, captures, servers, itertools.count())
     while True:
         for key, _ in selector.select():
             if key.fileobj is ctl:
@@ -135,6 +139,7 @@ def _drain(fd):
 
 def spawn(conn_fd, context):
     """Fork; the child becomes the server. The parent keeps nothing of it."""
+    number = next(context[-1])
     try:
         pid = os.fork()
     except OSError as e:
@@ -143,12 +148,12 @@ def spawn(conn_fd, context):
         return
     if pid == 0:
         try:
-            code = become_server(conn_fd, context)
+            code = become_server(conn_fd, number, context)
         except BaseException:  # as a script's uncaught exception
             traceback.print_exc()
             os._exit(1)
         raise ServerExit(code)  # out of the template's loop, to exit as the server's script does
-    context[-1].add(pid)
+    context[-2][pid] = number
     os.close(conn_fd)
 
 
@@ -161,19 +166,19 @@ def reap(ctl, servers):
             return
         if pid == 0:
             return
-        if pid not in servers:
+        number = servers.pop(pid, None)
+        if number is None:
             continue  # an orphan of a server, not a server
-        servers.discard(pid)
         try:
-            ctl.sendall(EXIT.pack(pid, os.waitstatus_to_exitcode(status)))
+            ctl.sendall(EXIT.pack(pid, number, os.waitstatus_to_exitcode(status)))
         except OSError:
             pass  # the hub is gone; the loop ends at EOF
 
 
-def become_server(conn_fd, context):
+def become_server(conn_fd, number, context):
     """In the forked child: leave the template, read the request, become the
     user's server, run it; its exit status."""
-    ctl, selector, wake_r, wake_w, captures, _ = context
+    ctl, selector, wake_r, wake_w, captures, _, _ = context
     signal.set_wakeup_fd(-1)
     selector.close()
     ctl.close()
@@ -181,7 +186,7 @@ def become_server(conn_fd, context):
         os.close(fd)
     reset_signals()
     conn = socket.socket(fileno=conn_fd)
-    conn.sendall(INT.pack(os.getpid()))
+    conn.sendall(CHILD.pack(os.getpid(), number))
     try:
         request, stdio = read_request(conn)
         argv = become_user(request, stdio, captures)
