@@ -10,13 +10,18 @@ a. Build time of a 10-package environment (small pure-Python packages from
    a cold one). Both installers start from the
    interpreter the hub runs on, compile bytecode (pip while it installs;
    after uv, ``python -I -S -m compileall``, as the engine does) and install
-   wheels only. ours: ``uv venv`` + ``uv pip install`` + compileall (the
+   wheels only. Run as root, both build as the build account
+   (``EnvironmentManager.build_user``, as the engine does) and each timed
+   build ends with root taking the version (owner, read-only; uv's hard
+   links from the cache become copies: :mod:`classroomhub.environments.handover`).
+   ours: ``uv venv`` + ``uv pip install`` + compileall (the
    engine's commands, :mod:`classroomhub.environments.installers`);
    baseline, same run, interleaved: ``python -m venv`` + ``pip install``.
 b. Disk: the space one environment takes and the space a second version
-   (one package at another version) adds, counting each inode once: uv
-   hard-links files from its cache (so a version costs mostly the
-   bytecode it compiles), pip copies them.
+   (one package at another version) adds, counting each inode once. uv
+   hard-links files from its cache, but a version taken from the build
+   account gets copies of its own (so, as with pip, each version costs its
+   full size; run without root, the links stay).
 c. Kernel start: from "start kernel" to the first result (``1+1``) in a
    course environment built by the engine (the 10 packages + ipykernel;
    its kernelspec, read-only, as students get it) against the default
@@ -48,7 +53,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from classroomhub.environments import EnvironmentManager, EnvironmentSpec
+from classroomhub.environments.buildaccount import ensure_build_account
 from classroomhub.environments.disk import disk_bytes
+from classroomhub.environments.handover import take
 from classroomhub.environments.installers import INSTALLERS, build_venv
 
 #: ten small pure-Python packages (python-dateutil also brings six)
@@ -88,20 +95,38 @@ def write_requirements(folder, name, packages):
     return path
 
 
+def build_account():
+    """The engine's build account when run as root (made if missing), else None: builds as oneself."""
+    if os.geteuid() != 0:
+        return None
+    return ensure_build_account(EnvironmentManager().build_user, EnvironmentManager().log)
+
+
+def given(path, account):
+    """*path* made (if missing) and given to *account*, as the engine does with a version and its cache."""
+    os.makedirs(path, exist_ok=True)
+    if account is not None:
+        os.chown(path, account.uid, account.gid)
+    return path
+
+
 async def timed_build(installer, python, target, requirements):
+    account = installer.account
     with open(target + ".log", "w") as log:
         tic = time.perf_counter()
+        given(target, account)
         frozen = await build_venv(installer, python, target, requirements, log)
+        take(target, owner=(0, 0) if account else None)
         seconds = time.perf_counter() - tic
     return seconds, frozen
 
 
-def make(kind, cache, wheelhouse=None):
+def make(kind, cache, wheelhouse=None, account=None):
     cls = INSTALLERS[kind]
     extra = dict(ISOLATED)
     if wheelhouse:
         extra.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=wheelhouse)
-    return cls(cache, extra_env=extra)
+    return cls(given(cache, account), extra_env=extra, account=account)
 
 
 async def fill_wheelhouse(folder, requirements):
@@ -116,6 +141,7 @@ async def fill_wheelhouse(folder, requirements):
 
 async def bench(tmp, rounds):
     python = base_python()
+    account = build_account()
     req1 = write_requirements(tmp, "v1.txt", PACKAGES)
     req2 = write_requirements(tmp, "v2.txt", SECOND)
     times = {(k, c): [] for k in ("uv", "pip") for c in ("cold", "warm")}
@@ -123,17 +149,18 @@ async def bench(tmp, rounds):
     wheelhouse = os.path.join(tmp, "wheelhouse")
     await fill_wheelhouse(wheelhouse, req1)
     await fill_wheelhouse(wheelhouse, req2)
-    print(f"a. build a {len(PACKAGES)}-package environment on {python} (median of {rounds}; cold = empty cache)")
+    builder = f"as {account.name}" if account else "as this user"
+    print(f"a. build a {len(PACKAGES)}-package environment on {python} {builder} (median of {rounds}; cold = empty cache)")
     for r in range(rounds):
         for kind in ("pip", "uv"):  # interleaved, baseline first each round
             cache = os.path.join(tmp, f"cache-{kind}-{r}")
             cold_target = os.path.join(tmp, f"{kind}-{r}-cold")
             warm_target = os.path.join(tmp, f"{kind}-{r}-warm")
-            installer = make(kind, cache)
+            installer = make(kind, cache, account=account)
             seconds, frozen = await timed_build(installer, python, cold_target, req1)
             times[kind, "cold"].append(seconds)
             if kind == "pip":
-                installer = make(kind, cache, wheelhouse)
+                installer = make(kind, cache, wheelhouse, account)
             seconds, _ = await timed_build(installer, python, warm_target, req1)
             times[kind, "warm"].append(seconds)
             if r == 0:
@@ -223,6 +250,7 @@ def main(argv=None):
     rounds = 1 if args.quick else max(1, args.rounds)
     kernel_rounds = 3 if args.quick else max(1, args.kernel_rounds)
     tmp = tempfile.mkdtemp(prefix="bench-env-")
+    os.chmod(tmp, 0o755)  # the build account reaches its targets and caches in it
     try:
         medians, disk = asyncio.run(bench(tmp, rounds))
         kernel_ratio = asyncio.run(bench_kernels(os.path.join(tmp, "data"), kernel_rounds))

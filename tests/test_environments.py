@@ -10,6 +10,7 @@ and one failing build are shared by the whole module.
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import pwd
@@ -313,6 +314,15 @@ def test_build_publishes_a_read_only_kernel(course_env):
     assert any(p.startswith("ipykernel==") for p in info.versions[0].manifest["installed"])
     assert "Installed" in course_env.build_log("course", 1)
     assert f"as {BUILDER}" in course_env.build_log("course", 1)
+    # the bytecode is valid for the sources root took (copies of the cache's links keep their
+    # mtime): a stale .pyc would be compiled again at every import, in every kernel
+    site = installers.site_packages(version_dir)
+    for module in ("six", "ipykernel/kernelbase"):
+        source = os.path.join(site, f"{module}.py")
+        pyc = importlib.util.cache_from_source(source)
+        with open(pyc, "rb") as f:
+            recorded = int.from_bytes(f.read(12)[8:12], "little")
+        assert recorded == int(os.stat(source).st_mtime) & 0xFFFFFFFF, f"{pyc} is stale"
     for top, dirs, files in os.walk(version_dir):
         for entry in [top] + [os.path.join(top, f) for f in files]:
             st = os.lstat(entry)

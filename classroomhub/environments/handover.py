@@ -77,6 +77,9 @@ def _own_copy(dir_fd, name, f):
                 break
             left -= done
         os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o755)
+        # the same times: bytecode compiled from the linked file records its mtime, and a
+        # source newer than its .pyc would be compiled again at every import (read-only)
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         os.close(out)
