@@ -146,6 +146,35 @@ def test_environment_yml_pip_packages():
         parse_packages("dependencies:\n  - six\n  - numpy=1.26\n", "environment.yml")
 
 
+# a marker string may hold a line separator that packaging keeps and pip's requirements
+# reader splits on: the text after it would be read as an installer option line
+LINE_BREAKERS = ["\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.parametrize("breaker", LINE_BREAKERS, ids=lambda b: f"U+{ord(b):04X}")
+def test_a_line_separator_in_a_requirement_is_refused(breaker):
+    escaped = f"\\u{ord(breaker):04x}"  # as TOML and YAML escapes write it
+    marker = f"idna; os_name == 'y{escaped}-r /etc/shadow{escaped}'"
+    pyproject = f'[project]\nname = "w"\ndependencies = [\n  "six",\n  "{marker}",\n]\n'
+    with pytest.raises(SpecError, match=r"pyproject.toml:5: .*one line of printable text"):
+        parse_packages(pyproject, "pyproject.toml")
+    yml = f'dependencies:\n  - six\n  - pip:\n    - "{marker}"\n'
+    with pytest.raises(SpecError, match=r"environment.yml:4: .*one line of printable text"):
+        parse_packages(yml, "environment.yml")
+    with pytest.raises(SpecError, match="one line of printable text"):
+        EnvironmentSpec("x", ["six", marker.encode().decode("unicode_escape")])
+
+
+def test_the_requirements_file_has_one_line_per_package(manager, build_account):
+    """The second guard: a package that would still span lines is never written for the installer."""
+    spec = EnvironmentSpec("twolines", ["six"])
+    spec.packages.append("idna; os_name == 'y\x0c--no-binary six'")  # past the declaration's check
+    with pytest.raises(EnvError, match="one line per package"):
+        asyncio.run(manager.create(spec))
+    assert "twolines" not in manager.names()
+    assert not os.path.exists(manager.layout.version_dir("twolines", 1))
+
+
 def test_declaration_checks():
     with pytest.raises(SpecError, match="invalid environment name"):
         EnvironmentSpec("../etc", ["six"])

@@ -278,6 +278,15 @@ async def test_the_rights_matrix(app, ready):
         ({"packages": "dependencies:\n  - six\n  - numpy=1.26\n", "format": "environment"}, "environment.yml:3:"),
         ({"packages": "[project]\nname = 'x'\n", "format": "pyproject"}, "pyproject.toml: no [project] dependencies"),
         ({"packages": "# nothing\n"}, "no packages listed"),
+        # a line separator in a marker (a TOML or YAML escape) would be an option line for pip
+        (
+            {"packages": "[project]\ndependencies = [\"idna; os_name == 'y\\u000c-r /etc/shadow\\u000c'\"]\n", "format": "pyproject"},
+            "pyproject.toml:2: a requirement is one line of printable text",
+        ),
+        (
+            {"packages": "dependencies:\n  - pip:\n    - \"six; os_name == 'y\\x85--no-binary six'\"\n", "format": "environment"},
+            "environment.yml:3: a requirement is one line of printable text",
+        ),
         ({"packages": 7}, "packages: the text of a package list"),
         ({"packages": ["six\n--index-url=x"]}, "one requirement per string"),
         ({"packages": "six", "format": "conda"}, "format: one of"),

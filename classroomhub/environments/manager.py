@@ -280,9 +280,12 @@ class EnvironmentManager(LoggingConfigurable):
         packages = list(spec.packages)
         if not any(canonicalize_name(Requirement(p).name) == KERNEL_PACKAGE for p in packages):
             packages.append(KERNEL_PACKAGE)
+        text = "\n".join(packages) + "\n"
+        if len(text.splitlines()) != len(packages):  # as pip reads it: one line per package, no option lines
+            raise EnvError(f"environment {name}: the package list must be one line per package; not built")
         requirements = layout.requirements_file(name, version)
         with open(requirements, "w") as f:
-            f.write("\n".join(packages) + "\n")
+            f.write(text)
         installer = INSTALLERS[self.installer](self.cache_dir, allow_builds=self.allow_builds, account=account)
         builder = account.name if account else "its owner"
         self.log.info("Environment %s: building version %d with %s as %s", name, version, self.installer, builder)

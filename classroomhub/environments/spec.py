@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 
 import yaml
@@ -59,6 +60,10 @@ def check_name(name):
 def check_requirement(text, where):
     """*text* as a normalized requirement string, or a :class:`SpecError` naming *where*."""
     text = text.strip()
+    # pip reads a requirements file with str.splitlines(): a line separator kept in a
+    # marker string (TOML and YAML escapes let one in) would start an option line
+    if len(text.splitlines()) > 1 or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text):
+        raise SpecError(f"{where}: a requirement is one line of printable text (no control characters or line separators): {text!r}")
     if text.startswith("-"):
         raise SpecError(f"{where}: pip options are not accepted ({text.split()[0]}): list packages only")
     try:
@@ -96,6 +101,8 @@ def _requirements(text, source):
 
 
 def _line_of(text, needle):
+    # up to the first character a TOML string would write as an escape
+    needle = re.split(r'[\\"\x00-\x1f\x7f-\x9f\u2028\u2029]', needle, maxsplit=1)[0] or needle
     for number, line in enumerate(text.splitlines(), 1):
         if needle in line:
             return number
