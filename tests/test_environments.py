@@ -46,7 +46,7 @@ from classroomhub.spawner import ClassroomSpawner
 from classroomhub.tiers import tier_group
 
 from fixtures.accounts import shared_tempdir, system_users
-from fixtures.servers import kernel_client, kernel_pids_of, server_api, start, stop
+from fixtures.servers import kernel_client, kernel_pids_of, remove_spawned, server_api, start, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # this module's own: a cache belongs to one build account, and other modules build as theirs
@@ -60,6 +60,8 @@ OTHER_COURSE = "ev202"
 # not below pytest's 0700 tmp_path: the students must reach the environments
 ENV_DATA_DIR = os.path.join(tempfile.gettempdir(), f"{TAG}-data")
 
+# the cgroup folder of the hub's servers (ClassroomSpawner.cgroup_parent), removed at the end
+SERVER_CGROUP = f"{TAG}-servers"
 # the hub of the spawner test: ClassroomSpawner gives each server its owner's kernels
 ROSTER = f"""\
 users:
@@ -78,7 +80,9 @@ def HUB_CONFIG(c):
     c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60
-    c.ClassroomSpawner.enforcement = "psutil"  # no cgroups to clean up; kills the server's tree on stop
+    # in cgroups: a server's PATH keeps a version only for a process in the servers' cgroups
+    c.ClassroomSpawner.enforcement = "cgroup-v1"
+    c.ClassroomSpawner.cgroup_parent = SERVER_CGROUP
     c.ClassroomSpawner.memory_reserve = 0
     c.ClassroomSpawner.environments_data_dir = ENV_DATA_DIR
     # this network's TLS proxy: uv in a server (a power user's own build) needs the host's CA bundle
@@ -289,7 +293,8 @@ def manager(data_dir):
     """Builds as the module's build account, with uv's cache kept between runs
     (given to each run's account: see EnvironmentManager._prepare_root)."""
     os.makedirs(UV_CACHE, exist_ok=True)
-    return EnvironmentManager(data_dir=data_dir, cache_dir=UV_CACHE, build_user=BUILDER)
+    yield EnvironmentManager(data_dir=data_dir, cache_dir=UV_CACHE, build_user=BUILDER, server_cgroup=SERVER_CGROUP)
+    remove_spawned([], SERVER_CGROUP)  # the servers' cgroups, after the hub's servers
 
 
 @pytest.fixture(scope="module")
@@ -746,13 +751,67 @@ async def test_broken_package_list_keeps_the_version_in_force(course_env):
     assert course_env.spec("course").packages == packages
 
 
+def forged_users_of(version_dir, login):
+    """Processes of *login* that only name *version_dir*: a PATH entry and an argv[0]
+    (as ``runuser ... env PATH=...`` and bash's ``exec -a``); started in their own session."""
+    python = os.path.join(version_dir, "bin", "python")
+    procs = [
+        subprocess.Popen(["runuser", "-u", login, "--", "env", f"PATH={version_dir}/bin:/usr/bin:/bin", "sleep", "120"], cwd="/", start_new_session=True),
+        subprocess.Popen(["runuser", "-u", login, "--", "bash", "-c", f"exec -a {python} sleep 120"], cwd="/", start_new_session=True),
+    ]
+    deadline = time.monotonic() + 30
+    while not all(any(c.name() == "sleep" for c in psutil.Process(p.pid).children()) for p in procs):
+        assert time.monotonic() < deadline, "the forging processes did not start"  # both have exec'd sleep
+        time.sleep(0.1)
+    [named] = [c for p in procs for c in psutil.Process(p.pid).children() if c.cmdline()[0] == python]
+    return procs
+
+
 @needs_root
-def test_remove(course_env):
-    course_env.remove("course")
+def test_a_forged_path_or_argv0_blocks_no_removal(course_env, student):
+    """Only what the kernel says (the executable, the folder a process works in, the
+    files it maps or holds open) counts, and PATH only for the hub's servers: any user
+    can name a version in their own PATH or argv[0]."""
+    layout = course_env.layout
+    old = layout.current("course")
+    new = asyncio.run(course_env.update("course", rebuild=True))
+    assert layout.versions("course")[-2:] == [old, new]
+    procs = []
+    try:
+        for version in (old, new):
+            procs += forged_users_of(layout.version_dir("course", version), STUDENT)
+        assert course_env.info("course", with_processes=True).versions[-1].pids == ()
+        removed, kept = course_env.prune("course")
+        assert old in removed and kept == {}
+        course_env.remove("course")
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert course_env.names() == []
     assert not os.path.exists(course_env.layout.env_dir("course"))
     with pytest.raises(EnvError, match="no environment named 'course'"):
         course_env.info("course")
+
+
+@needs_root
+def test_a_process_in_a_version_folder_blocks_removal(manager, build_account, student):
+    """Kernel-given evidence still counts: a process working in a version's folder."""
+    asyncio.run(manager.create(EnvironmentSpec("held", ["six==1.17.0"])))
+    folder = manager.layout.version_dir("held", 1)
+    proc = subprocess.Popen(["runuser", "-u", STUDENT, "--", "sleep", "120"], cwd=folder, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.name() == "sleep" for p in psutil.Process(proc.pid).children()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(EnvError, match=r"environment held is in use \(1: pids \["):
+            manager.remove("held")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    manager.remove("held")
+    assert "held" not in manager.names()
 
 
 @needs_root

@@ -337,12 +337,14 @@ async def test_a_second_build_of_the_same_environment_is_409(app, ready):
 
 async def test_removal_of_an_environment_in_use_is_409(app, ready):
     current = (await api(SAM, "GET", f"environments/{DATA_ENV}")).json()["current"]
-    # a student's process running the version's interpreter, as a kernel started from its kernelspec
+    # a student's process running the version's interpreter, as a kernel started from its
+    # kernelspec: it maps the version's compiled pyzmq (what the kernel says, not its argv[0])
     python = os.path.join(ENVS, DATA_ENV, str(current), "bin", "python")
-    proc = subprocess.Popen(["runuser", "-u", SAM, "--", python, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    code = "import time, zmq; time.sleep(120)"
+    proc = subprocess.Popen(["runuser", "-u", SAM, "--", python, "-c", code], cwd="/", start_new_session=True)
     try:
         for _ in range(100):  # runuser's child has exec'd the interpreter
-            if any(cmdline(pid).startswith(python.encode()) for pid in [proc.pid, *children(proc.pid)]):
+            if any(b"zmq" in maps(pid) for pid in [proc.pid, *children(proc.pid)]):
                 break
             await asyncio.sleep(0.1)
         r = await api("admin", "DELETE", f"environments/{DATA_ENV}")
@@ -360,6 +362,14 @@ def children(pid):
             return f.read().split()
     except OSError:
         return []
+
+
+def maps(pid):
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def cmdline(pid):

@@ -149,6 +149,14 @@ class EnvironmentManager(LoggingConfigurable):
         "only the version being built and the installer's cache; root takes each built version.",
     ).tag(config=True)
 
+    server_cgroup = Unicode(
+        "classroomhub",
+        help="ClassroomSpawner.cgroup_parent of the hub whose servers use these environments. A server "
+        "whose PATH holds a version's bin keeps that version while it runs; a PATH counts only for a "
+        "process in a root-owned cgroup below this folder (any user can name a version in their own "
+        "PATH). Empty: no PATH counts, only the executable, working folder and files of a process.",
+    ).tag(config=True)
+
     personal = Bool(
         False,
         help="One person's own environments (``classroomhub env`` inside their server, as them): each "
@@ -185,7 +193,7 @@ class EnvironmentManager(LoggingConfigurable):
         spec = self.spec(name)
         current = layout.current(name)
         versions = layout.versions(name)
-        usage = processes_using([layout.version_dir(name, v) for v in versions]) if with_processes else None
+        usage = processes_using([layout.version_dir(name, v) for v in versions], self.server_cgroup) if with_processes else None
         infos = []
         for v in versions:
             pids = tuple(sorted(usage.pids[layout.version_dir(name, v)])) if usage else ()
@@ -355,7 +363,7 @@ class EnvironmentManager(LoggingConfigurable):
         with self._locked(name):
             current = layout.current(name)
             old = [v for v in layout.versions(name) if v != current]
-            usage = processes_using([layout.version_dir(name, v) for v in old])
+            usage = processes_using([layout.version_dir(name, v) for v in old], self.server_cgroup)
             if usage.blind and old and not self.personal:
                 raise EnvError(
                     f"{usage.blind} processes could not be inspected (run as root): no version of {name} removed"
@@ -381,7 +389,7 @@ class EnvironmentManager(LoggingConfigurable):
         kernel_name = self.spec(name).kernel_name  # exists
         with self._locked(name):
             folders = [layout.version_dir(name, v) for v in layout.versions(name)]
-            usage = processes_using(folders)
+            usage = processes_using(folders, self.server_cgroup)
             busy = {f: p for f, p in usage.pids.items() if p}
             if not force and (busy or (usage.blind and not self.personal)):
                 detail = "; ".join(f"{os.path.basename(f)}: pids {sorted(p)}" for f, p in busy.items())
