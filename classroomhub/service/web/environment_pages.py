@@ -169,12 +169,7 @@ class RemovePage(EnvironmentPageBase):
 class BuildPage(EnvironmentPageBase):
     @web.authenticated
     async def get(self, name, build_id):
-        person, holds = await self.rights()
-        self.spec_or_404(name, person, holds)
-        try:
-            build = self.environments.build(name, int(build_id))
-        except NotFound as e:
-            raise web.HTTPError(404, str(e)) from None
+        build = await self.visible_build(name, build_id)
         self.render_page(
             "environment_build.html",
             build=build.to_dict(),
@@ -186,12 +181,7 @@ class BuildPage(EnvironmentPageBase):
 class LogPage(EnvironmentPageBase):
     @web.authenticated
     async def get(self, name, version):
-        person, holds = await self.rights()
-        self.spec_or_404(name, person, holds)
-        try:
-            log = self.environments.build_log(name, int(version))
-        except NotFound as e:
-            raise web.HTTPError(404, str(e)) from None
+        log = await self.visible_log(name, version)
         self.render_page("environment_log.html", name=name, version=int(version), log=log, env_url=self.url("environments", name))
 
 

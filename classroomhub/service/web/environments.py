@@ -136,6 +136,24 @@ class EnvironmentsBase(BaseHandler):
             raise web.HTTPError(404, f"No environment named {name!r}")
         return spec
 
+    async def visible_build(self, name, build_id):
+        """Build *build_id* of *name*, for a caller who may see the environment (404 otherwise)."""
+        person, holds = await self.rights()
+        self.spec_or_404(name, person, holds)
+        try:
+            return self.environments.build(name, int(build_id))
+        except NotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+
+    async def visible_log(self, name, version=None):
+        """The build log of *name*'s *version* (None: the latest build), for a caller who may see it (404 otherwise)."""
+        person, holds = await self.rights()
+        self.spec_or_404(name, person, holds)
+        try:
+            return self.environments.build_log(name, None if version is None else int(version))
+        except NotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+
     def refuse(self, error):
         """A refusal of the domain or the rights as an HTTP error."""
         if isinstance(error, NotAllowed):
@@ -325,25 +343,14 @@ class BuildsHandler(EnvironmentsBase):
 
 class BuildHandler(EnvironmentsBase):
     async def get(self, name, build_id):
-        person, holds = await self.rights()
-        self.spec_or_404(name, person, holds)
-        try:
-            build = self.environments.build(name, int(build_id))
-        except NotFound as e:
-            raise self.refuse(e) from None
-        self.write_json(self.build_data(build))
+        self.write_json(self.build_data(await self.visible_build(name, build_id)))
 
 
 class LogHandler(EnvironmentsBase):
     """The build log of a version (failed builds too), or of the latest build."""
 
     async def get(self, name, version=None):
-        person, holds = await self.rights()
-        self.spec_or_404(name, person, holds)
-        try:
-            log = self.environments.build_log(name, None if version is None else int(version))
-        except NotFound as e:
-            raise self.refuse(e) from None
+        log = await self.visible_log(name, version)
         self.write_json({"environment": name, "version": None if version is None else int(version), "log": log})
 
 
