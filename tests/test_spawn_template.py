@@ -112,7 +112,7 @@ def clean_up():
 def broken_template(monkeypatch):
     """The next template is the broken variant; the current one is closed."""
     Template.stop_current()
-    monkeypatch.setattr(Template, "command", (sys.executable, "-c", BROKEN_TEMPLATE))
+    monkeypatch.setattr(Template, "command", (sys.executable, "-P", "-c", BROKEN_TEMPLATE))
     yield
     Template.stop_current()
 
@@ -509,3 +509,96 @@ def test_a_real_hub_restart_leaves_servers_running_and_starts_a_new_template(tmp
     finally:
         stop_hub(proc, log, children)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+# -- The template's own guarantees, on a template started directly (no hub):
+# requests as a hub sends them, for the system user ``nobody``.
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+from jupyterhub.spawner import set_user_setuid  # noqa: E402
+
+from classroomhub.spawner import template as template_module  # noqa: E402
+from classroomhub.spawner.template import TEMPLATE_ENV  # noqa: E402
+
+LOG = logging.getLogger("tf-template")
+#: a server config that records the server's sys.path, holds TF_HOLD seconds
+#: and exits with TF_EXIT: run by an exec'd and a forked server alike
+PROBE_CONFIG = """
+import json, os, sys, time
+with open(os.path.join(os.environ["JUPYTER_CONFIG_DIR"], "out", "path.json"), "w") as f:
+    json.dump(sys.path, f)
+time.sleep(float(os.environ.get("TF_HOLD", "0")))
+os._exit(int(os.environ.get("TF_EXIT", "0")))
+"""
+
+
+@pytest.fixture
+def probe_folder():
+    """A Jupyter config folder ``nobody`` can read, with PROBE_CONFIG and an ``out`` folder it can write."""
+    folder = tempfile.mkdtemp(prefix="tf-template-")
+    os.chmod(folder, 0o755)
+    os.mkdir(os.path.join(folder, "out"))
+    os.chmod(os.path.join(folder, "out"), 0o777)
+    with open(os.path.join(folder, "jupyter_server_config.py"), "w") as f:
+        f.write(PROBE_CONFIG)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def probe_env(folder, **extra):
+    env = {name: os.environ[name] for name in TEMPLATE_ENV if name in os.environ}
+    return {**env, "HOME": folder, "JUPYTER_CONFIG_DIR": folder, **extra}
+
+
+def direct_request(env, user="nobody", attach=()):
+    return {"argv": [SCRIPT], "env": env, "user": user, "attach": list(attach), "oom_score_adj": 0}
+
+
+@pytest.fixture
+async def direct_template():
+    """A template of its own (the hub's current one is closed first and after)."""
+    Template.stop_current()
+    template = await Template.running(LOG, probe_env("/"), ())
+    yield template
+    Template.stop_current()
+
+
+async def wait_exit(child, timeout=120):
+    deadline = time.monotonic() + timeout
+    while (status := child.poll()) is None:
+        assert time.monotonic() < deadline, f"fork {child.number} (pid {child.pid}) did not exit"
+        await asyncio.sleep(0.1)
+    return status
+
+
+async def test_the_template_imports_nothing_from_the_hubs_folder(tmp_path, monkeypatch, probe_folder):
+    """The template runs as root: a module planted in the folder the hub was
+    started from (/tmp, a course folder) must not be imported. A forked
+    server's sys.path is the one an exec'd jupyterhub-singleuser has (the
+    script's folder first, no current folder)."""
+    marker = tmp_path / "planted-module-ran"
+    (tmp_path / "IPython.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    Template.stop_current()
+    try:
+        template = await Template.running(LOG, probe_env("/"), ["IPython"])
+        assert not marker.exists(), "the template imported IPython.py from the hub's folder"
+        assert os.readlink(f"/proc/{template.pid}/cwd") == "/"
+        out = os.path.join(probe_folder, "out", "path.json")
+        env = probe_env(probe_folder)
+        subprocess.run([SCRIPT], env=env, preexec_fn=set_user_setuid("nobody"), check=True, timeout=120)
+        with open(out) as f:
+            exec_path = json.load(f)
+        os.remove(out)
+        child = await template.spawn(direct_request(env), (0, 1, 2))
+        assert await wait_exit(child) == 0
+        with open(out) as f:
+            forked_path = json.load(f)
+        assert "" not in forked_path and forked_path == exec_path
+    finally:
+        Template.stop_current()

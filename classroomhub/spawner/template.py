@@ -42,8 +42,9 @@ class TemplateUnavailable(RuntimeError):
 class Template:
     """The hub's handle on its template process (one per hub process)."""
 
-    #: how the template process is started
-    command = (sys.executable, "-c", "from classroomhub.spawner.template_process import main; main()")
+    #: how the template process is started: -P keeps the current folder off
+    #: sys.path (it runs as root; the hub's folder may be writable by others)
+    command = (sys.executable, "-P", "-c", "from classroomhub.spawner.template_process import main; main()")
     #: seconds the template may take to import the server's modules
     start_timeout = 120
 
@@ -70,6 +71,7 @@ class Template:
                 pass_fds=[theirs.fileno()],
                 env=env,
                 stdin=subprocess.DEVNULL,
+                cwd="/",  # nothing relative resolves in the hub's folder
                 start_new_session=True,  # the hub's terminal signals are not its
             )
         finally:

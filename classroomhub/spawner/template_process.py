@@ -260,6 +260,10 @@ def run_server(argv):
 
     gc.enable()
     atexit._clear()  # the template's exit handlers are not the server's
+    # the script's folder first, as the interpreter puts it when it runs the
+    # script (the hub checked that argv[0] is this one); never the current folder
+    script = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
+    sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
     sys.argv = list(argv)
     try:
         return main()
