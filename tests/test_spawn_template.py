@@ -602,3 +602,33 @@ async def test_the_template_imports_nothing_from_the_hubs_folder(tmp_path, monke
         assert "" not in forked_path and forked_path == exec_path
     finally:
         Template.stop_current()
+
+
+async def test_a_large_request_does_not_block_the_hubs_event_loop(direct_template):
+    """The request is sent while the loop runs: with the template stopped for
+    3 s (nobody reads), a request larger than the socket's buffer does not
+    stall the hub."""
+    env = probe_env("/", BIG="x" * 8 * 1024**2)
+    gaps = []
+
+    async def tick():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    os.kill(direct_template.pid, signal.SIGSTOP)
+    resume = threading.Timer(3, os.kill, (direct_template.pid, signal.SIGCONT))
+    resume.start()
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.2)  # ticking
+    try:
+        with pytest.raises(RuntimeError, match="KeyError"):  # no such user: the child says so
+            await direct_template.spawn(direct_request(env, user=f"tf-none-{TAG}"), (0, 1, 2))
+    finally:
+        ticker.cancel()
+        resume.join()
+        os.kill(direct_template.pid, signal.SIGCONT)
+    assert max(gaps) < 1.5, f"the event loop stood still for {max(gaps):.1f} s"

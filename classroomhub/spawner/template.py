@@ -138,6 +138,7 @@ class Template:
         server (the message says why, as a failed preexec_fn would).
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setblocking(False)  # the hub's event loop never waits on the template or the child
         try:
             try:
                 socket.send_fds(self.ctl, [SPAWN], [theirs.fileno()])
@@ -147,19 +148,26 @@ class Template:
             finally:
                 theirs.close()
             payload = json.dumps(request).encode()
-            socket.send_fds(mine, [INT.pack(len(payload))], list(stdio))
-            mine.sendall(payload)
-            mine.setblocking(False)
-            head = await asyncio.wait_for(_recv_exactly(mine, CHILD.size), CHILD_TIMEOUT)
+            socket.send_fds(mine, [INT.pack(len(payload))], list(stdio))  # a new socket's buffer takes it
+            try:
+                head = await asyncio.wait_for(_recv_exactly(mine, CHILD.size), CHILD_TIMEOUT)
+            except asyncio.TimeoutError:
+                head = b""
             if len(head) != CHILD.size:
                 raise TemplateUnavailable("the spawn template did not fork")
             pid, number = CHILD.unpack(head)
-            answer = await asyncio.wait_for(_recv_exactly(mine, 4096), CHILD_TIMEOUT)
+            answer = await asyncio.wait_for(self._hand_over(mine, payload), CHILD_TIMEOUT)
         finally:
             mine.close()
         if answer != READY:
             raise RuntimeError(f"server process {pid} could not start: {answer.decode(errors='replace') or 'it died'}")
         return TemplateChild(self, pid, number)
+
+    @staticmethod
+    async def _hand_over(mine, payload):
+        """Send the child its request; its answer (READY or why not)."""
+        await asyncio.get_running_loop().sock_sendall(mine, payload)
+        return await _recv_exactly(mine, 4096)
 
     def close(self):
         """Close the control socket: the template exits, its servers run on."""
