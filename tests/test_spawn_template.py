@@ -632,3 +632,25 @@ async def test_a_large_request_does_not_block_the_hubs_event_loop(direct_templat
         resume.join()
         os.kill(direct_template.pid, signal.SIGCONT)
     assert max(gaps) < 1.5, f"the event loop stood still for {max(gaps):.1f} s"
+
+
+async def test_a_child_stuck_before_ready_is_killed_and_the_spawn_fails_cleanly(tmp_path, monkeypatch, direct_template):
+    """A child that never says READY (here: stuck opening a FIFO as its
+    cgroup file; in life: its owner SIGSTOPs their fresh process) is killed
+    and the spawn fails with a RuntimeError that says why (no 500, no
+    untracked process)."""
+    fifo = tmp_path / "cgroup.procs"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(template_module, "CHILD_TIMEOUT", 3)
+    try:
+        with pytest.raises(RuntimeError, match=r"server process (\d+) could not start: no answer in 3 s") as failed:
+            await direct_template.spawn(direct_request(probe_env("/"), attach=[str(fifo)]), (0, 1, 2))
+        pid = int(re.search(r"process (\d+)", str(failed.value)).group(1))
+        deadline = time.monotonic() + 10
+        while not (reported := [status for (p, _), status in direct_template.exits.items() if p == pid]):
+            assert time.monotonic() < deadline, f"process {pid} was not killed"
+            await asyncio.sleep(0.1)
+        assert reported == [-signal.SIGKILL]
+    finally:
+        # without the kill, the child would wait for a reader forever
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

@@ -27,7 +27,7 @@ from traitlets import Enum, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .template_env import differs, placeholders
-from .template_process import CHILD, EXIT, INT, READY, SPAWN
+from .template_process import CHILD, EXIT, INT, KILL, READY, SPAWN
 
 #: the hub's environment the template keeps (as LocalProcessSpawner's env_keep)
 TEMPLATE_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
@@ -156,10 +156,20 @@ class Template:
             if len(head) != CHILD.size:
                 raise TemplateUnavailable("the spawn template did not fork")
             pid, number = CHILD.unpack(head)
-            answer = await asyncio.wait_for(self._hand_over(mine, payload), CHILD_TIMEOUT)
+            try:
+                answer = await asyncio.wait_for(self._hand_over(mine, payload), CHILD_TIMEOUT)
+            except BaseException as e:
+                # e.g. its owner stopped it after it became theirs: it must not
+                # live on untracked (nor the hub's spawn end in a 500)
+                self.kill(pid, number)
+                if not isinstance(e, Exception):
+                    raise  # cancelled
+                why = f"no answer in {CHILD_TIMEOUT} s" if isinstance(e, asyncio.TimeoutError) else repr(e)
+                raise RuntimeError(f"server process {pid} could not start: {why}") from None
         finally:
             mine.close()
         if answer != READY:
+            self.kill(pid, number)
             raise RuntimeError(f"server process {pid} could not start: {answer.decode(errors='replace') or 'it died'}")
         return TemplateChild(self, pid, number)
 
@@ -168,6 +178,14 @@ class Template:
         """Send the child its request; its answer (READY or why not)."""
         await asyncio.get_running_loop().sock_sendall(mine, payload)
         return await _recv_exactly(mine, 4096)
+
+    def kill(self, pid, number):
+        """SIGKILL fork *number* if it is *pid* and still running (the template
+        decides: only it knows whether the pid was reaped and maybe reused)."""
+        try:
+            self.ctl.sendall(KILL + CHILD.pack(pid, number))
+        except OSError as e:
+            self.log.warning("ClassroomSpawner: cannot have server process %s killed: %s", pid, e)
 
     def close(self):
         """Close the control socket: the template exits, its servers run on."""

@@ -45,6 +45,8 @@ from .template_env import PER_SERVER, Captures, RecordedReads
 
 #: a spawn request on the control socket: this byte and the child's socket
 SPAWN = b"S"
+#: a kill request on the control socket: this byte and CHILD (a spawn that failed)
+KILL = b"K"
 #: an exit report from the template: (pid, fork number, status as Popen.returncode);
 #: the fork number tells a reused pid from the server that had it before
 EXIT = struct.Struct("!iQi")
@@ -121,6 +123,8 @@ def serve(ctl, captures):
                 message, fds, _, _ = socket.recv_fds(ctl, 1, 1)
                 if not message:
                     return  # EOF: the hub is gone; the servers live on
+                if message == KILL:
+                    kill(ctl.recv(CHILD.size, socket.MSG_WAITALL), servers)
                 for fd in fds:
                     spawn(fd, context)
             else:
@@ -155,6 +159,14 @@ def spawn(conn_fd, context):
         raise ServerExit(code)  # out of the template's loop, to exit as the server's script does
     context[-2][pid] = number
     os.close(conn_fd)
+
+
+def kill(request, servers):
+    """SIGKILL the fork *request* names if it is still a server (not reaped:
+    its pid is not another process's yet)."""
+    pid, number = CHILD.unpack(request)
+    if servers.get(pid) == number:
+        os.kill(pid, signal.SIGKILL)
 
 
 def reap(ctl, servers):
