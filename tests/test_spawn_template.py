@@ -654,3 +654,26 @@ async def test_a_child_stuck_before_ready_is_killed_and_the_spawn_fails_cleanly(
     finally:
         # without the kill, the child would wait for a reader forever
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+
+async def test_a_reused_pid_is_not_taken_for_the_server_that_had_it(probe_folder, direct_template):
+    """Exit reports are keyed by (pid, fork number): a server forked with the
+    pid of one that exited unpolled (forced through ns_last_pid) runs on,
+    and each poll gives its own fork's status."""
+    first = await direct_template.spawn(direct_request(probe_env(probe_folder, TF_EXIT="3")), (0, 1, 2))
+    deadline = time.monotonic() + 60
+    while (first.pid, first.number) not in direct_template.exits:  # reported, not polled
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(first.pid - 1))
+        second = await direct_template.spawn(direct_request(probe_env(probe_folder, TF_EXIT="5", TF_HOLD="3")), (0, 1, 2))
+        if second.pid == first.pid:
+            break
+        os.kill(second.pid, signal.SIGKILL)
+    assert second.pid == first.pid, "could not have the template fork with a reused pid (busy machine?)"
+    assert second.number != first.number
+    assert second.poll() is None  # running: the first server's exit is not its
+    assert first.poll() == 3
+    assert await wait_exit(second) == 5
