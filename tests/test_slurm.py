@@ -37,6 +37,7 @@ from tornado.websocket import websocket_connect
 from classroomhub.cli.usage import format_usage
 from classroomhub.environments.layout import Layout, write_json_atomic
 from classroomhub.slurm import ClassroomSlurmSpawner, SlurmCommandTimeout, slurm_time
+from classroomhub.slurm.commands import parse_job_id
 from classroomhub.spawner.notices import ended_notice
 
 from conftest import write_roster
@@ -599,3 +600,84 @@ async def test_shared_environments_and_the_named_server_limit_apply_to_jobs(app,
     r = await api_request(app, f"users/{STUDENT}/servers/extra", method="post")
     assert r.status_code >= 400 and "allows 0 named server" in r.text, r.text
     assert cluster.run("squeue", "-h", "-u", STUDENT, "-o", "%i").strip() == ""
+
+
+# -- the job id the hub records (security review F2) -------------------------------------------
+
+
+def test_the_job_id_parser_takes_one_line_of_ascii_digits_only():
+    assert parse_job_id("12\n") == "12" and parse_job_id("12;cluster") == "12"
+    for tampered in (" 12", "1_2", "١٢", "12\n13", "12\n\n13", "", "\n", "12 ", "+12", "12;"):
+        with pytest.raises(ValueError, match="one job id"):
+            parse_job_id(tampered)
+
+
+class tampered_sbatch:
+    """The student's sbatch answers with *answer* (a shell command's output)
+    instead of, or after, its own line. sbatch runs as the student (runuser),
+    who may ptrace it (no Yama here) and have it print anything: a command
+    appended in the submit command stands in for that, since it changes
+    only what the hub reads from sbatch's stdout, which is all ptrace can
+    change here (the job itself is submitted by the real sbatch)."""
+
+    def __init__(self, app, name, suffix):
+        # the hub's spawner of *name*, and the config of the one that replaces it after a failed start
+        self.spawner, self.config, self.suffix = app.users[name].spawner, app.config.ClassroomSlurmSpawner, suffix
+
+    def __enter__(self):
+        self.before = self.spawner.batch_submit_cmd
+        self.spawner.batch_submit_cmd = self.config.batch_submit_cmd = self.before + self.suffix
+
+    def __exit__(self, *exc):
+        self.spawner.batch_submit_cmd = self.config.batch_submit_cmd = self.before
+
+
+async def failed_start(app, name, timeout=120):
+    """Ask for *name*'s server and wait until the spawn ends; its spawner.
+    (A spawn that fails within the request is JupyterHub's 500.)"""
+    r = await api_request(app, f"users/{name}/server", method="post")
+    assert r.status_code in (201, 202, 500), r.text
+    spawner = app.users[name].spawner
+    deadline = time.monotonic() + timeout
+    while spawner.pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return spawner
+
+
+async def test_a_student_cannot_make_the_hub_cancel_someone_elses_job(app, cluster):
+    """A research job (root's) runs; the student's sbatch answers with its id
+    after its own line, or instead of it. The spawn fails, nothing of the
+    student's is left queued, and the research job survives the student's
+    stop, the hub's queries and cancels for the student (before the fix:
+    the hub recorded the research job, polled it as the student's and
+    scancel'ed it as root at the stop)."""
+    victim = cluster.run("sbatch", "--parsable", "-p", "research", "-J", "sfvictim", "--wrap", "sleep 900").strip()
+    spawner = app.users[STUDENT].spawner
+    try:
+        await wait_for(lambda: cluster.job(victim).get("JobState") == "RUNNING", 30, "the research job running")
+        for suffix in (f"; echo {victim}", f" >/dev/null; echo {victim}"):
+            with tampered_sbatch(app, STUDENT, suffix):
+                spawner = await failed_start(app, STUDENT)
+                assert not spawner.ready, f"a spawn with {suffix!r} was taken"
+                await stop_server(app, STUDENT)
+            assert spawner.job_id != victim
+            assert cluster.job(victim).get("JobState") == "RUNNING", (suffix, cluster.job(victim))
+            await wait_for(lambda: cluster.run("squeue", "-h", "-u", STUDENT, "-o", "%i").strip() == "", 30, "the student's real job cancelled")
+        # an id recorded by any other means reaches nothing of the victim's either
+        spawner = app.users[STUDENT].spawner
+        spawner.job_id = victim
+        assert await spawner.job_usage() is None
+        await spawner.cancel_batch_job()
+        assert await spawner.poll() == 1 and not spawner.job_id
+        assert cluster.job(victim).get("JobState") == "RUNNING", cluster.job(victim)
+    finally:
+        spawner.job_id = ""
+        cluster.run("scancel", victim, check=False)
+    # a well-formed spawn still works, and its job carries the start's nonce
+    spawner = await start_server(app, STUDENT)
+    try:
+        job = cluster.job(spawner.job_id)
+        assert job["JobState"] == "RUNNING" and job["Comment"] == spawner.job_nonce and len(spawner.job_nonce) == 32
+        assert job["UserId"].startswith(f"{STUDENT}(")
+    finally:
+        await stop_server(app, STUDENT)

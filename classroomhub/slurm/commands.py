@@ -1,5 +1,6 @@
-"""Running Slurm's commands from the hub: each with a time limit, and only
-sbatch as the server's owner.
+"""Running Slurm's commands from the hub: each with a time limit, only
+sbatch as the server's owner, and every other one restricted to the owner's
+jobs.
 
 batchspawner runs every command through `exec_prefix` as the owner and waits
 for it without limit. The owner can stop (SIGSTOP) their own ``squeue``, and
@@ -8,6 +9,14 @@ the owner (the job must be theirs); ``squeue``, ``scancel``, ``sstat`` and
 ``scontrol`` run as the hub's own user (root, whom Slurm lets see and cancel
 every job). Every command, and whatever it started, is killed after
 `slurm_command_timeout`.
+
+sbatch's answer is the owner's to forge (they may ptrace their own sbatch),
+so the job id in it is checked before the hub records it: one line of ASCII
+digits (:func:`parse_job_id`), a job of the owner that carries the start's
+nonce in its ``--comment``. Otherwise the start fails and the owner's real
+job, found by that nonce, is cancelled. The hub's squeue and scancel name
+the owner too (``-u``, ``--user``): a wrong id never reaches another
+person's job.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import signal
 
 from batchspawner.batchspawner import JobStatus, format_template
@@ -28,8 +38,26 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)")
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 
 
+#: ``sbatch --parsable``'s answer: the job id, then ``;cluster`` on a multi-cluster setup
+_JOB_ID = re.compile(r"([0-9]+)(?:;\S+)?", re.ASCII)
+
+
 class SlurmCommandTimeout(RuntimeError):
     """A Slurm command did not finish within `slurm_command_timeout` (it was killed)."""
+
+
+def parse_job_id(output):
+    """The job id in sbatch's *output*: exactly one line (a final newline
+    allowed) of ASCII digits, with ``;cluster`` after them or not; else
+    ValueError. ``int()`` would also take spaces, ``_`` and other scripts'
+    digits, and batchspawner reads only the last line."""
+    lines = output.split("\n")
+    if len(lines) == 2 and lines[1] == "":
+        lines.pop()
+    match = _JOB_ID.fullmatch(lines[0]) if len(lines) == 1 else None
+    if not match:
+        raise ValueError(f"sbatch did not answer with one job id: {output!r}")
+    return match.group(1)
 
 
 def tres(text):
@@ -89,17 +117,40 @@ class SlurmCommands(LoggingConfigurable):
     ).tag(config=True)
 
     batch_query_cmd = Unicode(
-        "squeue -h -t all -j {job_id} -o '%T %r %B'",
+        "squeue -h -t all -u {username} -j {job_id} -o '%T %r %B'",
         help="""The job's state, reason and node, run as the hub (never as the
         owner, who could stall it). ``-t all``: a job that ended is still
         listed, with its end state, for Slurm's ``MinJobAge`` (300 s by
-        default), so the hub's poll can tell the owner why it ended.""",
+        default), so the hub's poll can tell the owner why it ended.
+        ``-u {username}``: another person's job is never reported as the
+        owner's.""",
     ).tag(config=True)
 
     batch_cancel_cmd = Unicode(
-        "scancel {job_id}",
-        help="Cancels the job; run as the hub, which may cancel any job.",
+        "scancel --user={username} {job_id}",
+        help="""Cancels the job; run as the hub, which may cancel any job, so
+        restricted to the owner's (``--user``).""",
     ).tag(config=True)
+
+    job_owner_cmd = Unicode(
+        "squeue -h -t all -j {job_id} -o '%u %k'",
+        help="""The job's user and comment, run as the hub: a job id is taken
+        (after sbatch, before sstat) only if they are the owner and the
+        start's nonce (`job_nonce`).""",
+    ).tag(config=True)
+
+    owner_jobs_cmd = Unicode(
+        "squeue -h -t all -u {username} -o '%i %k'",
+        help="""The owner's jobs with their comments, run as the hub: where a
+        start whose job id was refused finds its real job (by `job_nonce`)
+        to cancel it.""",
+    ).tag(config=True)
+
+    job_nonce = Unicode(
+        help="""A secret of each start, in its job's ``--comment`` (the
+        ``{job_nonce}`` of `batch_submit_cmd`): tells the start's job from any
+        other of the owner's. Kept in the server's state.""",
+    )
 
     usage_cmd = Unicode(
         "sstat -n -P -a -j {job_id} -o JobID,TRESUsageInTot,TRESUsageInMax",
@@ -136,11 +187,69 @@ class SlurmCommands(LoggingConfigurable):
             raise RuntimeError(error or f"{cmd}: exit status {proc.returncode}")
         return out.decode(errors="replace").strip()
 
-    async def hub_command(self, template):
-        """Run *template* (formatted with the ``req_*`` values and ``job_id``) as the hub."""
+    async def hub_command(self, template, job_id=None):
+        """Run *template* (formatted with the ``req_*`` values and *job_id*,
+        by default `job_id`) as the hub."""
         subvars = self.get_req_subvars()
-        subvars["job_id"] = self.job_id
+        subvars["job_id"] = job_id or self.job_id
         return await self.run_command(format_template(template, **subvars))
+
+    def get_req_subvars(self):
+        subvars = super().get_req_subvars()
+        subvars["job_nonce"] = self.job_nonce
+        return subvars
+
+    def parse_job_id(self, output):
+        try:
+            return parse_job_id(output)
+        except ValueError as e:
+            self._refused_answer = str(e)  # batchspawner logs it and leaves job_id empty
+            raise
+
+    async def submit_batch_script(self):
+        """batchspawner's submission, with a new nonce, and the job id
+        checked before it is kept (see the module's docstring)."""
+        self.job_nonce = secrets.token_hex(16)
+        self._refused_answer = "sbatch gave no job id"
+        if await super().submit_batch_script():
+            why = await self.not_owners_job()
+            if not why:
+                return self.job_id
+        else:
+            why = self._refused_answer
+        self.job_id = ""
+        await self.cancel_jobs_of_this_start()
+        raise RuntimeError(f"Job submission for {self.user.name} failed: {why}")
+
+    async def not_owners_job(self):
+        """Why `job_id` is not the owner's job of this start (its user and
+        comment, from `job_owner_cmd`); None if it is. Without a nonce (state
+        saved before there were nonces), the user alone decides."""
+        try:
+            found = (await self.hub_command(self.job_owner_cmd)).split()
+        except RuntimeError as e:
+            return f"job {self.job_id} not found ({e})"
+        expected = [self.user.name, self.job_nonce] if self.job_nonce else [self.user.name]
+        if found[: len(expected)] != expected:
+            return f"job {self.job_id} is not {self.user.name}'s job of this start"
+        return None
+
+    async def cancel_jobs_of_this_start(self):
+        """Cancel the owner's jobs that carry this start's nonce (what sbatch
+        queued when its answer is not trusted)."""
+        try:
+            jobs = await self.hub_command(self.owner_jobs_cmd)
+        except RuntimeError as e:
+            self.log.error("Could not list the jobs of %s to cancel this start's: %s", self.user.name, e)
+            return
+        for line in jobs.splitlines():
+            job_id, _, comment = line.partition(" ")
+            if comment == self.job_nonce and job_id.isascii() and job_id.isdigit():
+                self.log.warning("Cancelling job %s of %s: its submission's answer was refused", job_id, self.user.name)
+                try:
+                    await self.hub_command(self.batch_cancel_cmd, job_id=job_id)
+                except RuntimeError as e:
+                    self.log.error("Could not cancel job %s of %s: %s", job_id, self.user.name, e)
 
     async def query_job_status(self):
         if not self.job_id:
@@ -167,7 +276,12 @@ class SlurmCommands(LoggingConfigurable):
         await self.hub_command(self.batch_cancel_cmd)
 
     async def job_usage(self):
-        """The running job's :class:`Usage` (sstat), or None if Slurm did not say."""
+        """The running job's :class:`Usage` (sstat), or None if Slurm did not
+        say or the job is not the owner's (sstat has no ``--user``)."""
+        why = await self.not_owners_job()
+        if why:
+            self.log.warning("No usage of job %s of %s: %s", self.job_id, self.user.name, why)
+            return None
         try:
             return job_usage(await self.hub_command(self.usage_cmd))
         except RuntimeError as e:  # includes the timeout

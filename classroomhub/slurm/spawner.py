@@ -77,8 +77,10 @@ class ClassroomSlurmSpawner(
     ).tag(config=True)
 
     batch_submit_cmd = Unicode(
-        "sbatch --parsable --no-requeue{% if account %} --account={{account}}{% endif %}",
-        help="""The submit command (a template over the ``req_*`` values).
+        "sbatch --parsable --no-requeue --comment={{job_nonce}}{% if account %} --account={{account}}{% endif %}",
+        help="""The submit command (a template over the ``req_*`` values and
+        ``job_nonce``). ``--comment={{job_nonce}}`` must stay: the hub takes
+        the job id sbatch prints only for a job that carries it.
         batchspawner's Slurm script has no ``--account`` line; on the
         command line it also overrides a script's ``#SBATCH`` directive.
         ``--no-requeue``: a job whose node fails ends (``NODE_FAIL``, told to
@@ -184,6 +186,8 @@ class ClassroomSlurmSpawner(
     def get_state(self):
         state = super().get_state()
         state["tier"] = self.tier
+        if self.job_nonce:
+            state["job_nonce"] = self.job_nonce
         if self.ended and time.time() - self.ended[0] < notices.NOTICE_SECONDS:
             state["ended"] = self.ended
         return state
@@ -191,6 +195,7 @@ class ClassroomSlurmSpawner(
     def load_state(self, state):
         super().load_state(state)
         self.tier = state.get("tier", self.tier)
+        self.job_nonce = state.get("job_nonce", "")
         self.ended = state.get("ended", [])
         if self.job_id:
             # a job that outlived a hub restart: watch it again, with its settings
@@ -199,6 +204,7 @@ class ClassroomSlurmSpawner(
 
     def clear_state(self):
         super().clear_state()
+        self.job_nonce = ""
         self.usage = {}
 
     async def _wait_for_port(self, ip, port, timeout):
