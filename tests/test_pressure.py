@@ -5,15 +5,22 @@ kernels first; a server that keeps a core busy gets a low CPU weight until it
 pauses, and one that is starting a high one (interactive first)."""
 
 import asyncio
+import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
+import uuid
+from types import SimpleNamespace
 
 import pytest
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
-from classroomhub.spawner import ClassroomSpawner, detect, monitor
+from classroomhub.spawner import ClassroomSpawner, detect, monitor, pressure
 from classroomhub.spawner.culling import IdleTracker
 from classroomhub.spawner.enforcement import group_key
 from classroomhub.spawner.monitor import cpu_demand_seconds
@@ -111,6 +118,103 @@ async def test_under_pressure_the_idle_kernel_goes_never_the_one_running_a_cell(
         assert said and idle_id in said[0] and working_id not in " ".join(said), said
         working.stop_channels()
     finally:
+        await stop(app, WORKER)
+
+
+def hostile_app(kernels_answer, delete=None, seen=None):
+    """A student's server answering GET /api/kernels with *kernels_answer*
+    (bytes, or an url to redirect to) and DELETE with *delete* (an url to
+    redirect to; else it hangs). With *seen*: the place redirects lead to,
+    recording every request that arrives."""
+
+    class Kernels(web.RequestHandler):
+        def get(self, _=None):
+            if isinstance(kernels_answer, str):
+                self.redirect(kernels_answer, status=307)
+            else:
+                self.write(kernels_answer)
+
+        async def delete(self, _=None):
+            if delete:
+                self.redirect(delete, status=307)
+            else:
+                await asyncio.sleep(3600)
+
+    class Target(web.RequestHandler):
+        def prepare(self):
+            seen.append((self.request.method, self.request.headers.get("Authorization")))
+            self.finish("{}")
+
+    routes = [(r"/api/kernels/?(.*)", Kernels)] if seen is None else [(r"/.*", Target)]
+    server = HTTPServer(web.Application(routes))
+    sockets = bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    return server, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+
+
+class StandIn(SimpleNamespace):
+    """What the pressure code reads of a running spawner, for a server a
+    student controls (its answers are the point, not its process)."""
+
+    __hash__ = object.__hash__
+
+
+def stand_in(url, log):
+    return StandIn(
+        active=True, pending=None, server=SimpleNamespace(url=url + "/"), mem_limit=0, usage={},
+        pressure_kernel_min_idle=1, pressure_min_idle=300, pressure_warning=[], api_token="the-students-token",
+        log=log, _log_name=f"stand-in at {url}", idle_seconds=lambda now: None,
+    )
+
+
+async def test_servers_answering_garbage_hanging_or_redirecting_never_hold_up_relief(app, synced, monkeypatch):
+    """Every other student's server answers the kernel list wrongly, slowly
+    or with redirects: the real idle kernel on the worker's server still goes
+    within the step's deadline, no redirect is followed (the token stays),
+    and the server step after it still runs."""
+    spawner = await start(app, WORKER)
+    servers, seen = [], []
+    hanging = socket.socket()  # listens, never accepts: a SIGSTOPped server
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(8)
+    try:
+        idle_id = await start_kernel(app, WORKER)  # "starting" until a client connects: idle
+        target, target_url = hostile_app(b"", seen=seen)
+        many = json.dumps([
+            {"id": str(uuid.uuid4()), "execution_state": "idle", "last_activity": "2000-01-01T00:00:00Z"}
+            for _ in range(1000)
+        ]).encode()
+        answers = [
+            hostile_app(b"not json {"),
+            hostile_app(b'{"kernels": []}'),
+            hostile_app(b'[{"id": "x", "execution_state": "idle", "last_activity": "yesterday"}]'),
+            hostile_app(many),  # 1000 idle kernels whose DELETE hangs
+            hostile_app(many, delete=target_url + "/elsewhere"),
+            hostile_app(target_url + "/api/kernels"),
+        ]
+        servers = [target] + [server for server, _ in answers]
+        stand_ins = [stand_in(url, spawner.log) for _, url in answers]
+        stand_ins.append(stand_in(f"http://127.0.0.1:{hanging.getsockname()[1]}", spawner.log))
+        spawner.host.running.update(stand_ins)
+        reached_server_step = []
+        monkeypatch.setattr(pressure, "stop_order", lambda *a: reached_server_step.append(a) or [])
+        spawner.pressure_kernel_min_idle = 0  # (the stand-ins' kernels claim years)
+        spawner.pressure_kernel_timeout = 8
+        spawner.kernel_memory_reserve = spawner.memory_reserve = BUDGET  # both steps under pressure
+        began = time.monotonic()
+        await spawner._relieve_pressure(time.time(), spawning=False)
+        took = time.monotonic() - began
+        assert idle_id not in await kernel_ids(app, WORKER), "the real idle kernel was not shut down"
+        assert took < 8 + 2, f"the kernel step took {took:.1f} s"
+        assert seen == [], f"a redirect was followed: {seen}"
+        assert reached_server_step, "the server step did not run after the kernel step"
+    finally:
+        spawner.kernel_memory_reserve = 0
+        spawner.memory_reserve = 512 * MiB
+        spawner.host.running.difference_update([s for s in list(spawner.host.running) if isinstance(s, StandIn)])
+        for server in servers:
+            server.stop()
+        hanging.close()
         await stop(app, WORKER)
 
 

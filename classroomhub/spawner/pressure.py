@@ -21,17 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import datetime
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Integer, List, TraitError, Unicode, validate
+from traitlets import Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..servers import stop_server
 from ..units import human_bytes
 from .culling import idlest_first, mem_available
 from .refusal import SpawnRefused
+
+#: kernels of one server considered under pressure: a real class has a few;
+#: a student's own server can claim any number
+KERNELS_PER_SERVER = 64
+#: seconds one request to a student's server may take (its answer is theirs)
+SERVER_REQUEST_TIMEOUT = 3
+_KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def excess(spawner, capacity, weights):
@@ -94,6 +102,21 @@ class MemoryPressure(LoggingConfigurable):
         tabs stay; the next cell starts a fresh kernel). A kernel that is
         running a cell never is.""",
     ).tag(config=True)
+
+    pressure_kernel_timeout = Float(
+        10,
+        help="""Seconds the idle-kernel step (see `kernel_memory_reserve`) may
+        take in all, for a monitor's round or a start waiting for room. The
+        servers answer it, and a student controls theirs: whatever it answers
+        or however slowly, the step ends by then and stopping idle servers
+        (`memory_reserve`) follows.""",
+    ).tag(config=True)
+
+    @validate("pressure_kernel_timeout")
+    def _validate_pressure_kernel_timeout(self, proposal):
+        if proposal.value <= 0:
+            raise TraitError("pressure_kernel_timeout must be > 0")
+        return proposal.value
 
     pressure_min_idle = Integer(
         300,
@@ -166,7 +189,14 @@ class MemoryPressure(LoggingConfigurable):
     async def _relieve_pressure(self, now, spawning):
         self.apply_budget()  # at the first start of a hub process, and after a config change
         if self.kernel_memory_reserve:
-            await self._shut_down_idle_kernels(now, max(self.kernel_memory_reserve, self.memory_reserve))
+            reserve = max(self.kernel_memory_reserve, self.memory_reserve)
+            try:
+                await asyncio.wait_for(self._shut_down_idle_kernels(now, reserve), self.pressure_kernel_timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("Memory pressure: idle kernels not all shut down in %s s", self.pressure_kernel_timeout)
+            except Exception:
+                # never in the way of stopping idle servers
+                self.log.exception("Memory pressure: shutting down idle kernels failed")
         if not self.memory_reserve:
             return
         why, capacity = self.memory_shortage()
@@ -201,30 +231,36 @@ class MemoryPressure(LoggingConfigurable):
         )
 
     async def _shut_down_idle_kernels(self, now, reserve):
-        """Shut down idle kernels (servers over their share first, then the
-        idlest kernels) until *reserve* is free or none is left."""
+        """Shut down idle kernels until *reserve* is free or none is left: in
+        rounds, each the idlest kernel left of every server (servers over
+        their share first), so one server's kernels never hold up another's.
+        A server that answers wrongly, slowly or not at all is left out."""
         why, capacity = self.memory_shortage(reserve)
         if not why:
             return
         servers = [s for s in self.host.running if s.active and not s.pending and s.server is not None]
         lists = await asyncio.gather(*(_idle_kernels(s, now) for s in servers))
         weights = sum(s.mem_limit or capacity for s in servers) if capacity else 0
-        candidates = [
-            (capacity and excess(s, capacity, weights) > 0, idle, s, kernel_id)
-            for s, kernels in zip(servers, lists)
-            for idle, kernel_id in kernels
-            if idle >= s.pressure_kernel_min_idle
-        ]
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        for _, idle, spawner, kernel_id in candidates:
-            self.log.warning(
-                "Memory pressure (%s): shutting down kernel %s of %s, idle for %.0f s",
-                why,
-                kernel_id,
-                spawner._log_name,
-                idle,
-            )
-            await _server_api(spawner, f"kernels/{kernel_id}", "DELETE")
+        queues = []
+        for spawner, kernels in zip(servers, lists):
+            idle = sorted((k for k in kernels if k[0] >= spawner.pressure_kernel_min_idle), reverse=True)
+            if idle:
+                over = bool(capacity) and excess(spawner, capacity, weights) > 0
+                queues.append((over, idle[0][0], spawner, idle))
+        queues.sort(key=lambda q: q[:2], reverse=True)
+        while queues:
+            round_ = [(spawner, kernels.pop(0)) for _, _, spawner, kernels in queues]
+            for spawner, (idle, kernel_id) in round_:
+                self.log.warning(
+                    "Memory pressure (%s): shutting down kernel %s of %s, idle for %.0f s",
+                    why,
+                    kernel_id,
+                    spawner._log_name,
+                    idle,
+                )
+            answers = await asyncio.gather(*(_server_api(s, f"kernels/{k}", "DELETE") for s, (_, k) in round_))
+            # a server that did not answer is not asked again
+            queues = [q for q, answer in zip(queues, answers) if q[3] and answer is not None]
             why, _ = self.memory_shortage(reserve)
             if not why:
                 return
@@ -278,29 +314,51 @@ class MemoryPressure(LoggingConfigurable):
 async def _server_api(spawner, path, method="GET"):
     """A request to *spawner*'s jupyter server with the server's own token
     (its ``access:servers!server`` scope lets it in): the decoded JSON
-    answer, or None if the server did not answer."""
+    answer, or None if the server did not answer in time, with an error, a
+    redirect (never followed: it would take the token elsewhere) or not JSON."""
     url = spawner.server.url.rstrip("/") + "/api/" + path
     try:
         response = await AsyncHTTPClient().fetch(
-            url, method=method, headers={"Authorization": f"token {spawner.api_token}"}, request_timeout=10
+            url,
+            method=method,
+            headers={"Authorization": f"token {spawner.api_token}"},
+            follow_redirects=False,
+            request_timeout=SERVER_REQUEST_TIMEOUT,
         )
-    except (HTTPClientError, OSError) as e:
+        return json.loads(response.body) if response.body else {}
+    except (HTTPClientError, OSError, ValueError) as e:
         spawner.log.info("%s %s of %s: %s", method, path, spawner._log_name, e)
         return None
-    return json.loads(response.body) if response.body else {}
 
 
 async def _idle_kernels(spawner, now):
     """``[(idle seconds, kernel id)]`` of *spawner*'s kernels that are not
-    running anything (jupyter_server's execution_state and last_activity)."""
-    kernels = await _server_api(spawner, "kernels") or []
+    running anything (jupyter_server's execution_state and last_activity);
+    [] if its answer is not a list of kernels (the student controls it)."""
+    kernels = await _server_api(spawner, "kernels")
+    try:
+        return _parse_idle_kernels(kernels or [], now)
+    except (TypeError, ValueError, OverflowError) as e:
+        spawner.log.warning("Memory pressure: ignoring the kernels of %s: %s", spawner._log_name, e)
+        return []
+
+
+def _parse_idle_kernels(kernels, now):
+    if not isinstance(kernels, list):
+        raise TypeError(f"a list of kernels expected, not {type(kernels).__name__}")
     found = []
-    for kernel in kernels:
+    for kernel in kernels[:KERNELS_PER_SERVER]:
+        if not isinstance(kernel, dict):
+            raise TypeError(f"a kernel must be an object, not {type(kernel).__name__}")
+        kernel_id, state, last = kernel.get("id"), kernel.get("execution_state"), kernel.get("last_activity")
+        if not isinstance(kernel_id, str) or not _KERNEL_ID.fullmatch(kernel_id):
+            raise ValueError(f"not a kernel id: {kernel_id!r:.80}")
         # "starting": it never ran anything since it started (no client asked it yet)
-        if kernel.get("execution_state") not in ("idle", "starting") or not kernel.get("last_activity"):
+        if state not in ("idle", "starting") or not last:
             continue
-        last = datetime.fromisoformat(kernel["last_activity"].replace("Z", "+00:00")).timestamp()
-        found.append((now - last, kernel["id"]))
+        if not isinstance(last, str):
+            raise TypeError(f"last_activity must be a string, not {type(last).__name__}")
+        found.append((now - datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp(), kernel_id))
     return found
 
 
