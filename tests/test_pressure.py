@@ -16,6 +16,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from jupyterhub.tests.utils import api_request
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -40,7 +41,7 @@ from fixtures.servers import (
 
 MiB = 1024**2
 TAG = "cdp" + secrets.token_hex(2)
-WORKER, BUSY = f"{TAG}-w", f"{TAG}-b"
+WORKER, BUSY, EXITING = f"{TAG}-w", f"{TAG}-b", f"{TAG}-x"
 CGROUP_PARENT = f"cdt-{TAG}"
 BUDGET = 2048 * MiB
 
@@ -49,6 +50,7 @@ users:
   admin: {{tier: root}}
   {WORKER}: {{}}
   {BUSY}: {{}}
+  {EXITING}: {{}}
 """
 
 pytestmark = pytest.mark.skipif(bool(cgroup_v1_unavailable(CGROUP_PARENT)), reason=str(cgroup_v1_unavailable(CGROUP_PARENT)))
@@ -68,7 +70,7 @@ def HUB_CONFIG(c):
 @pytest.fixture(scope="module", autouse=True)
 def clean_up():
     yield
-    remove_spawned((WORKER, BUSY), CGROUP_PARENT)
+    remove_spawned((WORKER, BUSY, EXITING), CGROUP_PARENT)
 
 
 def read(path):
@@ -324,3 +326,28 @@ def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
     check(70, 1.0)
     check(80, 1.0)
     assert server.cpu_weight == 100 and writes == [400, 100], writes
+
+
+async def test_a_server_that_exits_after_the_port_wait_fails_the_start_at_once(app, synced):
+    """Seen in the class day: a server starved of CPU found its port taken
+    and exited after `start` had stopped watching it (`port_wait_timeout`);
+    the hub then waited its whole `http_timeout` for a server that was gone.
+    Now the exit ends the hub's wait, with the server's exit status."""
+    spawner = app.users[EXITING].spawner
+    spawner.cmd = ["/bin/sh", "-c", "sleep 4; exit 3"]
+    spawner.port_wait_timeout, spawner.http_timeout = 1, 60
+    try:
+        began = time.monotonic()
+        r = await api_request(app, f"users/{EXITING}/server", method="post")
+        assert app.users[EXITING].spawner is spawner
+        while r.status_code == 202 and (spawner.pending or spawner._spawn_future and not spawner._spawn_future.done()):
+            assert time.monotonic() - began < 30, "the hub kept waiting for a server that had exited"
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - began
+        assert r.status_code != 201 and not spawner.active, r.text
+        failure = spawner._spawn_future.exception() if spawner._spawn_future else None
+        assert "exited with status 3" in str(failure), failure
+        assert 4 <= took < 30, took
+    finally:
+        if app.users[EXITING].spawner.active:
+            await stop(app, EXITING)

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+from jupyterhub.objects import Server
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Enum, Float, Integer, Unicode
 
@@ -234,15 +235,18 @@ class ClassroomSpawner(
 
     async def _wait_for_port(self, ip, port, timeout):
         """Return once the server accepts connections, so the hub's first check
-        succeeds, or after *timeout* s (the hub then waits with its own checks)."""
+        succeeds, or after *timeout* s (the hub then waits with its own checks,
+        which end at once if the process exits: see `ExitWatchedServer`)."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
             status = self.process_status()
             if status is not None:
-                raise RuntimeError(f"The jupyter server of {self._log_name} exited with status {status} while starting")
+                raise self._exited_while_starting(status)
             if time.monotonic() >= deadline:
                 self.log.info("%s not listening on port %s after %.1f s; the hub keeps checking", self._log_name, port, timeout)
+                if self.server is not None:
+                    self._server = ExitWatchedServer(orm_server=self.server.orm_server, spawner=self)
                 return
             try:
                 _, writer = await asyncio.open_connection(ip or "127.0.0.1", port)
@@ -252,6 +256,15 @@ class ClassroomSpawner(
                 continue
             writer.close()
             return
+
+    def _exited_while_starting(self, status):
+        return RuntimeError(f"The jupyter server of {self._log_name} exited with status {status} while starting")
+
+    async def _process_exit(self, interval=0.2):
+        """The server process's exit status, once it has exited (either spawn method)."""
+        while (status := self.process_status()) is None:
+            await asyncio.sleep(interval)
+        return status
 
     # -- poll / stop ---------------------------------------------------------------
 
@@ -352,3 +365,27 @@ class ClassroomSpawner(
         self._run = {}
         self.oom_kills = 0
         self._oom_base = None
+
+
+class ExitWatchedServer(Server):
+    """The hub's record of a starting server whose `wait_up` (JupyterHub's
+    wait of up to `http_timeout` after `start`) fails as soon as the server
+    process exits. JupyterHub's own wait takes every failed check for "not
+    yet" and ends only at its timeout: a server that exited (its port taken,
+    a broken environment) would keep the student waiting for all of it."""
+
+    def __init__(self, spawner, **kwargs):
+        super().__init__(**kwargs)
+        self._spawner = spawner
+
+    async def wait_up(self, *args, **kwargs):
+        answered = asyncio.ensure_future(super().wait_up(*args, **kwargs))
+        exited = asyncio.ensure_future(self._spawner._process_exit())
+        try:
+            await asyncio.wait([answered, exited], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answered, exited):
+                task.cancel()
+        if answered.done() and not answered.cancelled():
+            return answered.result()
+        raise self._spawner._exited_while_starting(exited.result())
