@@ -282,17 +282,46 @@ def ran_seconds(pid):
 def test_a_loop_is_busy_a_student_between_cells_is_not():
     """Interactive first judges each interval between checks: a loop asks
     for a core in every one, a student running 3 s cells with pauses in
-    between does not, even when the average over the window is high."""
-    loop, student = IdleTracker(0), IdleTracker(0)
-    demand_loop = demand_student = 0.0
-    for t in range(10, 50, 10):
+    between does not, even when the average over the window is high; a loop
+    that pauses for one interval per window is still busy (it was not, when
+    the least interval decided)."""
+    loop, student, pausing = IdleTracker(0), IdleTracker(0), IdleTracker(0)
+    demand_loop = demand_student = demand_pausing = 0.0
+    for tracker in (loop, student, pausing):
+        tracker.add(0, 0.0, float("inf"), 90)
+    for t in range(10, 70, 10):
         demand_loop += 10.0
-        demand_student += 9.5 if t != 30 else 4.0  # cells stretched by waiting; one pause
-        loop.add(t, demand_loop, float("inf"), 60)
-        student.add(t, demand_student, float("inf"), 60)
-    assert loop.lowest_fraction(40, 30) == 1.0
-    assert student.lowest_fraction(40, 30) == 0.4
-    assert IdleTracker(0).lowest_fraction(40, 30) is None  # not watched for the window yet
+        demand_student += 9.5 if t not in (30, 60) else 4.0  # cells stretched by waiting; a pause in three
+        demand_pausing += 10.0 if t != 40 else 0.0  # one interval of six paused
+        for tracker, demand in ((loop, demand_loop), (student, demand_student), (pausing, demand_pausing)):
+            tracker.add(t, demand, float("inf"), 90)
+    assert loop.busy_share(60, 60, 0.8) == 1.0
+    assert student.busy_share(60, 60, 0.8) == pytest.approx(4 / 6)
+    assert pausing.busy_share(60, 60, 0.8) == pytest.approx(5 / 6)
+    assert IdleTracker(0).busy_share(40, 30, 0.8) is None  # not watched for the window yet
+    default = ClassroomSpawner().cpu_busy_share
+    assert 4 / 6 < default <= 5 / 6  # the student is not busy, the pausing loop is
+
+
+def test_a_loop_that_pauses_once_a_window_is_still_busy(monkeypatch):
+    """Pausing for one check in every `cpu_busy_seconds` (about 80% of a
+    core) kept the usual weight while the least interval decided."""
+    writes = []
+    monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
+
+    class Probe(ClassroomSpawner):
+        group_key = "probe"
+        backend = None
+
+    server = Probe()
+    server.cpu_busy_seconds, server.monitor_interval = 60, 10
+    server._tracker, server._demand, server.cpu_weight = IdleTracker(0), IdleTracker(0), 100
+    demand = 0.0
+    for t in range(0, 200, 10):
+        demand += 0.0 if t % 60 == 30 else 10.0
+        server._demand.add(t, demand, float("inf"), 80)
+        server._prioritize(t)
+    assert server.cpu_weight == 10, writes
 
 
 def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
@@ -317,6 +346,8 @@ def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
         server._demand.add(t, demand, float("inf"), 40)
         server._prioritize(t)
 
+    server._tracker = IdleTracker(0)
+    server.cpu_start_weight_seconds = 60
     server._spawn_pending = True
     for t in range(0, 60, 10):  # a minute of start-up at a whole core
         check(t, 10.0)
@@ -326,6 +357,31 @@ def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
     check(70, 1.0)
     check(80, 1.0)
     assert server.cpu_weight == 100 and writes == [400, 100], writes
+
+
+def test_a_start_that_never_gets_ready_loses_its_precedence(monkeypatch):
+    """A student who keeps their own server from getting ready while it hogs
+    a core keeps the start's weight for `cpu_start_weight_seconds` only, and
+    is then judged busy like any other server."""
+    writes = []
+    monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
+
+    class Probe(ClassroomSpawner):
+        group_key = "probe"
+        backend = None
+
+    server = Probe()
+    server.cpu_busy_seconds, server.monitor_interval, server.cpu_start_weight_seconds = 20, 10, 30
+    server._tracker, server._demand, server.cpu_weight = IdleTracker(0), IdleTracker(0), 100
+    server._spawn_pending = True
+    demand = 0.0
+    for t in range(0, 100, 10):  # never ready, a whole core all along
+        demand += 10.0
+        server._demand.add(t, demand, float("inf"), 40)
+        server._prioritize(t)
+        if t == 20:
+            assert writes == [400]
+    assert writes == [400, 100, 10], writes
 
 
 async def test_a_server_that_exits_after_the_port_wait_fails_the_start_at_once(app, synced):

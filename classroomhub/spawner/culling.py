@@ -45,15 +45,20 @@ class IdleTracker:
             return None
         return (end[1] - start[1]) / (end[0] - start[0])
 
-    def lowest_fraction(self, now, window):
-        """The least cores used between two consecutive samples over the last
-        *window* seconds (a loop uses a core in every one of them, a student
-        between cells does not); None until the window is covered."""
+    def busy_share(self, now, window, fraction):
+        """The share of the last *window* seconds spent in intervals between
+        two samples that used at least *fraction* of a core (a loop: all of
+        it; a student between cells: little); None until the window is
+        covered. A share, not the least of them: one pause per window must not
+        be enough to count as not busy."""
         if not self.samples or self.samples[0][0] > now - window:
             return None
-        pairs = zip(list(self.samples), list(self.samples)[1:])
-        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in pairs if t1 > now - window and t1 > t0]
-        return min(rates) if rates else None
+        pairs = [(t0, c0, t1, c1) for (t0, c0), (t1, c1) in zip(list(self.samples), list(self.samples)[1:])]
+        pairs = [p for p in pairs if p[2] > now - window and p[2] > p[0]]
+        total = sum(t1 - t0 for t0, _, t1, _ in pairs)
+        if not total:
+            return None
+        return sum(t1 - t0 for t0, c0, t1, c1 in pairs if (c1 - c0) / (t1 - t0) >= fraction) / total
 
     def idle_seconds(self, now, last_activity):
         """Seconds since the later of hub activity and the last busy sample."""

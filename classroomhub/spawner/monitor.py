@@ -81,6 +81,21 @@ class Monitoring(LoggingConfigurable):
         help="Share of a core (or of `cpu_limit`, if lower) above which a server counts as busy for `cpu_busy_seconds`.",
     ).tag(config=True)
 
+    cpu_busy_share = Float(
+        0.75,
+        help="""Share of the last `cpu_busy_seconds` in which a server must have
+        asked for `cpu_busy_fraction` of a core (judged between every two
+        checks) to count as busy. Below 1, pausing for one check now and then
+        does not keep a loop at the usual weight; a student between cells
+        pauses far more than that.""",
+    ).tag(config=True)
+
+    @validate("cpu_busy_share")
+    def _validate_cpu_busy_share(self, proposal):
+        if not 0 < proposal.value <= 1:
+            raise TraitError("cpu_busy_share must be above 0 and at most 1")
+        return proposal.value
+
     cpu_busy_weight = Integer(
         10,
         help="""CPU weight of a busy server (see `cpu_busy_seconds`) against the
@@ -109,6 +124,14 @@ class Monitoring(LoggingConfigurable):
         if not 1 <= proposal.value <= 10000:
             raise TraitError("cpu_start_weight must be between 1 and 10000 (100: the others' weight)")
         return proposal.value
+
+    cpu_start_weight_seconds = Float(
+        30,
+        help="""Longest a start keeps `cpu_start_weight`, from the moment its
+        process runs (about twice a start on a loaded machine): a server that
+        keeps itself from getting ready, hogging a core meanwhile, has the
+        usual weight after this, and is judged busy like any other.""",
+    ).tag(config=True)
 
     usage = Dict(help="The last usage sample (see `usage_report`).")
 
@@ -204,7 +227,8 @@ class Monitoring(LoggingConfigurable):
     def _prioritize(self, now):
         """Interactive first: a high CPU weight while starting, a low one
         while busy for `cpu_busy_seconds`."""
-        if self.pending == "spawn":
+        started = self._tracker.started if self._tracker is not None else now
+        if self.pending == "spawn" and now - started < self.cpu_start_weight_seconds:
             # the start's own CPU (stretched out by a login wave) is not a busy
             # server: its demand is counted from the first check after it
             self._demand = IdleTracker(now)
@@ -216,17 +240,18 @@ class Monitoring(LoggingConfigurable):
         # busy by what it asks for, not what it got: under contention a loop
         # gets a fraction of a core and waits the rest
         threshold = self.cpu_busy_fraction * min(self.cpu_limit or 1.0, 1.0)
-        lowest = self._demand.lowest_fraction(now, self.cpu_busy_seconds) if self.cpu_busy_seconds else None
-        busy = lowest is not None and lowest >= threshold
+        share = self._demand.busy_share(now, self.cpu_busy_seconds, threshold) if self.cpu_busy_seconds else None
+        busy = share is not None and share >= self.cpu_busy_share
         weight = self.cpu_busy_weight if busy else DEFAULT_CPU_WEIGHT
         if weight == self.cpu_weight or not set_cpu_weight(self.backend, self.group_key, weight):
             return
         previous, self.cpu_weight = self.cpu_weight, weight
         if busy:  # (the end of a start's precedence is not worth a line)
             self.log.info(
-                "CPU: %s kept at least %.2f cores busy for %s s: weight %s (others 100) until it pauses",
+                "CPU: %s asked for at least %.2f cores in %.0f%% of the last %s s: weight %s (others 100) until it pauses",
                 self._log_name,
-                lowest,
+                threshold,
+                100 * share,
                 self.cpu_busy_seconds,
                 weight,
             )
