@@ -139,6 +139,7 @@ class Template:
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mine.setblocking(False)  # the hub's event loop never waits on the template or the child
+        sending = None
         try:
             try:
                 socket.send_fds(self.ctl, [SPAWN], [theirs.fileno()])
@@ -149,6 +150,8 @@ class Template:
                 theirs.close()
             payload = json.dumps(request).encode()
             socket.send_fds(mine, [INT.pack(len(payload))], list(stdio))  # a new socket's buffer takes it
+            # the rest flows while the pid is awaited (whoever reads the socket gets all of it)
+            sending = asyncio.ensure_future(asyncio.get_running_loop().sock_sendall(mine, payload))
             try:
                 head = await asyncio.wait_for(_recv_exactly(mine, CHILD.size), CHILD_TIMEOUT)
             except asyncio.TimeoutError:
@@ -157,7 +160,7 @@ class Template:
                 raise TemplateUnavailable("the spawn template did not fork")
             pid, number = CHILD.unpack(head)
             try:
-                answer = await asyncio.wait_for(self._hand_over(mine, payload), CHILD_TIMEOUT)
+                answer = await asyncio.wait_for(self._answer(mine, sending), CHILD_TIMEOUT)
             except BaseException as e:
                 # e.g. its owner stopped it after it became theirs: it must not
                 # live on untracked (nor the hub's spawn end in a 500)
@@ -167,6 +170,9 @@ class Template:
                 why = f"no answer in {CHILD_TIMEOUT} s" if isinstance(e, asyncio.TimeoutError) else repr(e)
                 raise RuntimeError(f"server process {pid} could not start: {why}") from None
         finally:
+            if sending is not None:
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)  # its writer is removed before the close
             mine.close()
         if answer != READY:
             self.kill(pid, number)
@@ -174,9 +180,9 @@ class Template:
         return TemplateChild(self, pid, number)
 
     @staticmethod
-    async def _hand_over(mine, payload):
-        """Send the child its request; its answer (READY or why not)."""
-        await asyncio.get_running_loop().sock_sendall(mine, payload)
+    async def _answer(mine, sending):
+        """The child's answer (READY or why not), once *sending* sent its request."""
+        await sending
         return await _recv_exactly(mine, 4096)
 
     def kill(self, pid, number):
