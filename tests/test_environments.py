@@ -421,26 +421,31 @@ setup(name="ebsdist", version="1.0", py_modules=["ebsdist"])
 """
 
 
-def hostile_sdist(folder, setup_py):
-    """An sdist (ebsdist 1.0) whose setup.py is *setup_py*, in *folder* (a find-links folder)."""
+def hostile_sdist(folder, setup_py, project="ebsdist"):
+    """An sdist (*project* 1.0) whose setup.py is *setup_py*, in *folder* (a find-links folder)."""
     import io
     import tarfile
 
     files = {
         "setup.py": setup_py,
-        "ebsdist.py": "VALUE = 42\n",
-        "PKG-INFO": "Metadata-Version: 2.1\nName: ebsdist\nVersion: 1.0\n",
+        f"{project}.py": "VALUE = 42\n",
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n",
     }
-    with tarfile.open(os.path.join(folder, "ebsdist-1.0.tar.gz"), "w:gz") as tar:
+    with tarfile.open(os.path.join(folder, f"{project}-1.0.tar.gz"), "w:gz") as tar:
         for name, text in files.items():
             data = text.encode()
-            info = tarfile.TarInfo(f"ebsdist-1.0/{name}")
+            info = tarfile.TarInfo(f"{project}-1.0/{name}")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
 
 
 def build_account_pids(account):
-    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == account.uid]
+    """The account's processes that run (a killed one whose parent died stays a zombie
+    until this machine's init, not always a reaper, collects it)."""
+    return [
+        p.pid for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"] and p.info["uids"].real == account.uid and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
 
 
 @needs_root
@@ -749,6 +754,54 @@ async def test_broken_package_list_keeps_the_version_in_force(course_env):
     assert not os.path.exists(layout.version_dir("course", failed))
     assert "unsatisfiable" in course_env.build_log("course", failed)
     assert course_env.spec("course").packages == packages
+
+
+# a build that never ends: it sleeps, and leaves a process in a session of its own
+ENDLESS_SETUP = """\
+import subprocess, time
+from setuptools import setup
+subprocess.Popen(["sleep", "600"], start_new_session=True)
+time.sleep(600)
+setup(name="ebslow", version="1.0", py_modules=["ebslow"])
+"""
+
+
+@needs_root
+async def test_a_build_past_its_time_limit_is_stopped(course_env, build_account, monkeypatch):
+    layout = course_env.layout
+    current, versions = layout.current("course"), layout.versions("course")
+    folder = shared_tempdir("slow")
+    os.chmod(folder, 0o755)
+    hostile_sdist(folder, ENDLESS_SETUP, project="ebslow")
+    monkeypatch.setenv("UV_FIND_LINKS", folder)
+    builder = EnvironmentManager(
+        data_dir=course_env.data_dir, cache_dir=course_env.cache_dir, build_user=BUILDER, allow_builds=True, build_timeout=5
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(BuildError) as failed:
+            await builder.update("course", packages=["six==1.17.0", "ebslow==1.0"])
+        took = time.monotonic() - started
+    finally:
+        shutil.rmtree(folder)
+    message = str(failed.value)
+    assert f"failed to build; version {current} stays in force" in message
+    assert "stopped after 5 s (EnvironmentManager.build_timeout)" in message
+    assert took < 60, took
+    assert build_account_pids(build_account) == []  # the installer, setup.py and the sleep it left
+    assert layout.current("course") == current and layout.versions("course") == versions
+    assert "stopped after 5 s" in course_env.build_log("course")
+
+
+@needs_root
+def test_a_build_is_refused_when_the_disk_is_short(course_env):
+    layout = course_env.layout
+    current = layout.current("course")
+    short = EnvironmentManager(data_dir=course_env.data_dir, cache_dir=course_env.cache_dir, build_user=BUILDER, build_reserve=2**60)
+    with pytest.raises(EnvError, match=r"only .* free in .*, less than the 1073741824.0 GiB kept free for builds \(EnvironmentManager.build_reserve\): not built"):
+        asyncio.run(short.update("course", rebuild=True))
+    assert layout.current("course") == current
+    assert not os.path.exists(layout.version_dir("course", layout.next_version("course")))
 
 
 def forged_users_of(version_dir, login):

@@ -335,6 +335,34 @@ async def test_a_second_build_of_the_same_environment_is_409(app, ready):
     assert env["current"] == 2 and [v["version"] for v in env["versions"]] == [2]
 
 
+async def test_one_persons_builds_are_limited_and_others_still_queue(app, ready):
+    """At most environment_builds_per_person (2) of one person's builds wait or run at once."""
+    names = [f"{TAG}-q{i}" for i in range(3)]
+    body = {"packages": ["six==1.17.0"], "audience": ["course:data101"]}
+    builds = []
+    try:
+        for name in names[:2]:
+            r = await api(INES, "POST", "environments", json={"name": name, **body})
+            assert r.status_code == 202, r.text
+            builds.append(r.json())
+        r = await api(INES, "POST", "environments", json={"name": names[2], **body})
+        assert r.status_code == 409, r.text
+        assert "You have 2 environment builds waiting or running (at most 2)" in r.json()["message"]
+        assert not os.path.exists(os.path.join(ENVS, names[2]))
+        # someone else's build still gets in the queue
+        r = await api("admin", "POST", "environments", json={"name": names[2], **body})
+        assert r.status_code == 202, r.text
+        builds.append(r.json())
+        for build in builds:
+            done = await wait_for_build("admin", build)
+            assert done["state"] == "succeeded", (done["error"], done["log"][-20:])
+    finally:
+        for build in builds:
+            await wait_for_build("admin", build)
+            r = await api("admin", "DELETE", f"environments/{build['environment']}")
+            assert r.status_code in (204, 404), r.text
+
+
 async def test_removal_of_an_environment_in_use_is_409(app, ready):
     current = (await api(SAM, "GET", f"environments/{DATA_ENV}")).json()["current"]
     # a student's process running the version's interpreter, as a kernel started from its

@@ -16,10 +16,12 @@ certificates, ``UV_*``/``PIP_*`` settings), nothing else of root's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
 import shutil
+import signal
 from collections import deque
 
 try:  # the PyPI package ships its binary and this finder
@@ -77,6 +79,7 @@ async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25, accou
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         cwd=cwd,
+        start_new_session=True,  # its own process group: a stop kills what it started too
         **(account.popen_options() if account else {}),
     )
     last = deque(maxlen=tail)
@@ -88,10 +91,10 @@ async def run_logged(cmd, log, env=None, cwd=None, progress=None, tail=25, accou
             if progress is not None:
                 progress(line)
         status = await proc.wait()
-    except BaseException:  # cancelled or interrupted: leave no installer behind
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    except BaseException:  # cancelled, timed out or interrupted: leave no installer behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the installer and its build processes
+        await proc.wait()
         raise
     log.write(f"[exit status {status}]\n")
     log.flush()

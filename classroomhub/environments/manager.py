@@ -10,6 +10,7 @@ removes its folder, keeps its log and leaves the version in force alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import fcntl
@@ -20,11 +21,13 @@ import stat
 import sys
 from dataclasses import dataclass
 
+from jupyterhub.traitlets import ByteSpecification
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from traitlets import Bool, Unicode, default, validate
+from traitlets import Bool, Float, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from ..units import human_bytes
 from .buildaccount import build_slot, ensure_build_account, kill_all
 from .disk import disk_bytes
 from .handover import give, take
@@ -149,6 +152,20 @@ class EnvironmentManager(LoggingConfigurable):
         "only the version being built and the installer's cache; root takes each built version.",
     ).tag(config=True)
 
+    build_timeout = Float(
+        30 * 60,
+        help="Seconds a build may take (the installer, the bytecode compiler; not the wait for "
+        "another build). Past it the build is stopped: the installer's processes and every process "
+        "of the build account are killed, the build fails with a message and the version in force "
+        "stays. 0: no limit.",
+    ).tag(config=True)
+
+    build_reserve = ByteSpecification(
+        "2G",
+        help="Free space the environments' file system must keep: a build is refused, with a "
+        "message, when less than this is free there before it starts (K, M, G, T suffixes). 0: no check.",
+    ).tag(config=True)
+
     server_cgroup = Unicode(
         "classroomhub",
         help="ClassroomSpawner.cgroup_parent of the hub whose servers use these environments. A server "
@@ -218,6 +235,21 @@ class EnvironmentManager(LoggingConfigurable):
         own = disk_bytes(self.layout.env_dir(name), seen=seen)
         return own, disk_bytes(self.layout.env_dir(name))
 
+    def check_space(self):
+        """:class:`EnvError` when the environments' file system has less than ``build_reserve`` free."""
+        if not self.build_reserve:
+            return
+        folder = self.layout.root
+        while not os.path.isdir(folder):  # not made yet: the file system it will be on
+            folder = os.path.dirname(folder)
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+        if free < self.build_reserve:
+            raise EnvError(
+                f"only {human_bytes(free)} free in {folder}, less than the {human_bytes(self.build_reserve)} "
+                "kept free for builds (EnvironmentManager.build_reserve): not built"
+            )
+
     # -- changing ----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -280,6 +312,7 @@ class EnvironmentManager(LoggingConfigurable):
             return version
 
     async def _build(self, spec, progress, account):
+        self.check_space()
         layout = self.layout
         name = spec.name
         version = layout.next_version(name)
@@ -338,17 +371,29 @@ class EnvironmentManager(LoggingConfigurable):
         if account is None:
             os.mkdir(target, 0o755)
             try:
-                return await build_venv(installer, self.base_python, target, requirements, log, progress)
+                return await self._build_venv(installer, target, requirements, log, progress)
             finally:
                 take(target)
         async with build_slot(account, progress):
             os.mkdir(target, 0o755)
             os.chown(target, account.uid, account.gid, follow_symlinks=False)
             try:
-                return await build_venv(installer, self.base_python, target, requirements, log, progress)
+                return await self._build_venv(installer, target, requirements, log, progress)
             finally:
                 await kill_all(account, self.base_python)  # nothing of the build may change it once taken
                 take(target, owner=(0, 0))
+
+    async def _build_venv(self, installer, target, requirements, log, progress):
+        """:func:`.installers.build_venv` for at most ``build_timeout`` s; past it, its
+        installer's processes are killed (:func:`.installers.run_logged`) and the build fails."""
+        build = build_venv(installer, self.base_python, target, requirements, log, progress)
+        try:
+            return await asyncio.wait_for(build, self.build_timeout or None)
+        except asyncio.TimeoutError:
+            raise BuildError(
+                "stopped: the build took longer than EnvironmentManager.build_timeout",
+                f"stopped after {self.build_timeout:g} s (EnvironmentManager.build_timeout)",
+            ) from None
 
     def _remove_tree(self, path):
         if os.path.lexists(path):

@@ -202,6 +202,12 @@ class ClassroomService(Application):
         help="How many environment builds may wait or run; past it, a create or update is refused (409).",
     ).tag(config=True)
 
+    environment_builds_per_person = Integer(
+        2,
+        help="How many environment builds one person may have waiting or running; past it, their "
+        "create or update is refused (409), so one person cannot fill the queue for everyone.",
+    ).tag(config=True)
+
     live_server_roles = List(
         Unicode(),
         ["instructor"],
@@ -304,6 +310,7 @@ class ClassroomService(Application):
             os.path.join(self.data_dir, "environment-builds"),
             at_once=self.environment_builds_at_once,
             queue=self.environment_build_queue,
+            per_person=self.environment_builds_per_person,
         )
         runas.Subprocesses.memory = self.worker_memory_bytes
 

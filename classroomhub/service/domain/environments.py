@@ -4,8 +4,10 @@ A build takes seconds to minutes, so a create or an update that builds is a
 :class:`Build` job: it is answered at once and runs in the background, at
 most ``at_once`` of them in the whole service and one per environment
 (a second is refused with :class:`Busy`, as is a queue longer than
-``queue``). The manager (``environments.EnvironmentManager``) does the work
-with its installer as child processes, so the service keeps answering.
+``queue``, a person's own builds past ``per_person`` and a build while the
+environments' disk is short, see ``EnvironmentManager.build_reserve``).
+The manager (``environments.EnvironmentManager``) does the work with its
+installer as child processes, so the service keeps answering.
 
 Each job is kept as a JSON file in its own folder (0700), so a restart
 still shows what happened: a job the stop cut off (``queued`` or
@@ -125,11 +127,12 @@ class EnvironmentBuilds:
     """The service's side of shared environments: builds as jobs, removals,
     declaration changes, each written to the audit log."""
 
-    def __init__(self, context, manager, folder, at_once=1, queue=8, keep=200):
+    def __init__(self, context, manager, folder, at_once=1, queue=8, per_person=2, keep=200):
         self.context = context
         self.manager = manager
         self.folder = folder
         self.queue = queue
+        self.per_person = per_person
         self.keep = keep
         self._places = asyncio.Semaphore(at_once)
         self._builds = {}  # id -> Build
@@ -228,6 +231,17 @@ class EnvironmentBuilds:
         if waiting >= self.queue:
             raise Busy(f"{waiting} environment builds are waiting or running; try again when one has ended")
 
+    def _check_may_queue(self, person):
+        """A new build of *person*'s: refused (:class:`Busy`) past their own share of the
+        queue (so one person cannot fill it for everyone) or when the disk is short."""
+        theirs = sum(1 for b in self._builds.values() if not b.done and b.by == person.name)
+        if theirs >= self.per_person:
+            raise Busy(f"You have {theirs} environment builds waiting or running (at most {self.per_person}); try again when one has ended")
+        try:
+            self.manager.check_space()
+        except EnvError as e:
+            raise Busy(str(e)) from None
+
     def _audit(self, person, action, audiences, detail):
         """One event per course the environment is (or was) for; one hub-wide one (course '') otherwise."""
         courses = sorted({a.partition(":")[2] for audience in audiences for a in audience if a.startswith("course:")})
@@ -239,6 +253,7 @@ class EnvironmentBuilds:
         if spec.name in self.manager.names():
             raise Busy(f"Environment {spec.name} exists already: update it instead")
         self._check_free(spec.name)
+        self._check_may_queue(person)
         build = self._start(person, spec.name, "create", spec.to_dict(), lambda progress: self.manager.create(spec, progress))
         text = f"build {build.id}: packages {' '.join(spec.packages)}; for {', '.join(spec.audience)}"
         self._audit(person, "environment-create", [spec.audience], {"name": spec.name, "text": text})
@@ -263,6 +278,7 @@ class EnvironmentBuilds:
         """Queue a build of *name* with *changes*; afterwards the versions no process uses are removed."""
         old, new = self.spec(name), self.changed(name, changes)
         self._check_free(name)
+        self._check_may_queue(person)
 
         async def update(progress):
             version = await self.manager.update(name, **changes, rebuild=True, progress=progress)
