@@ -206,7 +206,7 @@ async def test_student_server_runs_as_a_job_with_the_tier_limits(app, cluster):
                 app, "batchspawner", method="post", data=json.dumps(body), headers={"Authorization": f"token {spawner.api_token}"}
             )
             assert r.status_code == 400, r.text
-        assert (spawner.exec_prefix, spawner.batch_query_cmd) == ("runuser -u {username} --", "squeue -h -t all -j {job_id} -o '%T %r %B'")
+        assert (spawner.exec_prefix, spawner.batch_query_cmd) == ("runuser -u {username} --", ClassroomSlurmSpawner.batch_query_cmd.default_value)
     finally:
         await stop_server(app, STUDENT)
 
@@ -621,15 +621,19 @@ class tampered_sbatch:
     change here (the job itself is submitted by the real sbatch)."""
 
     def __init__(self, app, name, suffix):
-        # the hub's spawner of *name*, and the config of the one that replaces it after a failed start
-        self.spawner, self.config, self.suffix = app.users[name].spawner, app.config.ClassroomSlurmSpawner, suffix
+        # *name*'s spawner now, and the config of the one that replaces it after a failed start
+        self.user, self.config, self.suffix = app.users[name], app.config.ClassroomSlurmSpawner, suffix
 
     def __enter__(self):
-        self.before = self.spawner.batch_submit_cmd
-        self.spawner.batch_submit_cmd = self.config.batch_submit_cmd = self.before + self.suffix
+        assert "batch_submit_cmd" not in self.config  # the test hub keeps the default
+        self.user.spawner.batch_submit_cmd = self.config.batch_submit_cmd = DEFAULT_SUBMIT + self.suffix
 
     def __exit__(self, *exc):
-        self.spawner.batch_submit_cmd = self.config.batch_submit_cmd = self.before
+        del self.config["batch_submit_cmd"]
+        self.user.spawner.batch_submit_cmd = DEFAULT_SUBMIT
+
+
+DEFAULT_SUBMIT = ClassroomSlurmSpawner.batch_submit_cmd.default_value
 
 
 async def failed_start(app, name, timeout=120):
@@ -646,16 +650,18 @@ async def failed_start(app, name, timeout=120):
 
 async def test_a_student_cannot_make_the_hub_cancel_someone_elses_job(app, cluster):
     """A research job (root's) runs; the student's sbatch answers with its id
-    after its own line, or instead of it. The spawn fails, nothing of the
-    student's is left queued, and the research job survives the student's
-    stop, the hub's queries and cancels for the student (before the fix:
+    after its own line, or instead of it (or fails after queuing its job).
+    The spawn fails, nothing of the student's is left queued, and the
+    research job survives the student's stop, the hub's queries and cancels
+    for the student (before the fix:
     the hub recorded the research job, polled it as the student's and
     scancel'ed it as root at the stop)."""
     victim = cluster.run("sbatch", "--parsable", "-p", "research", "-J", "sfvictim", "--wrap", "sleep 900").strip()
     spawner = app.users[STUDENT].spawner
     try:
         await wait_for(lambda: cluster.job(victim).get("JobState") == "RUNNING", 30, "the research job running")
-        for suffix in (f"; echo {victim}", f" >/dev/null; echo {victim}"):
+        # after its own line, instead of it, or with a failure once the job is queued
+        for suffix in (f"; echo {victim}", f" >/dev/null; echo {victim}", "; false"):
             with tampered_sbatch(app, STUDENT, suffix):
                 spawner = await failed_start(app, STUDENT)
                 assert not spawner.ready, f"a spawn with {suffix!r} was taken"

@@ -211,7 +211,12 @@ class SlurmCommands(LoggingConfigurable):
         checked before it is kept (see the module's docstring)."""
         self.job_nonce = secrets.token_hex(16)
         self._refused_answer = "sbatch gave no job id"
-        if await super().submit_batch_script():
+        try:
+            submitted = await super().submit_batch_script()
+        except RuntimeError:  # sbatch failed or was killed: it may have queued the job all the same
+            await self.cancel_jobs_of_this_start()
+            raise
+        if submitted:
             why = await self.not_owners_job()
             if not why:
                 return self.job_id
