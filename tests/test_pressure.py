@@ -407,3 +407,16 @@ async def test_a_server_that_exits_after_the_port_wait_fails_the_start_at_once(a
     finally:
         if app.users[EXITING].spawner.active:
             await stop(app, EXITING)
+
+
+async def test_a_server_slower_than_the_port_wait_still_starts(app, synced):
+    """`start` returns before the server listens (here at once): the hub's
+    own wait, watched for the process's exit, still finds it at its port."""
+    spawner = app.users[WORKER].spawner
+    spawner.port_wait_timeout = 0
+    try:
+        assert await start(app, WORKER) is spawner
+        assert (await server_api(app, WORKER, "status")).status_code == 200
+    finally:
+        spawner.port_wait_timeout = 10
+        await stop(app, WORKER)

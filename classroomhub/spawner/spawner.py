@@ -14,7 +14,6 @@ import os
 import signal
 import time
 
-from jupyterhub.objects import Server
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Enum, Float, Integer, Unicode
 
@@ -236,7 +235,7 @@ class ClassroomSpawner(
     async def _wait_for_port(self, ip, port, timeout):
         """Return once the server accepts connections, so the hub's first check
         succeeds, or after *timeout* s (the hub then waits with its own checks,
-        which end at once if the process exits: see `ExitWatchedServer`)."""
+        which end at once if the process exits: see `end_hub_wait_on_exit`)."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -246,7 +245,7 @@ class ClassroomSpawner(
             if time.monotonic() >= deadline:
                 self.log.info("%s not listening on port %s after %.1f s; the hub keeps checking", self._log_name, port, timeout)
                 if self.server is not None:
-                    self._server = ExitWatchedServer(orm_server=self.server.orm_server, spawner=self)
+                    end_hub_wait_on_exit(self.server, self)
                 return
             try:
                 _, writer = await asyncio.open_connection(ip or "127.0.0.1", port)
@@ -367,20 +366,19 @@ class ClassroomSpawner(
         self._oom_base = None
 
 
-class ExitWatchedServer(Server):
-    """The hub's record of a starting server whose `wait_up` (JupyterHub's
-    wait of up to `http_timeout` after `start`) fails as soon as the server
-    process exits. JupyterHub's own wait takes every failed check for "not
-    yet" and ends only at its timeout: a server that exited (its port taken,
-    a broken environment) would keep the student waiting for all of it."""
 
-    def __init__(self, spawner, **kwargs):
-        super().__init__(**kwargs)
-        self._spawner = spawner
+def end_hub_wait_on_exit(server, spawner):
+    """Make *server*'s `wait_up` (JupyterHub's wait of up to `http_timeout`
+    after `start`) fail as soon as *spawner*'s process exits. JupyterHub's
+    own wait takes every failed check for "not yet" and ends only at its
+    timeout: a server that exited (its port taken, a broken environment)
+    would keep the student waiting for all of it. The hub's own Server
+    object is changed, not replaced: the hub sets its port after `start`."""
+    hub_wait_up = server.wait_up
 
-    async def wait_up(self, *args, **kwargs):
-        answered = asyncio.ensure_future(super().wait_up(*args, **kwargs))
-        exited = asyncio.ensure_future(self._spawner._process_exit())
+    async def wait_up(*args, **kwargs):
+        answered = asyncio.ensure_future(hub_wait_up(*args, **kwargs))
+        exited = asyncio.ensure_future(spawner._process_exit())
         try:
             await asyncio.wait([answered, exited], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -388,4 +386,6 @@ class ExitWatchedServer(Server):
                 task.cancel()
         if answered.done() and not answered.cancelled():
             return answered.result()
-        raise self._spawner._exited_while_starting(exited.result())
+        raise spawner._exited_while_starting(exited.result())
+
+    server.wait_up = wait_up
