@@ -206,13 +206,16 @@ async def test_collect_now(app, ready):
     assert r.status_code == 403
 
 
-def hub_lets_open(app, login, student, course):
+async def hub_lets_open(app, login, student, course):
     """Whether the hub itself gives *login* access to *student*'s server: the
     scopes of a token with all their rights, as the hub's API reports them."""
     from jupyterhub.tests.utils import public_url
 
+    # the token is made in the hub's own thread: its database session is not thread-safe
     token = app.users[login].new_api_token(note="scopes")
-    r = requests.get(public_url(app) + "hub/api/user", headers={"Authorization": f"token {token}"}, timeout=30)
+    r = await asyncio.to_thread(
+        requests.get, public_url(app) + "hub/api/user", headers={"Authorization": f"token {token}"}, timeout=30
+    )
     r.raise_for_status()
     allowing = {
         "access:servers",
@@ -239,7 +242,7 @@ async def test_live_server_links_only_for_those_the_hub_lets_in(app, ready):
         seen[login] = any(urls.values())
         if seen[login]:
             assert urls[other] == f"{app.base_url}user/{other}/"
-        assert seen[login] == await asyncio.to_thread(hub_lets_open, app, login, other, "data101"), login
+        assert seen[login] == await hub_lets_open(app, login, other, "data101"), login
     assert seen == {INES: True, TARA: False, SAM: False, "admin": True}
 
 
