@@ -28,7 +28,17 @@ from conftest import login
 from fixtures.example_hub import proxy_path
 from fixtures.real_hub import start_hub, stop_hub, wait_until_answers
 
-from fixtures.servers import group_dirs, group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
+from fixtures.servers import (
+    group_dirs,
+    group_pids,
+    kernel_client,
+    kernel_pids_of,
+    kill_a_kernel_for_memory,
+    server_api,
+    start,
+    start_kernel,
+    stop,
+)
 
 TAG = "ft" + secrets.token_hex(2)
 S1, S2, S3, S4, BROKEN, R1, R2 = (f"{TAG}-s{i}" for i in range(1, 8))
@@ -171,20 +181,6 @@ def secrets_of(app, name):
     }
 
 
-async def kill_a_kernel_for_memory(app, name, spawner):
-    """A kernel touches twice the limit; return once the kernel's OOM killer took it."""
-    kernel_id = await start_kernel(app, name)
-    client = await kernel_client(name, kernel_id)
-    kernel_pids = kernel_pids_of(spawner, kernel_id)
-    assert kernel_pids, "the kernel is not in the server's group"
-    client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
-    deadline = time.monotonic() + 30
-    while kernel_pids & group_pids(spawner):
-        assert time.monotonic() < deadline, "kernel not killed"
-        await asyncio.sleep(0.2)
-    client.stop_channels()
-
-
 async def test_a_forked_server_is_the_student_in_their_cgroup(app, synced):
     spawner = await start(app, S1)
     try:
@@ -248,7 +244,7 @@ async def test_what_imports_derive_from_the_environment_is_the_students(app, syn
 async def test_the_tier_limit_kills_the_kernel_and_the_server_lives(app, synced):
     spawner = await start(app, S2)
     try:
-        await kill_a_kernel_for_memory(app, S2, spawner)
+        await kill_a_kernel_for_memory(app, S2, spawner, MEM_LIMIT)
         await spawner.check()
         assert spawner.oom_kills >= 1
         assert await spawner.poll() is None

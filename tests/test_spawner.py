@@ -30,7 +30,7 @@ from fixtures.servers import (
     group_dirs,
     group_pids,
     kernel_client,
-    kernel_pids_of,
+    kill_a_kernel_for_memory,
     remove_spawned,
     server_api,
     start,
@@ -182,26 +182,10 @@ async def test_usage_command_prints_a_table(app, synced, capsys):
         await stop(app, STUDENT)
 
 
-async def kill_a_kernel_for_memory(app, name, spawner):
-    """Start a kernel that touches twice the memory limit; return once the OOM killer took it."""
-    kernel_id = await start_kernel(app, name)
-    client = await kernel_client(name, kernel_id)
-    # this kernel only: one killed before may be running again, restarted by jupyter
-    kernel_pids = kernel_pids_of(spawner, kernel_id)
-    assert kernel_pids, "the kernel is not in the server's group"
-    # touch every page of twice the limit
-    client.execute(f"b = bytearray({2 * MEM_LIMIT})\nfor i in range(0, len(b), 4096): b[i] = 1")
-    deadline = time.monotonic() + 30
-    while kernel_pids & group_pids(spawner):
-        assert time.monotonic() < deadline, "kernel not killed"
-        await asyncio.sleep(0.2)
-    client.stop_channels()
-
-
 async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):
     spawner = await start(app, STUDENT)
     try:
-        await kill_a_kernel_for_memory(app, STUDENT, spawner)
+        await kill_a_kernel_for_memory(app, STUDENT, spawner, MEM_LIMIT)
         await spawner.check()
         assert spawner.oom_kills >= 1
         # the server survived and answers
@@ -649,7 +633,7 @@ async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, sync
     before = await start(app, RESTARTED)
     started = before._tracker.started
     try:
-        await kill_a_kernel_for_memory(app, RESTARTED, before)
+        await kill_a_kernel_for_memory(app, RESTARTED, before, MEM_LIMIT)
         await before.check()
         assert before.oom_kills == 1
         await restart_hub_spawners(app, [RESTARTED])
@@ -665,7 +649,7 @@ async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, sync
         assert after.group_key == before.group_key and group_pids(after) == group_pids(before)
         # the run's start and OOM count, and a kill while the hub was down
         assert abs(after._tracker.started - started) < 1
-        await kill_a_kernel_for_memory(app, RESTARTED, after)
+        await kill_a_kernel_for_memory(app, RESTARTED, after, MEM_LIMIT)
         await after.check()
         assert (after.oom_kills, after.oom_kills_total) == (2, 2)
         assert after.idle_seconds() is not None and after in Host.current().running
@@ -712,7 +696,7 @@ async def test_an_oom_kill_just_before_a_stop_is_told_after_stop_and_restart(app
     settings(NOTICED, monitor_interval=3600)
     spawner = await start(app, NOTICED)
     try:
-        await kill_a_kernel_for_memory(app, NOTICED, spawner)
+        await kill_a_kernel_for_memory(app, NOTICED, spawner, MEM_LIMIT)
         assert spawner.oom_kills == 0  # not checked yet
     finally:
         await stop(app, NOTICED)
@@ -790,7 +774,7 @@ async def test_an_oom_kill_just_before_the_server_crashes_is_counted(app, synced
     spawner = await start(app, NOTICED)
     assert oom_notice(app.users[NOTICED]) == ""
     try:
-        await kill_a_kernel_for_memory(app, NOTICED, spawner)
+        await kill_a_kernel_for_memory(app, NOTICED, spawner, MEM_LIMIT)
         assert spawner.oom_kills == 0  # not checked yet
         folders = group_dirs(spawner)
         os.kill(spawner.pid, signal.SIGKILL)
