@@ -8,9 +8,7 @@ a real hub, proxy, servers and kernels.
 import asyncio
 import logging
 import os
-import pwd
 import secrets
-import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -28,7 +26,16 @@ from classroomhub.spawner.pressure import stop_order
 from classroomhub.spawner.watchdog import PsutilWatchdog
 
 from conftest import login
-from fixtures.servers import group_pids, kernel_client, kernel_pids_of, server_api, start, start_kernel, stop
+from fixtures.servers import (
+    group_pids,
+    kernel_client,
+    kernel_pids_of,
+    remove_spawned,
+    server_api,
+    start,
+    start_kernel,
+    stop,
+)
 
 MiB = 1024**2
 GiB = 1024**3
@@ -190,21 +197,7 @@ def test_the_budget_is_set_once_changed_with_the_config_and_again_after_a_restar
 @pytest.fixture(scope="module")
 def remove_test_users_and_cgroups():
     yield
-    for login_name in (HOG, IDLER):
-        try:
-            entry = pwd.getpwnam(login_name)
-        except KeyError:
-            continue
-        if entry.pw_gecos == "classroomhub user":
-            subprocess.run(["pkill", "-KILL", "-u", login_name], check=False)
-            subprocess.run(["userdel", "--remove", login_name], check=False, stderr=subprocess.DEVNULL)
-    try:
-        backend, _ = detect("cgroup-v1", cgroup_parent=CGROUP_PARENT)
-    except EnforcementUnavailable:
-        return
-    for key in backend.keys():
-        asyncio.run(backend.destroy(key))
-    backend.remove_parent()
+    remove_spawned((HOG, IDLER), CGROUP_PARENT)
 
 
 def _cgroup_procs_below(folder):
