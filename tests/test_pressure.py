@@ -16,7 +16,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
-from jupyterhub.tests.utils import api_request
+from jupyterhub.tests.utils import api_request, public_url
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -25,6 +25,10 @@ from classroomhub.spawner import ClassroomSpawner, detect, monitor, pressure
 from classroomhub.spawner.culling import IdleTracker
 from classroomhub.spawner.enforcement import group_key
 from classroomhub.spawner.monitor import cpu_demand_seconds
+from classroomhub.spawner.notices import kernel_shutdown_notice
+from classroomhub.spawner.pressure import kernel_idle_needed
+
+from conftest import login
 
 from fixtures.servers import (
     cgroup_v1_unavailable,
@@ -154,6 +158,50 @@ def hostile_app(kernels_answer, delete=None, seen=None):
     return server, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
 
 
+def test_the_shorter_memory_the_sooner_an_idle_kernel_goes():
+    spawner = SimpleNamespace(pressure_kernel_min_idle=180, pressure_kernel_min_idle_full=45)
+    assert kernel_idle_needed(spawner, 1.0) == 180  # the reserve only just short
+    assert kernel_idle_needed(spawner, 0.5) == 112.5
+    assert kernel_idle_needed(spawner, 0.0) == 45  # nothing free
+    spawner.pressure_kernel_min_idle_full = 600  # never later than pressure_kernel_min_idle
+    assert kernel_idle_needed(spawner, 0.0) == kernel_idle_needed(spawner, 1.0) == 180
+
+
+async def test_a_kernel_idle_for_seconds_goes_only_when_memory_is_nearly_gone_and_its_owner_is_told(app, synced):
+    spawner = await start(app, WORKER)
+    try:
+        idle_id = await start_kernel(app, WORKER)
+        spawner.pressure_kernel_min_idle = 3600
+        spawner.pressure_kernel_min_idle_full = 1
+        # short, but most of the reserve free: a kernel idle for seconds stays
+        # (the needed idle time is about an hour times the free share)
+        spawner.kernel_memory_reserve = 2 * BUDGET
+        await asyncio.sleep(3)  # six monitor rounds
+        assert idle_id in await kernel_ids(app, WORKER), "a kernel idle for seconds went while memory was only a bit short"
+        assert spawner.kernel_shutdowns == []
+
+        # nearly nothing of a huge reserve free: the needed idle time is about a second
+        spawner.kernel_memory_reserve = 100_000 * BUDGET
+
+        async def idle_gone():
+            return idle_id not in await kernel_ids(app, WORKER)
+
+        await wait_for(idle_gone, 20, "the kernel idle for seconds was not shut down with memory nearly gone")
+        spawner.kernel_memory_reserve = 0
+        assert spawner.active, "the server was stopped, not just its idle kernel"
+        assert [count for _, count in spawner.kernel_shutdowns] == [1]
+        # told on the hub's pages, from the hub's database
+        assert "1 idle kernel(s) of your server were shut down" in kernel_shutdown_notice(app.users[WORKER])
+        session, _ = await login(app, WORKER)
+        r = await session.get(public_url(app) + "hub/home")
+        assert "idle kernel(s) of your server were shut down" in r.text
+    finally:
+        spawner.kernel_memory_reserve = 0
+        await stop(app, WORKER)
+    # the notice outlives the server (a student who comes back after a stop)
+    assert "were shut down" in kernel_shutdown_notice(app.users[WORKER])
+
+
 class StandIn(SimpleNamespace):
     """What the pressure code reads of a running spawner, for a server a
     student controls (its answers are the point, not its process)."""
@@ -164,7 +212,8 @@ class StandIn(SimpleNamespace):
 def stand_in(url, log):
     return StandIn(
         active=True, pending=None, server=SimpleNamespace(url=url + "/"), mem_limit=0, usage={},
-        pressure_kernel_min_idle=1, pressure_min_idle=300, pressure_warning=[], api_token="the-students-token",
+        pressure_kernel_min_idle=1, pressure_kernel_min_idle_full=1, pressure_min_idle=300,
+        record_kernel_shutdown=lambda now: None, pressure_warning=[], api_token="the-students-token",
         log=log, _log_name=f"stand-in at {url}", idle_seconds=lambda now: None,
     )
 

@@ -85,6 +85,29 @@ def pressure_notice(user):
     return "<br>".join(escape(line) for line in lines)
 
 
+def kernel_shutdown_notice(user, now=None):
+    """Why kernels of *user* stopped without their owner: idle ones shut down
+    for memory pressure (``kernel_shutdowns`` in a spawner's state: ``[time,
+    count]``), for `NOTICE_SECONDS`; or ""."""
+    orm_user = getattr(user, "orm_user", None)
+    if orm_user is None:
+        return ""
+    lines = []
+    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
+        shutdowns = recent((orm_spawner.state or {}).get("kernel_shutdowns", []), now)
+        if not shutdowns:
+            continue
+        count = sum(s[1] for s in shutdowns)
+        last = datetime.fromtimestamp(shutdowns[-1][0], timezone.utc).strftime("%H:%M UTC")
+        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
+        lines.append(
+            f"{count} idle kernel(s) of {server} were shut down (last at {last}) because the hub was "
+            "short of memory. Your notebooks are saved; a kernel that was shut down starts empty the "
+            "next time you run a cell: re-run your notebook from the top."
+        )
+    return "<br>".join(escape(line) for line in lines)
+
+
 def ended_notice(user, now=None):
     """Why a server of *user* ended without its owner or the hub stopping it
     (a spawner records ``[time, message]`` as ``ended`` in its state: e.g. a
@@ -117,7 +140,8 @@ def install(template_vars):
 def _with_notice(existing):
     def announcement(user):
         base = existing(user) if callable(existing) else (existing or "")
-        return "<br>".join(part for part in (base, oom_notice(user), pressure_notice(user), ended_notice(user)) if part)
+        notices = (oom_notice, kernel_shutdown_notice, pressure_notice, ended_notice)
+        return "<br>".join(part for part in (base, *(notice(user) for notice in notices)) if part)
 
     announcement.classroomhub_oom_notice = True
     return announcement

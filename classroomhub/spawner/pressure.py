@@ -6,7 +6,8 @@ Two steps, each only on what is idle, never on a kernel or server in use:
 1. below `kernel_memory_reserve` free (earlier than the servers' step), idle
    kernels are shut down through their server's API, those of servers over
    their share first, then the idlest: the server, its notebooks and the
-   student's tab stay, and so does every kernel that ran something lately;
+   student's tab stay, and so does every kernel that ran something lately
+   (the shorter memory is, the sooner "lately" ends); the owner is told;
 2. below `memory_reserve` free, idle servers are stopped: first those using
    more than their share, then the idlest. A monitor warns the owner (a
    notice on the hub's pages) and stops the server `pressure_warning_seconds`
@@ -31,6 +32,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..servers import stop_server
 from ..units import human_bytes
+from . import notices
 from .culling import idlest_first, mem_available
 from .refusal import SpawnRefused
 
@@ -39,6 +41,8 @@ from .refusal import SpawnRefused
 KERNELS_PER_SERVER = 64
 #: seconds one request to a student's server may take (its answer is theirs)
 SERVER_REQUEST_TIMEOUT = 3
+#: shutdowns this close together are one line of the notice
+NOTICE_MERGE_SECONDS = 60
 _KERNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -103,6 +107,29 @@ class MemoryPressure(LoggingConfigurable):
         running a cell never is.""",
     ).tag(config=True)
 
+    pressure_kernel_min_idle_full = Integer(
+        45,
+        help="""The idle seconds after which a kernel may be shut down once no
+        memory is left at all. The more memory is short, the sooner idle
+        kernels go: the idle time needed falls from
+        `pressure_kernel_min_idle` (`kernel_memory_reserve` only just short)
+        to this (nothing free), in proportion to what is free. Kernels idle
+        for a minute cost nothing to shut down, while a full budget kills the
+        kernel running the largest cell. Above `pressure_kernel_min_idle`,
+        that value is used.""",
+    ).tag(config=True)
+
+    @validate("pressure_kernel_min_idle_full")
+    def _validate_pressure_kernel_min_idle_full(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("pressure_kernel_min_idle_full must be >= 0")
+        return proposal.value
+
+    kernel_shutdowns = List(
+        help="""``[[time, count]]`` of this server's idle kernels shut down for
+        memory pressure in the last hour (persisted for the owner's notice).""",
+    )
+
     pressure_kernel_timeout = Float(
         10,
         help="""Seconds the idle-kernel step (see `kernel_memory_reserve`) may
@@ -162,6 +189,13 @@ class MemoryPressure(LoggingConfigurable):
         if now - host.pressure_checked >= self.monitor_interval:
             host.pressure_checked = now
             await self._relieve_pressure(now, spawning=False)
+
+    def memory_free(self):
+        """Bytes free for the servers: the host's MemAvailable, or the room
+        left in the budget if that is less."""
+        free = mem_available(self.meminfo_path)
+        budget = self.budget_usage()
+        return min(free, budget[1] - budget[0]) if budget else free
 
     def memory_shortage(self, reserve=None):
         """``(why, capacity)``: why memory is short now ("" if it is not: at
@@ -238,12 +272,14 @@ class MemoryPressure(LoggingConfigurable):
         why, capacity = self.memory_shortage(reserve)
         if not why:
             return
+        free_share = max(0.0, min(1.0, self.memory_free() / reserve))  # 1: only just short, 0: nothing free
         servers = [s for s in self.host.running if s.active and not s.pending and s.server is not None]
         lists = await asyncio.gather(*(_idle_kernels(s, now) for s in servers))
         weights = sum(s.mem_limit or capacity for s in servers) if capacity else 0
         queues = []
         for spawner, kernels in zip(servers, lists):
-            idle = sorted((k for k in kernels if k[0] >= spawner.pressure_kernel_min_idle), reverse=True)
+            needed = kernel_idle_needed(spawner, free_share)
+            idle = sorted((k for k in kernels if k[0] >= needed), reverse=True)
             if idle:
                 over = bool(capacity) and excess(spawner, capacity, weights) > 0
                 queues.append((over, idle[0][0], spawner, idle))
@@ -259,11 +295,24 @@ class MemoryPressure(LoggingConfigurable):
                     idle,
                 )
             answers = await asyncio.gather(*(_server_api(s, f"kernels/{k}", "DELETE") for s, (_, k) in round_))
+            for (spawner, _), answer in zip(round_, answers):
+                if answer is not None:
+                    spawner.record_kernel_shutdown(now)
             # a server that did not answer is not asked again
             queues = [q for q, answer in zip(queues, answers) if q[3] and answer is not None]
             why, _ = self.memory_shortage(reserve)
             if not why:
                 return
+
+    def record_kernel_shutdown(self, now):
+        """Count one idle kernel shut down for memory, for the owner's notice."""
+        shutdowns = notices.recent(self.kernel_shutdowns, now)
+        if shutdowns and now - shutdowns[-1][0] < NOTICE_MERGE_SECONDS:
+            shutdowns[-1] = [now, shutdowns[-1][1] + 1]
+        else:
+            shutdowns.append([now, 1])
+        self.kernel_shutdowns = shutdowns
+        self._save_state()
 
     async def _warn_or_stop(self, victim, why, now):
         if not victim.pressure_warning:
@@ -292,6 +341,9 @@ class MemoryPressure(LoggingConfigurable):
     def _set_pressure_warning(self, warning):
         """Record (or clear, with []) the warning where the notice reads it."""
         self.pressure_warning = warning
+        self._save_state()
+
+    def _save_state(self):
         if self.orm_spawner is not None:
             self.orm_spawner.state = self.get_state()
             self.user.db.commit()
@@ -300,15 +352,29 @@ class MemoryPressure(LoggingConfigurable):
         state = super().get_state()
         if self.pressure_warning:
             state["pressure_warning"] = list(self.pressure_warning)
+        shutdowns = notices.recent(self.kernel_shutdowns)
+        if shutdowns:
+            state["kernel_shutdowns"] = shutdowns
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.pressure_warning = list(state.get("pressure_warning") or []) if self.pid else []
+        self.kernel_shutdowns = notices.recent(state.get("kernel_shutdowns", []))
 
     def clear_state(self):
         super().clear_state()
         self.pressure_warning = []
+
+
+def kernel_idle_needed(spawner, free_share):
+    """Seconds a kernel of *spawner* must have been idle to be shut down when
+    *free_share* (0 to 1) of the kernel reserve is free: from
+    `pressure_kernel_min_idle` at 1 down to `pressure_kernel_min_idle_full`
+    at 0."""
+    most = spawner.pressure_kernel_min_idle
+    least = min(spawner.pressure_kernel_min_idle_full, most)
+    return least + (most - least) * free_share
 
 
 async def _server_api(spawner, path, method="GET"):
