@@ -352,9 +352,9 @@ def test_a_loop_is_busy_a_student_between_cells_is_not():
     assert 4 / 6 < default <= 5 / 6  # the student is not busy, the pausing loop is
 
 
-def test_a_loop_that_pauses_once_a_window_is_still_busy(monkeypatch):
-    """Pausing for one check in every `cpu_busy_seconds` (about 80% of a
-    core) kept the usual weight while the least interval decided."""
+@pytest.fixture
+def weighed(monkeypatch):
+    """A ClassroomSpawner with no server, and the CPU weights its checks set."""
     writes = []
     monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
 
@@ -362,7 +362,13 @@ def test_a_loop_that_pauses_once_a_window_is_still_busy(monkeypatch):
         group_key = "probe"
         backend = None
 
-    server = Probe()
+    return Probe(), writes
+
+
+def test_a_loop_that_pauses_once_a_window_is_still_busy(weighed):
+    """Pausing for one check in every `cpu_busy_seconds` (about 80% of a
+    core) kept the usual weight while the least interval decided."""
+    server, writes = weighed
     server.cpu_busy_seconds, server.monitor_interval = 60, 10
     server._tracker, server._demand, server.cpu_weight = IdleTracker(0), IdleTracker(0), 100
     demand = 0.0
@@ -373,18 +379,11 @@ def test_a_loop_that_pauses_once_a_window_is_still_busy(monkeypatch):
     assert server.cpu_weight == 10, writes
 
 
-def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
+def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(weighed):
     """A server asks for a whole core while it starts, for as long as a loaded
     wave makes that take: it gets the start's weight then, and the usual
     weight once ready, not the busy one."""
-    writes = []
-    monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
-
-    class Probe(ClassroomSpawner):
-        group_key = "probe"
-        backend = None
-
-    server = Probe()
+    server, writes = weighed
     server.cpu_busy_seconds, server.monitor_interval = 20, 10
     server._demand, server.cpu_weight = IdleTracker(0), 100
     demand = 0.0
@@ -408,18 +407,11 @@ def test_a_start_stretched_by_a_login_wave_is_not_a_busy_server(monkeypatch):
     assert server.cpu_weight == 100 and writes == [400, 100], writes
 
 
-def test_a_start_that_never_gets_ready_loses_its_precedence(monkeypatch):
+def test_a_start_that_never_gets_ready_loses_its_precedence(weighed):
     """A student who keeps their own server from getting ready while it hogs
     a core keeps the start's weight for `cpu_start_weight_seconds` only, and
     is then judged busy like any other server."""
-    writes = []
-    monkeypatch.setattr(monitor, "set_cpu_weight", lambda backend, key, weight: writes.append(weight) or True)
-
-    class Probe(ClassroomSpawner):
-        group_key = "probe"
-        backend = None
-
-    server = Probe()
+    server, writes = weighed
     server.cpu_busy_seconds, server.monitor_interval, server.cpu_start_weight_seconds = 20, 10, 30
     server._tracker, server._demand, server.cpu_weight = IdleTracker(0), IdleTracker(0), 100
     server._spawn_pending = True
