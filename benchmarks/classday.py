@@ -31,7 +31,8 @@ the student) and compared by content with what the server acknowledged.
 The trace (printed): logins spread over the first quarter of the run (3
 minutes in the full run); cells from a menu of numpy/pandas work allocating
 50-300 MB (freed when the cell ends) and burning 0.1-3 s of CPU, with think
-times (nobody starts a new cell after the hand-in time, so a slow machine runs
+times of 20-90 s (``--pace sprint``: 3-30 s, a stress test that asks about
+as much CPU as 40 students' cells can get from 2 cores) (nobody starts a new cell after the hand-in time, so a slow machine runs
 fewer of the planned ones); some students run one cell and leave the tab
 open; 2 hogs allocate 4 GiB; 2 run a CPU-bound loop for 40% of the run. Before the class, one extra
 student alone spawns (the single-spawn figure) and runs every menu cell twice (once with
@@ -42,6 +43,7 @@ cgroups, hub and proxy at the end, also after an error or SIGTERM::
 
     PATH=$PWD/.venv/bin:$PWD/proxy/node_modules/.bin:$PATH python benchmarks/classday.py --quick
     ... python benchmarks/classday.py                   # 40 students, 12 minutes per run
+    ... python benchmarks/classday.py --pace sprint      # a cell every 3-30 s: a stress test
     ... python benchmarks/classday.py --students 4 --minutes 1 --only classroom
 
 Ends with the issue's targets as ``met`` / ``NOT met`` lines.
@@ -76,7 +78,7 @@ from classday_report import GiB, culls, host_oom_kills, report  # noqa: E402
 from classday_student import Student, comparable  # noqa: E402
 
 from classroomhub.demo import free_ports, proxy_command  # noqa: E402
-from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
+from classroomhub.spawner import ClassroomSpawner, EnforcementUnavailable, detect  # noqa: E402
 
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
 #: both classes live below the same parent in these hierarchies: the memory
@@ -199,11 +201,17 @@ class Plan:
         self.handin_at = handin_at
 
 
-def make_trace(rng, logins, minutes, kept_fraction=0.0):
-    """Seeded plans for *logins* over *minutes*."""
+#: seconds between a student's cells (uniform): a class works through a
+#: notebook, reading, typing and looking at results; "sprint" is the stress
+#: pace of earlier runs (a cell every 3-30 s, everyone, all class long)
+PACES = {"class": (20.0, 90.0), "sprint": (3.0, 30.0), "quick": (2.0, 8.0)}
+
+
+def make_trace(rng, logins, minutes, kept_fraction=0.0, think=None):
+    """Seeded plans for *logins* over *minutes*, *think* seconds apart."""
     duration = minutes * 60
     wave = min(180.0, duration / 4)
-    think = (3.0, 30.0) if minutes >= 5 else (2.0, 8.0)
+    think = think or (PACES["class"] if minutes >= 5 else PACES["quick"])
     loop_seconds = round(0.4 * duration)
     n = len(logins)
     specials = 2 if n >= 10 else 1
@@ -230,8 +238,18 @@ def make_trace(rng, logins, minutes, kept_fraction=0.0):
     return plans
 
 
-def print_trace(plans, minutes):
-    print(f"trace: {len(plans)} students, {minutes} min; menu (MB, CPU s): {MENU}")
+def offered_cores(plans, minutes):
+    """The cores the trace's cells ask for on average over the class (their
+    CPU seconds over its length; loops and the kernels' own start not counted)."""
+    cpu = sum(MENU[k][1] for p in plans for _, kind, _, k in p.steps if kind == "cell")
+    return cpu / (minutes * 60)
+
+
+def print_trace(plans, minutes, think):
+    print(
+        f"trace: {len(plans)} students, {minutes} min, think {think[0]:g}-{think[1]:g} s; menu (MB, CPU s): {MENU}; "
+        f"cells ask for {offered_cores(plans, minutes):.2f} of {os.cpu_count()} cores on average (loops not counted)"
+    )
     for p in sorted(plans, key=lambda p: p.login_at):
         kinds = " ".join(
             ("HOG" if kind == "hog" else "LOOP" if kind == "loop" else f"m{k}") + f"+{gap:.0f}s"
@@ -308,7 +326,7 @@ def pss_sample(budget_dir):
 class Run:
     """A hub (classroom or stock), its students, their results."""
 
-    def __init__(self, kind, tag, n, budget, plans_for, verbose, solo_repeat, kept_fraction=0.0, spawn_method="exec"):
+    def __init__(self, kind, tag, n, budget, plans_for, verbose, solo_repeat, kept_fraction=0.0, spawn_method="template"):
         self.kind, self.n, self.budget, self.verbose = kind, n, budget, verbose
         self.kept_fraction = kept_fraction  # what each cell keeps of its frame, the solo's too
         self.spawn_method = spawn_method  # ClassroomSpawner.spawn_method of the classroom run
@@ -637,12 +655,17 @@ def main():
         default=0.0,
         help="each cell keeps this part of its frame until the student's next cell (default 0: everything freed)",
     )
+    parser.add_argument(
+        "--pace",
+        choices=["class", "sprint"],
+        help="seconds between a student's cells: class 20-90 (default), sprint 3-30 (a stress test); quick: 2-8",
+    )
     parser.add_argument("--only", choices=["classroom", "stock"], help="run one configuration")
     parser.add_argument(
         "--spawn-method",
         choices=["exec", "template"],
-        default="exec",
-        help="ClassroomSpawner.spawn_method of the classroom run (default exec, the product's default)",
+        default=ClassroomSpawner.spawn_method.default_value,
+        help="ClassroomSpawner.spawn_method of the classroom run (default: the product's, %(default)s)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every student's steps")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder (hub log, config)")
@@ -653,6 +676,7 @@ def main():
     minutes = args.minutes or (3 if args.quick else 12)
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
     budget = int(float(args.budget[:-1]) * units[args.budget[-1].upper()]) if args.budget[-1].upper() in units else int(args.budget)
+    think = PACES[args.pace or ("quick" if args.quick or minutes < 5 else "class")]
     tag = secrets.token_hex(2)
     print(f"class day: {n} students, {minutes:g} min, budget {budget / GiB:.1f} GiB, seed {args.seed}, "
           f"spawn method {args.spawn_method}, kept fraction {args.kept_fraction:g}; "
@@ -663,9 +687,9 @@ def main():
     trace_printed = []
 
     def plans_for(logins):
-        plans = make_trace(random.Random(args.seed), logins, minutes, args.kept_fraction)
+        plans = make_trace(random.Random(args.seed), logins, minutes, args.kept_fraction, think)
         if not trace_printed:
-            print_trace(plans, minutes)
+            print_trace(plans, minutes, think)
             trace_printed.append(True)
         return plans
 

@@ -66,7 +66,8 @@ def spawn_phases(hub_log, logins):
     requested = times(r" JupyterHub log:\d+\] 302 POST /hub/login -> /hub/spawn \((cd\w+)@")
     launched = times(r" JupyterHub spawner:\d+\] ClassroomSpawner: (cd\w+) \(")
     listening = times(r" ServerApp\] http://127\.0\.0\.1:\d+/user/(cd\w+)/")
-    ready = times(r" JupyterHub users:\d+\] Server (cd\w+) is ready")
+    # a server ready within the spawn page's wait is "already started"
+    ready = times(r" JupyterHub users:\d+\] Server (cd\w+) is (?:ready|already started)")
     phases = {"hub": [], "start": [], "ready": []}
     for login in logins:
         if login in requested and login in listening and login in ready:
@@ -171,6 +172,19 @@ def figures(run):
     }
 
 
+def fit(text, width=25):
+    """*text* cut to a column of the table: a list keeps its first items and
+    says how many more there are (the lines after the table name them all)."""
+    if len(text) <= width:
+        return text
+    items = re.split(r",\s*", text)
+    for keep in range(len(items) - 1, 0, -1):
+        short = ",".join(items[:keep]) + f",+{len(items) - keep}"
+        if len(short) <= width:
+            return short
+    return text[: width - 1] + "…"
+
+
 def report(runs, budget):
     f = {kind: figures(run) for kind, run in runs.items()}
     kinds = list(f)
@@ -178,7 +192,7 @@ def report(runs, budget):
     print("%-44s" % "figure" + "".join(f"{k:>26s}" for k in kinds))
 
     def row(label, fn):
-        print("%-44s" % label + "".join(f"{fn(f[k]):>26s}" for k in kinds))
+        print("%-44s" % label + "".join(f"{fit(fn(f[k])):>26s}" for k in kinds))
 
     row("cell latency p50/p95/p99, well-behaved (s)", lambda x: "%.2f/%.2f/%.2f" % x["lat"])
     row("  same cells, one student alone (s)", lambda x: "%.2f/%.2f/%.2f" % x["solo"])
