@@ -223,6 +223,11 @@ async def metrics(server):
     return r.json()
 
 
+#: what a forked server's PSS may show beyond its cgroup's charge: its share
+#: of the spawn template's pages (measured: 47-49 MiB)
+TEMPLATE_SHARE = 80 * MiB
+
+
 def mib(n):
     return f"{n / MiB:.1f} MiB"
 
@@ -253,8 +258,14 @@ async def test_memory_shown_follows_the_cgroup_against_the_tiers_limit(server):
     for grown in (after["pss"] - before["pss"], after["rss"] - before["rss"], group_after["usage"] - group_before["usage"]):
         assert 0.9 * ALLOCATED < grown < 1.1 * ALLOCATED, (mib(grown), before, after, group_before, group_after)
     # JupyterLab shows PSS (shared pages split between the processes sharing
-    # them); the cgroup charges each page once, plus page cache: close
-    assert abs(after["pss"] - group_after["usage"]) < 0.1 * group_after["usage"], (after, group_after)
+    # them); the cgroup charges each page once, plus page cache: close. A
+    # server forked from the spawn template also shows its share of the
+    # template's pages, which are charged to the hub's cgroup, not the server's
+    extra = after["pss"] - group_after["usage"]
+    if spawner._template_child is None:
+        assert abs(extra) < 0.1 * group_after["usage"], (after, group_after)
+    else:
+        assert -0.1 * group_after["usage"] < extra < TEMPLATE_SHARE, (mib(extra), after, group_after)
     # RSS counts the pages the server and its kernel share once per process
     assert after["rss"] > after["pss"]
 

@@ -16,6 +16,7 @@ import time
 
 import psutil
 import pytest
+from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.tests.utils import public_url
 
 from classroomhub.demo import free_ports
@@ -190,6 +191,9 @@ async def test_a_forked_server_is_the_student_in_their_cgroup(app, synced):
         server = psutil.Process(spawner.pid)
         assert server.ppid() == template.pid
         assert psutil.Process(template.pid).uids().real == 0
+        # ps and pgrep show the server's own command, not the template's
+        title = open(f"/proc/{spawner.pid}/cmdline").read().replace("\0", " ")
+        assert title.startswith(SCRIPT + " ") and "template_process" not in title, title
         entry = pwd.getpwnam(S1)
         uids, gids, groups = status_ids(spawner.pid)
         assert uids == {entry.pw_uid} and gids == {entry.pw_gid}
@@ -363,6 +367,12 @@ async def test_what_the_template_cannot_run_starts_by_exec(app, synced, caplog):
     assert spawner._template_unsuitable([SCRIPT], {"PATH": os.defpath}) == ""
     assert spawner._template_unsuitable(["jupyterhub-singleuser"], {"PATH": os.path.dirname(SCRIPT)}) == ""
     assert "not" in spawner._template_unsuitable(["/usr/bin/env", SCRIPT], {})
+
+    # a spawner class that starts servers otherwise (here: as the hub's user)
+    class AsTheHub(type(spawner), SimpleLocalProcessSpawner):
+        pass
+
+    assert "make_preexec_fn" in AsTheHub()._template_unsuitable([SCRIPT], {"PATH": os.defpath})
     # a variable the template's imports read, set otherwise for this server
     template = {"LANG": "C.UTF-8", "HOME": "/nonexistent/t-HOME", "JUPYTERHUB_SSL_KEYFILE": None}
     marked = {"HOME": "/nonexistent/t-HOME"}
@@ -377,10 +387,10 @@ async def test_what_the_template_cannot_run_starts_by_exec(app, synced, caplog):
     fds, opened = spawner._template_stdio()
     assert fds[0] == 0 and fds[1] == fds[2] == opened[0]
     os.close(opened[0])
-    # exec is the default
+    # the template is the default (exec: the fall-back, and on request)
     from classroomhub.spawner import ClassroomSpawner
 
-    assert ClassroomSpawner.spawn_method.default_value == "exec"
+    assert ClassroomSpawner.spawn_method.default_value == "template"
 
 
 async def test_no_process_of_the_students_is_left():

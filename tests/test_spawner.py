@@ -30,6 +30,7 @@ from fixtures.servers import (
     group_dirs,
     group_pids,
     kernel_client,
+    kernel_pids_of,
     kill_a_kernel_for_memory,
     remove_spawned,
     server_api,
@@ -115,8 +116,11 @@ async def test_limits_are_in_the_cgroup_before_exec(app, synced):
         # the server itself is in every hierarchy's group: it joined before exec
         for folder in folders.values():
             assert str(spawner.pid) in open(os.path.join(folder, "cgroup.procs")).read().split()
+        # the server's environment, as its kernels inherit it (a forked
+        # server's /proc/PID/environ is the spawn template's, not its own)
+        (kernel_pid,) = kernel_pids_of(spawner, await start_kernel(app, STUDENT))
         env = dict(
-            item.split("=", 1) for item in open(f"/proc/{spawner.pid}/environ").read().split("\0") if "=" in item
+            item.split("=", 1) for item in open(f"/proc/{kernel_pid}/environ").read().split("\0") if "=" in item
         )
         assert env["MEM_LIMIT"] == str(MEM_LIMIT) and env["CPU_LIMIT"] == "0.5"
         assert env["CLASSROOMHUB_SERVER_KEY"] == spawner.group_key
@@ -240,7 +244,11 @@ async def test_stop_leaves_no_process_and_no_cgroup(app, synced):
     await asyncio.sleep(1.5)
     client.stop_channels()
     pids = group_pids(spawner)
-    escaped = [p for p in pids if psutil.Process(p).ppid() == 1 or psutil.Process(p).name() == "sleep"]
+    # reparented out of the server's tree: to init, or to the spawn template
+    # (a subreaper) for a forked server
+    escaped = [
+        p for p in pids - {spawner.pid} if psutil.Process(p).ppid() not in pids or psutil.Process(p).name() == "sleep"
+    ]
     assert len(escaped) >= 2, "the daemons did not start"
     folders = group_dirs(spawner)
     await stop(app, STUDENT)

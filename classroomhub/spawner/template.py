@@ -246,6 +246,14 @@ class TemplateChild:
         return self.returncode
 
 
+#: the `make_preexec_fn`s whose steps the child repeats (ClassroomSpawner's, on
+#: top of LocalProcessSpawner's); a spawner class with another starts by exec
+STANDARD_PREEXECS = {
+    (__name__.rsplit(".", 1)[0] + ".spawner", "ClassroomSpawner.make_preexec_fn"),
+    ("jupyterhub.spawner", "LocalProcessSpawner.make_preexec_fn"),
+}
+
+
 class TemplateSpawning(LoggingConfigurable):
     """ClassroomSpawner's start by fork from the spawn template (a mixin of
     it, before LocalProcessSpawner; uses the spawner's `_attach_files` and
@@ -253,13 +261,14 @@ class TemplateSpawning(LoggingConfigurable):
 
     spawn_method = Enum(
         ["exec", "template"],
-        "exec",
-        help="""How a server process starts. ``exec`` runs the server's
-        command, as LocalProcessSpawner does. ``template`` forks it from a
-        root process of the hub that has the single-user server's modules
-        imported (started at the first such spawn): the server is up in well
-        under a second instead of about two, and idle servers share those
-        modules' memory. The child joins the server's cgroup, drops to the
+        "template",
+        help="""How a server process starts. ``template`` (the default) forks
+        it from a root process of the hub that has the single-user server's
+        modules imported (started at the first such spawn): the server is up
+        in well under a second instead of about two, and idle servers share
+        those modules' memory (62 MiB per idle server instead of 126 in the
+        class day). ``exec`` runs the server's command, as
+        LocalProcessSpawner does. The child joins the server's cgroup, drops to the
         user and only then reads the person's request; the template holds
         nothing of anyone. Servers whose command is not this environment's
         ``jupyterhub-singleuser``, or that use `shell_cmd` or `popen_kwargs`
@@ -327,6 +336,13 @@ class TemplateSpawning(LoggingConfigurable):
         """Why the template cannot run this server as its command would; "" if it can."""
         if self.shell_cmd:
             return "shell_cmd is set"
+        preexecs = {
+            (f.__module__, f.__qualname__) for c in type(self).__mro__ if (f := c.__dict__.get("make_preexec_fn"))
+        }
+        if preexecs - STANDARD_PREEXECS:
+            # the child's steps are these; a class that starts servers
+            # otherwise (as the hub's user, say) is not
+            return "make_preexec_fn is overridden"
         script = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
         found = shutil.which(cmd[0], path=env.get("PATH", os.defpath)) if cmd else None
         if not found or os.path.realpath(found) != os.path.realpath(script):

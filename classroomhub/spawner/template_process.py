@@ -39,6 +39,7 @@ import time
 import traceback
 
 from jupyterhub.spawner import set_user_setuid
+from setproctitle import getproctitle, setproctitle
 
 from .enforcement import pid_writer
 from .template_env import PER_SERVER, Captures, RecordedReads
@@ -277,6 +278,8 @@ def run_server(argv):
     script = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
     sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
     sys.argv = list(argv)
+    # ps, top and pgrep show the server's command, as for an exec'd server
+    setproctitle(" ".join(argv))
     try:
         return main()
     except SystemExit as e:
@@ -296,6 +299,9 @@ def main(argv=None):
     finally:
         reads, os.environ = os.environ.read, environ
     captures = Captures(marks).scan()
+    # set up the title here: it needs the interpreter's own environment to
+    # find the argv area, and a child has replaced that when it retitles
+    setproctitle(getproctitle())
     gc.collect()
     gc.freeze()  # the forked servers share these pages copy-on-write
     print(
