@@ -31,23 +31,32 @@ def recent(events, now=None):
     return [list(e) for e in events if now - e[0] < NOTICE_SECONDS]
 
 
-def oom_notice(user, now=None):
-    """The notice for *user* (a hub User), or "" if nothing happened recently.
-
-    Read from the spawners' state in the database, so servers that stopped
-    (whose spawner objects the hub drops) and hub restarts keep it.
-    """
+def _servers(user):
+    """``(state, name in a sentence, orm spawner)`` of each server of *user* (a
+    hub User) in the database, by name: servers that stopped (whose spawner
+    objects the hub drops) and hub restarts keep what a notice reads."""
     orm_user = getattr(user, "orm_user", None)
-    if orm_user is None:
-        return ""
+    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name) if orm_user else ():
+        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
+        yield orm_spawner.state or {}, server, orm_spawner
+
+
+def _clock(when):
+    return datetime.fromtimestamp(when, timezone.utc).strftime("%H:%M UTC")
+
+
+def _html(lines):
+    return "<br>".join(escape(line) for line in lines)
+
+
+def oom_notice(user, now=None):
+    """The notice for *user*'s OOM kills of the last hour, or ""."""
     lines = []
-    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
-        events = recent((orm_spawner.state or {}).get("oom_events", []), now)
+    for state, server, _ in _servers(user):
+        events = recent(state.get("oom_events", []), now)
         if not events:
             continue
-        count = sum(e[1] for e in events)
-        last = datetime.fromtimestamp(events[-1][0], timezone.utc).strftime("%H:%M UTC")
-        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
+        count, last = sum(e[1] for e in events), _clock(events[-1][0])
         limit = human_bytes(events[-1][2] if len(events[-1]) > 2 else 0)
         if len(events[-1]) > 3:  # killed at the servers' common budget
             lines.append(
@@ -62,66 +71,45 @@ def oom_notice(user, now=None):
             f"memory limit of {limit}. A kernel that was killed restarts empty: re-run your notebook, "
             "shut down kernels you no longer use, or ask your instructor about a larger tier."
         )
-    return "<br>".join(escape(line) for line in lines)
+    return _html(lines)
 
 
 def pressure_notice(user):
     """The warning for *user* whose idle server will be stopped for memory
     pressure (see :mod:`.pressure`), or ""."""
-    orm_user = getattr(user, "orm_user", None)
-    if orm_user is None:
-        return ""
-    lines = []
-    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
-        warning = (orm_spawner.state or {}).get("pressure_warning")
-        if not warning or orm_spawner.server is None:
-            continue
-        when = datetime.fromtimestamp(warning[1], timezone.utc).strftime("%H:%M UTC")
-        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
-        lines.append(
-            f"The servers are short of memory: {server} has been idle and will be stopped at {when} "
-            "unless you use it. Save your work; you can start it again later."
-        )
-    return "<br>".join(escape(line) for line in lines)
+    return _html(
+        f"The servers are short of memory: {server} has been idle and will be stopped at "
+        f"{_clock(state['pressure_warning'][1])} unless you use it. Save your work; you can start it again later."
+        for state, server, orm_spawner in _servers(user)
+        if state.get("pressure_warning") and orm_spawner.server is not None
+    )
 
 
 def kernel_shutdown_notice(user, now=None):
     """Why kernels of *user* stopped without their owner: idle ones shut down
     for memory pressure (``kernel_shutdowns`` in a spawner's state: ``[time,
     count]``), for `NOTICE_SECONDS`; or ""."""
-    orm_user = getattr(user, "orm_user", None)
-    if orm_user is None:
-        return ""
     lines = []
-    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
-        shutdowns = recent((orm_spawner.state or {}).get("kernel_shutdowns", []), now)
-        if not shutdowns:
-            continue
-        count = sum(s[1] for s in shutdowns)
-        last = datetime.fromtimestamp(shutdowns[-1][0], timezone.utc).strftime("%H:%M UTC")
-        server = f"server {orm_spawner.name!r}" if orm_spawner.name else "your server"
-        lines.append(
-            f"{count} idle kernel(s) of {server} were shut down (last at {last}) because the hub was "
-            "short of memory. Your notebooks are saved; a kernel that was shut down starts empty the "
-            "next time you run a cell: re-run your notebook from the top."
-        )
-    return "<br>".join(escape(line) for line in lines)
+    for state, server, _ in _servers(user):
+        shutdowns = recent(state.get("kernel_shutdowns", []), now)
+        if shutdowns:
+            lines.append(
+                f"{sum(s[1] for s in shutdowns)} idle kernel(s) of {server} were shut down (last at "
+                f"{_clock(shutdowns[-1][0])}) because the hub was short of memory. Your notebooks are saved; "
+                "a kernel that was shut down starts empty the next time you run a cell: re-run your notebook "
+                "from the top."
+            )
+    return _html(lines)
 
 
 def ended_notice(user, now=None):
     """Why a server of *user* ended without its owner or the hub stopping it
     (a spawner records ``[time, message]`` as ``ended`` in its state: e.g. a
     Slurm job that reached its time limit), for `NOTICE_SECONDS`; or ""."""
-    orm_user = getattr(user, "orm_user", None)
-    if orm_user is None:
-        return ""
     now = now or time.time()
-    lines = []
-    for orm_spawner in sorted(orm_user.orm_spawners.values(), key=lambda s: s.name):
-        ended = (orm_spawner.state or {}).get("ended")
-        if ended and now - ended[0] < NOTICE_SECONDS:
-            lines.append(ended[1])
-    return "<br>".join(escape(line) for line in lines)
+    return _html(
+        ended[1] for state, _, _ in _servers(user) if (ended := state.get("ended")) and now - ended[0] < NOTICE_SECONDS
+    )
 
 
 def install(template_vars):
