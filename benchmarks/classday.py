@@ -78,7 +78,7 @@ from classday_report import GiB, culls, host_oom_kills, report  # noqa: E402
 from classday_student import Student, comparable  # noqa: E402
 
 from classroomhub.demo import free_ports, proxy_command  # noqa: E402
-from classroomhub.spawner import ClassroomSpawner, EnforcementUnavailable, detect  # noqa: E402
+from classroomhub.spawner import EnforcementUnavailable, detect  # noqa: E402
 
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
 #: both classes live below the same parent in these hierarchies: the memory
@@ -664,8 +664,9 @@ def main():
     parser.add_argument(
         "--spawn-method",
         choices=["exec", "template"],
-        default=ClassroomSpawner.spawn_method.default_value,
-        help="ClassroomSpawner.spawn_method of the classroom run (default: the product's, %(default)s)",
+        default="template",
+        help="ClassroomSpawner.spawn_method of the classroom run (default template, as the docs advise for a class; "
+        "exec: the product's default)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every student's steps")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder (hub log, config)")

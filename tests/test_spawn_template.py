@@ -387,10 +387,10 @@ async def test_what_the_template_cannot_run_starts_by_exec(app, synced, caplog):
     fds, opened = spawner._template_stdio()
     assert fds[0] == 0 and fds[1] == fds[2] == opened[0]
     os.close(opened[0])
-    # the template is the default (exec: the fall-back, and on request)
+    # exec is the default (the template: on request, for a class)
     from classroomhub.spawner import ClassroomSpawner
 
-    assert ClassroomSpawner.spawn_method.default_value == "template"
+    assert ClassroomSpawner.spawn_method.default_value == "exec"
 
 
 async def test_no_process_of_the_students_is_left():

@@ -261,14 +261,15 @@ class TemplateSpawning(LoggingConfigurable):
 
     spawn_method = Enum(
         ["exec", "template"],
-        "template",
-        help="""How a server process starts. ``template`` (the default) forks
-        it from a root process of the hub that has the single-user server's
+        "exec",
+        help="""How a server process starts. ``exec`` (the default) runs the
+        server's command, as LocalProcessSpawner does. ``template`` forks it
+        from a root process of the hub that has the single-user server's
         modules imported (started at the first such spawn): the server is up
         in well under a second instead of about two, and idle servers share
         those modules' memory (62 MiB per idle server instead of 126 in the
-        class day). ``exec`` runs the server's command, as
-        LocalProcessSpawner does. The child joins the server's cgroup, drops to the
+        class day); recommended for a class (see the spawner docs for when
+        not to use it). The child joins the server's cgroup, drops to the
         user and only then reads the person's request; the template holds
         nothing of anyone. Servers whose command is not this environment's
         ``jupyterhub-singleuser``, or that use `shell_cmd` or `popen_kwargs`
