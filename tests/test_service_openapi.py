@@ -12,6 +12,7 @@ schema.
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -99,6 +100,22 @@ def harmless(case):
             pass  # NUL bytes, unencodable text: the service must refuse it too
     if isinstance(git, str) and ":" in git:
         return False
+    return well_formed_headers(case.headers)
+
+
+#: a header name (RFC 9110 token); the value may not break the line
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def well_formed_headers(headers):
+    """Whether an HTTP server would read *headers* at all: a generated name
+    that is not a token (";" and the like) or a Host of its own makes the proxy
+    in front refuse the request with an empty 400 before the service sees it."""
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.fullmatch(str(name)) or str(name).lower() == "host":
+            return False
+        if any(c in str(value) for c in "\r\n\0"):
+            return False
     return True
 
 
