@@ -28,12 +28,10 @@ from classroomhub.spawner.watchdog import PsutilWatchdog
 from conftest import login
 from fixtures.servers import (
     group_pids,
-    kernel_client,
-    kernel_pids_of,
+    kill_a_kernel_for_memory,
     remove_spawned,
     server_api,
     start,
-    start_kernel,
     stop,
 )
 
@@ -224,16 +222,7 @@ async def test_a_kernel_past_the_budget_is_killed_not_the_hub(app, synced, remov
             if pid not in group_pids(spawner) and psutil.Process(pid).ppid() != spawner.pid:
                 assert pid not in inside, f"pid {pid} ({psutil.Process(pid).name()}) is inside the budget"
         # a kernel allowed 768 MiB by its own group touches 448 MiB: the budget stops it
-        kernel_id = await start_kernel(app, HOG)
-        client = await kernel_client(HOG, kernel_id)
-        kernel_pids = kernel_pids_of(spawner, kernel_id)
-        assert kernel_pids
-        client.execute(f"b = bytearray({448 * MiB})\nfor i in range(0, len(b), 4096): b[i] = 1")
-        deadline = time.monotonic() + 30
-        while kernel_pids & group_pids(spawner):
-            assert time.monotonic() < deadline, "kernel not killed at the budget"
-            await asyncio.sleep(0.2)
-        client.stop_channels()
+        await kill_a_kernel_for_memory(app, HOG, spawner, 448 * MiB)
         await spawner.check()
         assert spawner.oom_kills >= 1
         # told that the class's budget, not their own limit, was reached

@@ -248,7 +248,7 @@ async def test_what_imports_derive_from_the_environment_is_the_students(app, syn
 async def test_the_tier_limit_kills_the_kernel_and_the_server_lives(app, synced):
     spawner = await start(app, S2)
     try:
-        await kill_a_kernel_for_memory(app, S2, spawner, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, S2, spawner, 2 * MEM_LIMIT)
         await spawner.check()
         assert spawner.oom_kills >= 1
         assert await spawner.poll() is None

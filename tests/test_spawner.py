@@ -189,7 +189,7 @@ async def test_usage_command_prints_a_table(app, synced, capsys):
 async def test_oom_kills_the_kernel_and_the_user_is_told(app, synced):
     spawner = await start(app, STUDENT)
     try:
-        await kill_a_kernel_for_memory(app, STUDENT, spawner, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, STUDENT, spawner, 2 * MEM_LIMIT)
         await spawner.check()
         assert spawner.oom_kills >= 1
         # the server survived and answers
@@ -641,7 +641,7 @@ async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, sync
     before = await start(app, RESTARTED)
     started = before._tracker.started
     try:
-        await kill_a_kernel_for_memory(app, RESTARTED, before, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, RESTARTED, before, 2 * MEM_LIMIT)
         await before.check()
         assert before.oom_kills == 1
         await restart_hub_spawners(app, [RESTARTED])
@@ -657,7 +657,7 @@ async def test_a_server_that_outlives_a_hub_restart_keeps_its_settings(app, sync
         assert after.group_key == before.group_key and group_pids(after) == group_pids(before)
         # the run's start and OOM count, and a kill while the hub was down
         assert abs(after._tracker.started - started) < 1
-        await kill_a_kernel_for_memory(app, RESTARTED, after, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, RESTARTED, after, 2 * MEM_LIMIT)
         await after.check()
         assert (after.oom_kills, after.oom_kills_total) == (2, 2)
         assert after.idle_seconds() is not None and after in Host.current().running
@@ -704,7 +704,7 @@ async def test_an_oom_kill_just_before_a_stop_is_told_after_stop_and_restart(app
     settings(NOTICED, monitor_interval=3600)
     spawner = await start(app, NOTICED)
     try:
-        await kill_a_kernel_for_memory(app, NOTICED, spawner, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, NOTICED, spawner, 2 * MEM_LIMIT)
         assert spawner.oom_kills == 0  # not checked yet
     finally:
         await stop(app, NOTICED)
@@ -782,7 +782,7 @@ async def test_an_oom_kill_just_before_the_server_crashes_is_counted(app, synced
     spawner = await start(app, NOTICED)
     assert oom_notice(app.users[NOTICED]) == ""
     try:
-        await kill_a_kernel_for_memory(app, NOTICED, spawner, MEM_LIMIT)
+        await kill_a_kernel_for_memory(app, NOTICED, spawner, 2 * MEM_LIMIT)
         assert spawner.oom_kills == 0  # not checked yet
         folders = group_dirs(spawner)
         os.kill(spawner.pid, signal.SIGKILL)
